@@ -1,0 +1,17 @@
+"""Errors raised for bad user input. Each names the offending input and what is allowed."""
+
+
+class PersonaError(ValueError):
+    """Base class: a bad grid, model, layer, position or option."""
+
+
+class GridError(PersonaError):
+    """A grid file or grid name that cannot be used."""
+
+
+class ModelError(PersonaError):
+    """A model that cannot be loaded or has an unsupported layout."""
+
+
+class SelectionError(PersonaError):
+    """A layer, position, condition or cell that does not exist."""

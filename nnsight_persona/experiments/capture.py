@@ -1,0 +1,134 @@
+"""capture: residuals at the prompt-to-answer transition for every cell and condition.
+
+For each cell the clean XY prompt is continued greedily (n_continuation tokens). The first clean
+tokens are then teacher-forced after all four prompts (BB, XB, BY, XY), so g1/g2 are the same
+continuation positions in each, and residuals are read at every chosen layer and position in
+batched forward passes (many prompts per pass, left-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..batching import chunked, left_pad
+from ..grids import CONDITIONS, Grid
+from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
+from ..provenance import provenance_attrs
+from ..tracing import greedy_continuations, read_residuals
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    grid: str
+    layers: tuple[int, ...]
+    positions: tuple[str, ...] = POSITIONS
+    cells: tuple[str, ...] = ()  # empty: every cell of the grid
+    n_continuation: int = 12
+    batch_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def render_cell_prompts(loaded, grid: Grid, cells) -> dict[tuple[str, str], Prompt]:
+    """Every (cell label, condition) prompt, rendered once."""
+    return {
+        (cell.label, cond): render_prompt(
+            loaded.tokenizer, grid.user_text(cell, cond), grid.persona_text(cell, cond)
+        )
+        for cell in cells
+        for cond in CONDITIONS
+    }
+
+
+def clean_continuations(loaded, prompts: list[Prompt], n_tokens: int, batch_size: int, progress: bool = True) -> np.ndarray:
+    """Greedy continuations [len(prompts), n_tokens], batched."""
+    out = np.zeros((len(prompts), n_tokens), dtype=np.int64)
+    for rng in tqdm(list(chunked(len(prompts), batch_size)), desc="clean continuations", disable=not progress):
+        batch = left_pad([prompts[i].ids for i in rng], loaded.pad_id)
+        out[rng.start:rng.stop] = greedy_continuations(loaded, batch, n_tokens).numpy()
+    return out
+
+
+def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True) -> xr.Dataset:
+    """Run the capture; on Ctrl-C returns what was done, with attrs['completed'] = 0."""
+    cells = grid.select_cells(list(spec.cells))
+    prompts = render_cell_prompts(loaded, grid, cells)
+    layers, positions = list(spec.layers), list(spec.positions)
+    n_forced = max([GENERATED_POSITIONS[p] + 1 for p in positions if p in GENERATED_POSITIONS], default=0)
+    resid = np.full((len(layers), len(positions), len(cells), len(CONDITIONS), loaded.hidden_size), np.nan, np.float32)
+    continuation = np.zeros((len(cells), spec.n_continuation), dtype=np.int64)
+    completed = False
+    try:
+        xy = [prompts[(c.label, "XY")] for c in cells]
+        continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
+        rows = [(i, j) for i in range(len(cells)) for j in range(len(CONDITIONS))]
+        for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="capture", disable=not progress):
+            chunk = [rows[k] for k in rng]
+            seqs, sites = [], []
+            for i, j in chunk:
+                p = prompts[(cells[i].label, CONDITIONS[j])]
+                seqs.append(list(p.ids) + continuation[i, :n_forced].tolist())
+                sites.append([p.position(name) for name in positions])
+            batch = left_pad(seqs, loaded.pad_id)
+            sel_rows = torch.arange(len(chunk)).repeat_interleave(len(positions))
+            sel_cols = batch.pad[sel_rows] + torch.tensor(sites).flatten()
+            got = read_residuals(loaded, batch, sel_rows, sel_cols, layers)
+            got = got.reshape(len(layers), len(chunk), len(positions), -1).numpy()
+            for k, (i, j) in enumerate(chunk):
+                resid[:, :, i, j, :] = got[:, k]
+        completed = True
+    except KeyboardInterrupt:
+        pass
+    return _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed)
+
+
+def _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed) -> xr.Dataset:
+    labels = [c.label for c in cells]
+    tok = loaded.tokenizer
+    index = np.array(
+        [[[prompts[(lbl, cond)].position(p) for cond in CONDITIONS] for lbl in labels] for p in positions]
+    )
+    span = np.array([[prompts[(lbl, cond)].persona_span for cond in CONDITIONS] for lbl in labels])
+    text = np.array([[prompts[(lbl, cond)].text for cond in CONDITIONS] for lbl in labels], dtype=object)
+    steps = np.arange(continuation.shape[1])
+    token_text = np.array([[tok.decode([t]) for t in row] for row in continuation], dtype=object)
+    ds = xr.Dataset(
+        {
+            "resid": (("model", "layer", "position", "cell", "condition", "hidden"), resid[None]),
+            "token_index": (("model", "position", "cell", "condition"), index[None]),
+            "persona_start": (("model", "cell", "condition"), span[None, :, :, 0]),
+            "persona_end": (("model", "cell", "condition"), span[None, :, :, 1]),
+            "prompt_text": (("model", "cell", "condition"), text[None]),
+            "continuation_ids": (("model", "cell", "step"), continuation[None]),
+            "continuation_token": (("model", "cell", "step"), token_text[None]),
+            "continuation": (
+                ("model", "cell"),
+                np.array([[tok.decode(row) for row in continuation]], dtype=object),
+            ),
+        },
+        coords={
+            "model": [loaded.model_id],
+            "layer": np.array(layers, dtype=np.int64),
+            "position": list(positions),
+            "cell": labels,
+            "condition": list(CONDITIONS),
+            "persona": ("cell", [c.persona for c in cells]),
+            "task": ("cell", [c.task for c in cells]),
+            "step": steps,
+        },
+        attrs=provenance_attrs(loaded, "capture", {**spec.to_dict(), "grid_definition": grid.to_dict()}),
+    )
+    ds.attrs["completed"] = int(completed)
+    ds["resid"].attrs.update(long_name="residual stream", units="activation")
+    ds["token_index"].attrs.update(long_name="token index in the unpadded prompt + teacher-forced continuation")
+    ds["persona_start"].attrs.update(long_name="first token of the persona text")
+    ds["persona_end"].attrs.update(long_name="one past the last token of the persona text")
+    ds["layer"].attrs.update(long_name="layer (hidden_states index)")
+    ds["continuation"].attrs.update(long_name="clean XY greedy continuation")
+    return ds

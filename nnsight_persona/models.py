@@ -1,0 +1,118 @@
+"""Load a chat model for experiments: the embedded toy model, a hub id, or a local directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .sites import Adapter, adapter_for, module_at
+
+# Numerics each family was studied in (the paper: Gemma-2 float32, Qwen-2.5 bfloat16, as float16
+# overflows to NaN there). Anything else defaults to float32.
+DEFAULT_DTYPE = {"gemma2": "float32", "qwen2": "bfloat16"}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    """A wrapped nnsight model with what experiments need to know about it."""
+
+    lm: object  # nnsight TransformersModel
+    tokenizer: object
+    adapter: Adapter
+    model_id: str
+    revision: str
+    dtype: str
+    family: str
+    n_layers: int
+    hidden_size: int
+
+    def layers(self):
+        return module_at(self.lm, self.adapter.layers)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def resolve_model_path(spec: str) -> str:
+    """'toy' -> the embedded toy model's folder; a directory stays a directory; else a hub id."""
+    if spec == "toy":
+        from .toy import TOY_MODEL_DIR
+
+        return str(TOY_MODEL_DIR)
+    return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+
+
+def load_model(
+    spec: str = "toy", dtype: str | None = None, attn: str = "eager", revision: str | None = None
+) -> LoadedModel:
+    """Load `spec` ("toy", a hub id or a local directory) as an nnsight TransformersModel.
+
+    Eager attention by default, so attention weights exist and knockouts see the real kernel.
+    """
+    import torch
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; allowed: {list(DTYPES)}")
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+        # Passing the tokenizer explicitly side-steps nnsight's tokenizer guessing.
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot load model {spec!r}: {exc}. Give 'toy', a local directory with config.json and "
+            "tokenizer files, or a hub id reachable from this machine."
+        ) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"model {spec!r} has no chat template; persona prompts are rendered through the model's "
+            "own chat template, so use an instruction-tuned (chat) checkpoint."
+        )
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise ModelError(f"model {spec!r}'s tokenizer has neither a pad nor an eos token to pad batches with")
+    tokenizer.padding_side = "left"
+    family = getattr(config, "model_type", "?")
+    dtype = dtype or DEFAULT_DTYPE.get(family, "float32")
+    lm = TransformersModel(
+        path,
+        task="text-generation",
+        tokenizer=tokenizer,
+        attn_implementation=attn,
+        dtype=getattr(torch, dtype),
+        revision=revision,
+        dispatch=True,
+    )
+    lm._module.requires_grad_(False)
+    lm._module.eval()
+    adapter = adapter_for(lm._module)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return LoadedModel(
+        lm=lm,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        model_id=spec,
+        revision=revision or _local_revision(path),
+        dtype=dtype,
+        family=family,
+        n_layers=int(text_config.num_hidden_layers),
+        hidden_size=int(text_config.hidden_size),
+    )
+
+
+def _local_revision(path: str) -> str:
+    """A content hash of a local model's weights (hub models report their revision instead)."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_dir():
+        return "main"
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return "sha256:" + h.hexdigest()[:16] if h else "unknown"

@@ -1,0 +1,103 @@
+"""Greedy-generation evaluation of the toy model on held-out prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .corpus import Example, all_persona_markers, heldout_examples
+from .markers import contains_marker
+
+# Acceptance thresholds (see docs/toy-model.md).
+THRESHOLDS = {
+    "persona_marker_rate": (">=", 0.90),
+    "neutral_leak_rate": ("<", 0.05),
+    "long_copy_rate": (">=", 0.80),
+}
+
+
+def load(model_dir: str | Path | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import TOY_MODEL_DIR
+
+    model_dir = Path(model_dir or TOY_MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+    return model.eval(), tokenizer
+
+
+def generate(model, tokenizer, users: list[str], batch_size: int = 48, max_new_tokens: int = 80) -> list[str]:
+    """Greedy answers to single user turns, batched with left padding."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    for i in range(0, len(users), batch_size):
+        prompts = tokenizer.apply_chat_template(
+            [[{"role": "user", "content": u}] for u in users[i : i + batch_size]],
+            add_generation_prompt=True, tokenize=False,
+        )
+        enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(
+                **enc, do_sample=False, max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, enc.input_ids.shape[1] :]
+        answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+def _rate(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def score(examples: list[Example], answers: list[str]) -> dict:
+    """Marker, leak and copy metrics for generated ``answers``."""
+    every_marker = sorted(all_persona_markers())
+    by_kind: dict[str, list[tuple[Example, str]]] = {}
+    for ex, ans in zip(examples, answers):
+        by_kind.setdefault(ex.kind, []).append((ex, ans))
+    hit = {k: [contains_marker(a, e.markers) for e, a in by_kind.get(k, [])] for k in ("short", "long")}
+    leak = {k: [contains_marker(a, every_marker) for e, a in by_kind.get(k, [])] for k in ("baseline", "bare")}
+    longs = by_kind.get("long", [])
+    slot_ok = {s: [contains_marker(a, [e.slots[s]]) for e, a in longs] for s in ("name", "city", "item")}
+    metrics = {
+        "n": len(examples),
+        "n_short": len(hit["short"]),
+        "n_long": len(hit["long"]),
+        "n_baseline": len(leak["baseline"]),
+        "n_bare": len(leak["bare"]),
+        "persona_marker_rate": _rate(hit["short"] + hit["long"]),
+        "short_marker_rate": _rate(hit["short"]),
+        "long_marker_rate": _rate(hit["long"]),
+        "neutral_leak_rate": _rate(leak["baseline"] + leak["bare"]),
+        "baseline_leak_rate": _rate(leak["baseline"]),
+        "bare_leak_rate": _rate(leak["bare"]),
+        "long_copy_rate": _rate([all(flags) for flags in zip(*slot_ok.values())]),
+        **{f"long_slot_{s}": _rate(flags) for s, flags in slot_ok.items()},
+    }
+    metrics["passed"] = passes(metrics)
+    return metrics
+
+
+def passes(metrics: dict) -> bool:
+    ok = {">=": lambda a, b: a >= b, "<": lambda a, b: a < b}
+    return all(ok[op](metrics[k], v) for k, (op, v) in THRESHOLDS.items())
+
+
+def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, batch_size: int = 48,
+             return_samples: bool = False) -> dict:
+    """Generate on ``n`` held-out prompts and return the metrics dict."""
+    import torch
+
+    torch.set_num_threads(2)
+    model, tokenizer = load(model_dir)
+    examples = heldout_examples(n, seed=seed)
+    answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)
+    metrics = score(examples, answers)
+    if return_samples:
+        metrics["samples"] = [
+            {"kind": e.kind, "user": e.user, "answer": a} for e, a in zip(examples, answers)
+        ]
+    return metrics

@@ -1,0 +1,135 @@
+"""Tiny random-weight chat models, built offline from transformers configs, for the test suite.
+
+Each family gets a byte-level BPE tokenizer trained on a few sentences and a chat template shaped like
+the real family's (Qwen2.5's ChatML with its default system turn, Gemma-2's turns, Llama-3's headers),
+so prompt positions and persona spans are exercised the way real checkpoints exercise them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+# The largest model any test may build: a tiny model that silently grew to full size would make the
+# suite slow and its checks meaningless.
+MAX_TEST_PARAMS = 200_000
+
+TRAINING_TEXT = [
+    "As a thoughtful person, Give advice to someone facing a difficult decision.",
+    "As Warren Buffett, Comment on whether universal basic income is a good policy.",
+    "As Yoda, Write a haiku about Monday mornings.",
+    "As a pirate, describe the weather today. Arr matey, the sky be grey.",
+    "As a senior software engineer with 10 years of experience, Review this design.",
+    "Recommend a book worth reading and explain why. The quick brown fox jumps over the lazy dog.",
+    "0123456789 !?.,;:'\"()[]{}-_/\\ abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+]
+
+FAMILIES = {
+    "qwen2": {
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "template": (
+            "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+            "<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+            "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        ),
+    },
+    "gemma2": {
+        "special": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        "bos": "<bos>",
+        "eos": "<eos>",
+        "pad": "<pad>",
+        "template": (
+            "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+            "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+            "{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+            "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+        ),
+    },
+    "llama": {
+        "special": ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|pad|>"],
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": "<|pad|>",
+        "template": (
+            "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
+            "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+        ),
+    },
+}
+
+
+def build_tokenizer(family: str, vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    spec = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=spec["special"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec["bos"],
+        eos_token=spec["eos"],
+        pad_token=spec["pad"],
+    )
+    fast.chat_template = spec["template"]
+    return fast
+
+
+def build_config(family: str, vocab_size: int, **overrides):
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    common.update(overrides)
+    if family == "qwen2":
+        return Qwen2Config(**common), Qwen2ForCausalLM
+    if family == "gemma2":
+        return Gemma2Config(head_dim=8, sliding_window=16, query_pre_attn_scalar=8, **common), Gemma2ForCausalLM
+    if family == "llama":
+        return LlamaConfig(**common), LlamaForCausalLM
+    raise ValueError(f"unknown test family {family!r}; allowed: {sorted(FAMILIES)}")
+
+
+def build_tiny_model(family: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    """Write a tiny random `family` model with tokenizer and chat template to `directory`."""
+    tok = build_tokenizer(family)
+    config, cls = build_config(family, vocab_size=len(tok), **overrides)
+    spec = FAMILIES[family]
+    config.bos_token_id = tok.convert_tokens_to_ids(spec["bos"]) if spec["bos"] else None
+    config.eos_token_id = tok.convert_tokens_to_ids(spec["eos"])
+    config.pad_token_id = tok.convert_tokens_to_ids(spec["pad"])
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > MAX_TEST_PARAMS:
+        raise RuntimeError(f"test model {family} has {n_params} parameters, over {MAX_TEST_PARAMS}")
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
