@@ -1,0 +1,154 @@
+"""The `nnsight-persona` command line: one command per experiment, plus reproduce and helpers.
+
+Commands are thin: they map options onto a spec, call the experiment's run(), and write the file.
+Heavy imports (torch, transformers, nnsight) happen inside commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PersonaError
+
+
+def experiment_options(default_layers: str):
+    """The options every experiment command shares."""
+
+    def decorate(fn):
+        options = [
+            click.option("--model", "model_spec", default="toy", show_default=True,
+                         help="'toy' (the embedded toy chat model), a hub id, or a local model directory."),
+            click.option("--grid", "grid_name", default="toy", show_default=True,
+                         help="A bundled grid name (see `nnsight-persona grids`) or a YAML/JSON grid file."),
+            click.option("--layers", default=default_layers, show_default=True,
+                         help="'all', 'paper' (round({.25,.40,.55,.70,.85} x n_layers)), or a list like '2,4,6-8'. "
+                              "Layer L = hidden_states[L]; 0 = embeddings."),
+            click.option("--positions", default="all", show_default=True,
+                         help="Comma list of p_user_last, p_last, g1, g2."),
+            click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+                         help="Model dtype [default: per family: Gemma-2 float32, Qwen-2 bfloat16, else float32]."),
+            click.option("--cells", default=None, help="Comma list of cell labels (persona__task); default every cell."),
+            click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+                         help="Prompts per forward pass."),
+            click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="Output netCDF file [default: runs/<model>/<experiment>-<grid>.nc]."),
+            click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def clean_errors(fn):
+    """Turn bad-input errors into one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PersonaError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def default_out(model_spec: str, experiment: str, grid_name: str) -> Path:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", Path(s).stem if s.endswith((".yaml", ".yml", ".json")) else s)
+    return Path("runs") / safe(model_spec) / f"{experiment}-{safe(grid_name)}.nc"
+
+
+def write_result(ds, out: Path) -> None:
+    from .store import save_dataset
+
+    save_dataset(ds, out)
+    if ds.attrs.get("completed"):
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(f"interrupted: kept the finished part in {out} (attrs completed=0)", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nnsight-persona")
+def main():
+    """Persona-prompt interpretability experiments ("As X, do Y") with nnsight."""
+
+
+@main.command()
+@experiment_options(default_layers="all")
+@click.option("--n-continuation", default=12, show_default=True, type=click.IntRange(min=2),
+              help="Greedy clean XY tokens generated per cell.")
+@clean_errors
+def capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, n_continuation):
+    """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
+    from .experiments import capture as exp
+    from .grids import load_grid
+    from .models import load_model
+    from .selection import parse_layers, parse_positions
+
+    grid = load_grid(grid_name)
+    position_list = parse_positions(positions)
+    cell_list = tuple(c.label for c in grid.select_cells(cells.split(",") if cells else None))
+    loaded = load_model(model_spec, dtype=dtype)
+    layer_list = parse_layers(layers, loaded.n_layers, default=range(loaded.n_layers + 1))
+    spec = exp.CaptureSpec(
+        grid=grid_name, layers=tuple(layer_list), positions=tuple(position_list), cells=cell_list,
+        n_continuation=n_continuation, batch_size=batch_size,
+    )
+    ds = exp.run(loaded, grid, spec, progress=progress)
+    write_result(ds, out or default_out(model_spec, "capture", grid_name))
+
+
+@main.command()
+@click.option("--model", "model_spec", default="toy", show_default=True, help="Model to reproduce on.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where datasets go [default: artifacts/<model>].")
+@click.option("--progress/--no-progress", default=True)
+@clean_errors
+def reproduce(model_spec, out_dir, progress):
+    """Run the main job: every experiment on the model's grids, datasets under artifacts/."""
+    from .experiments import capture as exp
+    from .grids import load_grid
+    from .models import load_model
+
+    loaded = load_model(model_spec)
+    out_dir = out_dir or Path("artifacts") / re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec)
+    grids = ["toy", "toy-long"] if model_spec == "toy" else ["xu2026-short", "xu2026-long"]
+    for grid_name in grids:
+        grid = load_grid(grid_name)
+        spec = exp.CaptureSpec(grid=grid_name, layers=tuple(range(loaded.n_layers + 1)))
+        write_result(exp.run(loaded, grid, spec, progress=progress), out_dir / f"capture-{grid_name}.nc")
+
+
+@main.command("grids")
+@click.argument("name", required=False)
+@clean_errors
+def grids_command(name):
+    """List the bundled grids, or show one grid's cells and prompts."""
+    from .grids import list_grids, load_grid
+
+    if not name:
+        for grid_name in list_grids():
+            grid = load_grid(grid_name)
+            click.echo(f"{grid_name:16s} {len(grid.cells):3d} cells  {grid.description}")
+        return
+    grid = load_grid(name)
+    click.echo(grid.description)
+    for cell in grid.cells:
+        click.echo(f"{cell.label}: {grid.user_text(cell, 'XY')}")
+
+
+def _attach_toy_group():
+    from .toy.cli import toy
+
+    main.add_command(toy)
+
+
+_attach_toy_group()

@@ -1,0 +1,43 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_models import FAMILIES, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """One tiny random model folder (weights, tokenizer, chat template) per family."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def loaded_models(tiny_dirs):
+    from nnsight_persona.models import load_model
+
+    return {family: load_model(str(path), dtype="float32") for family, path in tiny_dirs.items()}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny_grid_file(tmp_path):
+    """A 2 x 2 grid with prompts of unequal lengths, so batches really are padded."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "baseline: {persona: a thoughtful person, task: Give advice.}\n"
+        "personas:\n  yoda: Yoda\n  engineer: a senior software engineer with 10 years of experience who avoids single points of failure\n"
+        "tasks:\n  haiku: Write a haiku about Monday mornings.\n  book: Recommend a book.\n"
+        "markers:\n  yoda: [hmm, force]\n  engineer: [reliab*, failure]\n"
+    )
+    return path
