@@ -64,7 +64,7 @@ def load_model(
         config = AutoConfig.from_pretrained(path, revision=revision)
         # Passing the tokenizer explicitly side-steps nnsight's tokenizer guessing.
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load model {spec!r}: {exc}. Give 'toy', a local directory with config.json and "
             "tokenizer files, or a hub id reachable from this machine."
