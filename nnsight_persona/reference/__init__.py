@@ -1,0 +1,1 @@
+"""Numbers the reference papers report, shipped for side-by-side comparison."""
