@@ -28,6 +28,12 @@ class LoadedModel:
     n_layers: int
     hidden_size: int
 
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
     def layers(self):
         return module_at(self.lm, self.adapter.layers)
 

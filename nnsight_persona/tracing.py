@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .batching import Batch
+from .sites import module_at
 
 
 def residual_site(blocks, layer: int):
@@ -38,3 +39,26 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     ) as tracer:
         out = tracer.result.save()
     return out[:, batch.input_ids.shape[1]:]
+
+
+def window_kl(loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:
+    """KL(reference || row) of next-token distributions, summed over each row's window.
+
+    writes: LayerWrites (ascending layers) applied in the same forward pass. window_cols [rows, W]:
+    batch columns whose next-token distributions are compared. reference_rows [rows]: for each
+    row, the (unedited) row of the same batch it is compared against. Only the per-row sums leave
+    the trace; the logits never do.
+    """
+    blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
+    dtype = loaded.torch_dtype
+    rows = torch.arange(batch.input_ids.shape[0])[:, None]
+    with loaded.lm.trace(**batch.inputs()):
+        for w in writes:
+            residual_site(blocks, w.layer)[w.rows, w.cols] = w.values.to(dtype)
+        logits = lm_head.output
+        logp = logits[rows, window_cols].float().log_softmax(-1)
+        # The reference row is read at the same columns: rows of one batch share its padding.
+        ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
+        kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
+    return kl

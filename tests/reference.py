@@ -28,3 +28,41 @@ def hidden_states(model, ids: list[int]) -> list[torch.Tensor]:
 def greedy(model, ids: list[int], n: int, pad_id: int) -> list[int]:
     out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id)
     return out[0, len(ids):].tolist()
+
+
+@torch.no_grad()
+def patched_logits(model, ids: list[int], layer: int, pos: int, vector: torch.Tensor) -> torch.Tensor:
+    """Logits [T, V] of one unpadded sequence with the residual at (layer, pos) replaced, using
+    the reference's mechanism: a forward pre-hook on block `layer` (a forward hook on the last
+    block for the top layer, which has no block after it)."""
+    blocks = model.model.layers
+    n = len(blocks)
+
+    def replace(h):
+        h = h.clone()
+        h[0, pos] = vector.to(h.dtype)
+        return h
+
+    if layer < n:
+        def pre_hook(module, args, kwargs):
+            if args:
+                return (replace(args[0]),) + tuple(args[1:]), kwargs
+            kwargs["hidden_states"] = replace(kwargs["hidden_states"])
+            return args, kwargs
+
+        handle = blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        handle = blocks[-1].register_forward_hook(
+            lambda m, a, out: (replace(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else replace(out)
+        )
+    try:
+        return model(torch.tensor([ids])).logits[0].float()
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def summed_kl(clean_logits: torch.Tensor, patched: torch.Tensor, start: int, n: int) -> float:
+    p = clean_logits[start : start + n].log_softmax(-1)
+    q = patched[start : start + n].log_softmax(-1)
+    return float((p.exp() * (p - q)).sum())

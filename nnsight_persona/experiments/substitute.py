@@ -1,0 +1,172 @@
+"""substitute: replace the clean XY residual at (layer, position) and measure the damage.
+
+For each cell, layer, position and condition, the clean XY residual is replaced by the condition's
+vector (built from the capture's four conditions) and KL(clean || patched) of the next-token
+distributions is summed over the n_eval teacher-forced clean tokens after the probe position (the
+distributions at the probe position and the n_eval - 1 after it), the paper's convention.
+
+Batched: every patch of a cell runs on the same teacher-forced sequence, so many (layer, position,
+condition) patches share one forward pass, each batch carrying one unedited clean row per cell to
+compare against inside the trace. Only per-row KL sums leave the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..batching import chunked, left_pad
+from ..edits import Write, group_by_layer
+from ..errors import SelectionError
+from ..grids import Grid
+from ..prompts import POSITIONS, render_prompt
+from ..provenance import provenance_attrs
+from ..tracing import window_kl
+from . import capture as capture_exp
+
+CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
+
+
+@dataclass(frozen=True)
+class SubstituteSpec:
+    grid: str
+    layers: tuple[int, ...]
+    positions: tuple[str, ...] = POSITIONS
+    conditions: tuple[str, ...] = CONDITIONS
+    cells: tuple[str, ...] = ()
+    n_eval: int = 10
+    n_continuation: int = 12
+    batch_size: int = 32
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_conditions(conditions) -> tuple[str, ...]:
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad or not conditions:
+        raise SelectionError(f"unknown substitution condition(s) {bad or list(conditions)}; allowed: {list(CONDITIONS)}")
+    return tuple(c for c in CONDITIONS if c in conditions)
+
+
+def condition_vectors(resid: xr.DataArray, conditions, seed: int) -> xr.DataArray:
+    """Replacement vectors (layer, position, cell, condition, hidden) from a capture's `resid`
+    (one model). The random direction is drawn per site from a generator seeded by `seed`."""
+    h = {c: resid.sel(condition=c).values.astype(np.float32) for c in ("BB", "XB", "BY", "XY")}
+    dx, dy = h["XB"] - h["BB"], h["BY"] - h["BB"]
+    rng = np.random.default_rng(seed)
+    direction = rng.standard_normal(h["BB"].shape).astype(np.float32)
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    made = {
+        "additive": h["BB"] + dx + dy,
+        "oracle": h["XY"],
+        "baseline": h["BB"],
+        "persona_only": h["BB"] + dx,
+        "task_only": h["BB"] + dy,
+        "random": h["BB"] + direction * np.linalg.norm(dx + dy, axis=-1, keepdims=True),
+    }
+    stacked = np.stack([made[c] for c in conditions], axis=-2)
+    dims = ("layer", "position", "cell", "condition", "hidden")
+    coords = {d: resid[d].values for d in ("layer", "position", "cell")}
+    return xr.DataArray(stacked, dims=dims, coords={**coords, "condition": list(conditions)})
+
+
+def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None = None, progress: bool = True) -> xr.Dataset:
+    conditions = check_conditions(spec.conditions)
+    cells = grid.select_cells(list(spec.cells))
+    if capture_ds is None:
+        cap_spec = capture_exp.CaptureSpec(
+            grid=spec.grid, layers=spec.layers, positions=spec.positions,
+            cells=tuple(c.label for c in cells), n_continuation=spec.n_continuation, batch_size=spec.batch_size,
+        )
+        capture_ds = capture_exp.run(loaded, grid, cap_spec, progress=progress)
+    _check_capture(capture_ds, loaded, spec, cells)
+    resid = capture_ds.resid.isel(model=0).sel(
+        layer=list(spec.layers), position=list(spec.positions), cell=[c.label for c in cells]
+    )
+    vectors = torch.from_numpy(condition_vectors(resid, conditions, spec.seed).values)
+    continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
+
+    layers, positions = list(spec.layers), list(spec.positions)
+    kl = np.full((len(layers), len(positions), len(cells), len(conditions)), np.nan)
+    # Every patch of a cell shares the cell's teacher-forced XY sequence.
+    prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
+    probe = {(ci, pi): prompts[ci].position(p) for ci in range(len(cells)) for pi, p in enumerate(positions)}
+    seqs = []
+    for ci, p in enumerate(prompts):
+        needed = max(probe[(ci, pi)] for pi in range(len(positions))) + spec.n_eval - len(p.ids)
+        if needed > continuation.shape[1]:
+            raise SelectionError(
+                f"the capture holds {continuation.shape[1]} continuation tokens; {needed} are needed to "
+                f"evaluate {spec.n_eval} tokens after every chosen position (capture with --n-continuation {needed})"
+            )
+        seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
+    patches = [
+        (ci, li, pi, ki)
+        for ci in range(len(cells))
+        for li in range(len(layers))
+        for pi in range(len(positions))
+        for ki in range(len(conditions))
+    ]
+    completed = False
+    try:
+        for rng in tqdm(list(chunked(len(patches), spec.batch_size)), desc="substitute", disable=not progress):
+            chunk = [patches[k] for k in rng]
+            cell_ids = sorted({p[0] for p in chunk})
+            clean_row = {ci: r for r, ci in enumerate(cell_ids)}  # one unedited row per cell
+            batch = left_pad([seqs[ci] for ci in cell_ids] + [seqs[p[0]] for p in chunk], loaded.pad_id)
+            writes, windows, refs = [], [], []
+            for ci in cell_ids:
+                windows.append(batch.pad[clean_row[ci]] + probe[(ci, 0)] + torch.arange(spec.n_eval))
+                refs.append(clean_row[ci])
+            for r, (ci, li, pi, ki) in enumerate(chunk, start=len(cell_ids)):
+                col = int(batch.pad[r]) + probe[(ci, pi)]
+                writes.append(Write(row=r, layer=layers[li], col=col, value=vectors[li, pi, ci, ki]))
+                windows.append(col + torch.arange(spec.n_eval))
+                refs.append(clean_row[ci])
+            got = window_kl(loaded, batch, group_by_layer(writes), torch.stack(windows), torch.tensor(refs))
+            for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
+                kl[li, pi, ci, ki] = value
+        completed = True
+    except KeyboardInterrupt:
+        pass
+    return _dataset(loaded, grid, spec, cells, conditions, kl, completed)
+
+
+def _check_capture(capture_ds, loaded, spec, cells) -> None:
+    if capture_ds.attrs.get("model_id") != loaded.model_id:
+        raise SelectionError(
+            f"the capture was made with model {capture_ds.attrs.get('model_id')!r}, not {loaded.model_id!r}"
+        )
+    for dim, wanted in (("layer", spec.layers), ("position", spec.positions), ("cell", [c.label for c in cells])):
+        have = set(capture_ds[dim].values.tolist())
+        missing = [w for w in wanted if w not in have]
+        if missing:
+            raise SelectionError(f"the capture has no {dim} {missing}; it holds {sorted(have)}")
+    if not capture_ds.attrs.get("completed", 0):
+        raise SelectionError("the capture file is incomplete (completed=0); rerun the capture first")
+
+
+def _dataset(loaded, grid, spec, cells, conditions, kl, completed) -> xr.Dataset:
+    ds = xr.Dataset(
+        {"kl": (("model", "layer", "position", "cell", "condition"), kl[None])},
+        coords={
+            "model": [loaded.model_id],
+            "layer": np.array(spec.layers, dtype=np.int64),
+            "position": list(spec.positions),
+            "cell": [c.label for c in cells],
+            "condition": list(conditions),
+            "persona": ("cell", [c.persona for c in cells]),
+            "task": ("cell", [c.task for c in cells]),
+        },
+        attrs=provenance_attrs(loaded, "substitute", {**spec.to_dict(), "grid_definition": grid.to_dict()}),
+    )
+    ds.attrs["completed"] = int(completed)
+    ds["kl"].attrs.update(long_name=f"summed KL(clean || patched) over {spec.n_eval} tokens", units="nats")
+    ds["layer"].attrs.update(long_name="layer (hidden_states index)")
+    return ds
