@@ -145,10 +145,14 @@ def grids_command(name):
         click.echo(f"{cell.label}: {grid.user_text(cell, 'XY')}")
 
 
-def _attach_toy_group():
+def _attach_subcommands():
+    # Imported last: these modules use clean_errors from this one.
+    from .cli_analysis import COMMANDS
     from .toy.cli import toy
 
+    for command in COMMANDS:
+        main.add_command(command)
     main.add_command(toy)
 
 
-_attach_toy_group()
+_attach_subcommands()

@@ -1,0 +1,174 @@
+"""decompose and summarize on synthetic captures: agreement with plain numpy and the conventions."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from nnsight_persona.analysis import decompose, delta_vectors, format_table, summarize
+from nnsight_persona.errors import PersonaError, SelectionError
+from nnsight_persona.store import load_dataset, save_dataset, spec_of
+
+PERSONAS, TASKS = ["yoda", "marx", "buffett"], ["haiku", "policy"]
+POSITIONS = ["p_user_last", "p_last", "g1", "g2"]
+
+
+def provenance(experiment, model_id="toy", grid="toy", **spec):
+    return {
+        "experiment": experiment, "model_id": model_id, "model_revision": "main", "model_family": "test",
+        "dtype": "float32", "n_layers": 3, "layer_convention": "layer L = hidden_states[L]",
+        "package_version": "0", "nnsight_version": "0", "transformers_version": "0", "torch_version": "0",
+        "git_commit": "abc", "spec": json.dumps({"grid": grid, **spec}), "created": "2026-01-01T00:00:00+00:00",
+        "completed": 1,
+    }
+
+
+def cell_coords(personas=PERSONAS, tasks=TASKS):
+    cells = [(x, y) for x in personas for y in tasks]
+    return {
+        "cell": [f"{x}__{y}" for x, y in cells],
+        "persona": ("cell", [x for x, _ in cells]),
+        "task": ("cell", [y for _, y in cells]),
+    }
+
+
+def make_capture(resid=None, seed=0, layers=(0, 1, 2, 3), hidden=16, model_id="toy", grid="toy"):
+    """A capture dataset with the schema of docs/datasets.md (resid only; the rest is not used)."""
+    rng = np.random.default_rng(seed)
+    shape = (1, len(layers), len(POSITIONS), len(PERSONAS) * len(TASKS), 4, hidden)
+    if resid is None:
+        resid = rng.normal(size=shape).astype(np.float32)
+    ds = xr.Dataset(
+        {"resid": (("model", "layer", "position", "cell", "condition", "hidden"), resid)},
+        coords={"model": [model_id], "layer": np.array(layers), "position": POSITIONS,
+                "condition": ["BB", "XB", "BY", "XY"], **cell_coords()},
+        attrs=provenance("capture", model_id, grid, layers=list(layers)),
+    )
+    ds["layer"].attrs["long_name"] = "layer (hidden_states index)"
+    return ds
+
+
+def numpy_reference(resid):
+    """The statistics written out directly, one vector pair at a time."""
+    r = resid.astype(np.float64)
+    out = {k: np.zeros(r.shape[:4]) for k in ("cos_xy_sum", "cos_x_y", "inter_over_xy", "norm_inter")}
+    for idx in np.ndindex(*r.shape[:4]):
+        bb, xb, by, xy = r[idx]
+        dx, dy, dxy = xb - bb, by - bb, xy - bb
+        s, inter = dx + dy, dxy - (dx + dy)
+        out["cos_xy_sum"][idx] = dxy @ s / (np.linalg.norm(dxy) * np.linalg.norm(s))
+        out["cos_x_y"][idx] = dx @ dy / (np.linalg.norm(dx) * np.linalg.norm(dy))
+        out["inter_over_xy"][idx] = np.linalg.norm(inter) / np.linalg.norm(dxy)
+        out["norm_inter"][idx] = np.linalg.norm(inter)
+    return out
+
+
+def test_decompose_agrees_with_numpy_on_random_data():
+    cap = make_capture()
+    ds = decompose(cap)
+    expected = numpy_reference(cap.resid.values)
+    for name, values in expected.items():
+        assert ds[name].dims == ("model", "layer", "position", "cell")
+        np.testing.assert_allclose(ds[name].values, values, rtol=1e-10, atol=1e-12)
+    r = cap.resid.values.astype(np.float64)
+    np.testing.assert_allclose(ds.norm_delta_x.values, np.linalg.norm(r[..., 1, :] - r[..., 0, :], axis=-1))
+    assert ds.cos_xy_sum.dtype == np.float64
+
+
+def test_exactly_additive_capture_gives_cos_one_and_no_interaction():
+    rng = np.random.default_rng(1)
+    bb, dx, dy = (rng.normal(size=(1, 4, 4, 6, 32)) for _ in range(3))
+    resid = np.stack([bb, bb + dx, bb + dy, bb + dx + dy], axis=4)
+    ds = decompose(make_capture(resid=resid, hidden=32))
+    np.testing.assert_allclose(ds.cos_xy_sum.values, 1.0, atol=1e-12)
+    np.testing.assert_allclose(ds.inter_over_xy.values, 0.0, atol=1e-12)
+
+
+def test_zero_deltas_give_zero_not_nan():
+    cap = make_capture()
+    same = cap.resid.values.copy()
+    same[:, 0, 1] = same[:, 0, 1, :, :1]  # layer 0, p_last: every condition has the same vector
+    ds = decompose(make_capture(resid=same))
+    at = ds.isel(layer=0).sel(position="p_last")
+    for name in ("cos_xy_sum", "cos_x_y", "inter_over_xy", "norm_delta_xy"):
+        assert np.all(at[name].values == 0), name
+    assert not np.isnan(ds.cos_xy_sum.values).any()
+
+
+def test_nan_cells_stay_nan():
+    resid = make_capture().resid.values.copy()
+    resid[:, :, :, 2] = np.nan  # a cell an interrupted capture never reached
+    ds = decompose(make_capture(resid=resid))
+    assert np.isnan(ds.cos_xy_sum.values[:, :, :, 2]).all()
+    assert not np.isnan(ds.cos_xy_sum.values[:, :, :, :2]).any()
+
+
+def test_cosines_lie_in_range():
+    ds = decompose(make_capture(seed=3))
+    for name in ("cos_xy_sum", "cos_x_y"):
+        assert ((ds[name] >= -1) & (ds[name] <= 1)).all()
+
+
+def test_coords_attrs_and_spec():
+    cap = make_capture(grid="xu2026-short")
+    ds = decompose(cap)
+    assert list(ds.persona.values) == list(cap.persona.values)
+    assert list(ds.task.values) == list(cap.task.values)
+    assert ds.attrs["experiment"] == "decompose"
+    assert ds.attrs["model_id"] == "toy" and ds.attrs["completed"] == 1
+    spec = spec_of(ds)
+    assert spec["grid"] == "xu2026-short"
+    assert spec["source"]["spec"] == spec_of(cap) and spec["source"]["experiment"] == "capture"
+    assert all(ds[v].attrs.get("long_name") for v in ds.data_vars)
+    assert ds.layer.attrs["long_name"] == "layer (hidden_states index)"
+
+
+def test_delta_vectors_rebuild_the_additive_prediction():
+    cap = make_capture()
+    dx, dy = delta_vectors(cap)
+    assert dx.dims == ("model", "layer", "position", "cell", "hidden")
+    bb = cap.resid.sel(condition="BB").values.astype(np.float64)
+    np.testing.assert_allclose(bb + dx.values, cap.resid.sel(condition="XB").values, atol=1e-6)
+    np.testing.assert_allclose(bb + dy.values, cap.resid.sel(condition="BY").values, atol=1e-6)
+
+
+def test_bad_inputs_are_named():
+    cap = make_capture()
+    with pytest.raises(SelectionError, match="XY"):
+        decompose(cap.sel(condition=["BB", "XB", "BY"]))
+    with pytest.raises(PersonaError, match="resid"):
+        decompose(cap.drop_vars("resid"))
+    with pytest.raises(PersonaError, match="substitute"):
+        decompose(cap.assign_attrs(experiment="substitute"))
+
+
+def test_netcdf_round_trip_is_identical(tmp_path):
+    ds = decompose(make_capture())
+    path = save_dataset(ds, tmp_path / "decompose.nc")
+    back = load_dataset(path)
+    xr.testing.assert_identical(back, ds)
+
+
+def test_summaries_equal_numpy():
+    ds = decompose(make_capture(seed=5))
+    values = ds.cos_xy_sum.values.copy()
+    values[0, 1, 2, 0] = np.nan
+    da = ds.cos_xy_sum.copy(data=values)
+    s = summarize(da)
+    assert s["median"].dims == ("model", "layer", "position")
+    np.testing.assert_allclose(s["median"].values, np.nanmedian(values, axis=-1))
+    np.testing.assert_allclose(s["q25"].values, np.nanquantile(values, 0.25, axis=-1))
+    np.testing.assert_allclose(s["q75"].values, np.nanquantile(values, 0.75, axis=-1))
+    np.testing.assert_allclose(s["min"].values, np.nanmin(values, axis=-1))
+    np.testing.assert_allclose(s["max"].values, np.nanmax(values, axis=-1))
+    assert int(s["count"].values[0, 1, 2]) == values.shape[-1] - 1
+    with pytest.raises(SelectionError, match="hidden"):
+        summarize(da, over="hidden")
+
+
+def test_format_table_aligns_and_rounds():
+    text = format_table([{"layer": 1, "x": 0.123456}, {"layer": 10, "x": float("nan")}], digits=3)
+    lines = text.splitlines()
+    assert lines[0].split() == ["layer", "x"] and "0.123" in lines[2] and "nan" in lines[3]
+    assert len({len(line) for line in lines[:3]}) == 1
