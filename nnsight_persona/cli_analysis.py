@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli import clean_errors
+from .cli_common import clean_errors
 
 DECOMPOSE_COLUMNS = ("model", "layer", "position", "n", "cos_xy_sum", "cos_x_y", "inter_over_xy")
 
