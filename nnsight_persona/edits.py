@@ -46,3 +46,21 @@ def group_by_layer(writes: list[Write]) -> list[LayerWrites]:
         )
         for layer, ws in sorted(by_layer.items())
     ]
+
+
+@dataclass(frozen=True)
+class GenerationEdit:
+    """A residual replacement during greedy generation.
+
+    At generation step `step` (0 = the prefill over the prompt; step k > 0 computes the k-th
+    generated token's position) the residual of `rows` at batch columns `cols` of `layer` is
+    replaced by `values`. With `deltas` (patching every step), each later step also adds
+    `deltas` (the replacement minus the clean residual it replaced) at its new position.
+    """
+
+    layer: int
+    step: int
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    deltas: torch.Tensor | None = None

@@ -38,6 +38,14 @@ class LoadedModel:
         return module_at(self.lm, self.adapter.layers)
 
     @property
+    def eos_ids(self) -> list[int]:
+        """Every token that ends a turn: the tokenizer's eos and the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        config_eos = getattr(getattr(self.lm._module, "generation_config", None), "eos_token_id", None)
+        ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+        return sorted(i for i in ids if i is not None)
+
+    @property
     def pad_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

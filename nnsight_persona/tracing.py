@@ -30,15 +30,47 @@ def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor,
     return out
 
 
+def greedy_config(loaded, n_tokens: int):
+    """Pure greedy decoding for exactly `n_tokens` steps: the checkpoint's own sampling defaults
+    (temperature, top-p, repetition penalty...) are deliberately not applied."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+        pad_token_id=loaded.pad_id, eos_token_id=loaded.eos_ids,
+    )
+
+
 def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
-    """`n_tokens` greedy tokens after each row of a left-padded batch (end-of-turn suppressed,
-    so every row has the same length and the positions after the prompt stay aligned)."""
+    """`n_tokens` greedy tokens after each row of a left-padded batch. End of turn is suppressed
+    until then, so every row has the same length and positions after the prompt stay aligned."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    with loaded.lm.generate(
-        **inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False, pad_token_id=loaded.pad_id
-    ) as tracer:
+    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens)) as tracer:
         out = tracer.result.save()
     return out[:, batch.input_ids.shape[1]:]
+
+
+def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None) -> torch.Tensor:
+    """Greedy argmax tokens [rows, n_tokens] under an optional GenerationEdit.
+
+    The run always makes n_tokens steps (a bounded nnsight loop needs them all); the tokens
+    returned are the raw argmax of each step's logits, so a row's first end-of-turn token marks
+    where plain greedy decoding would have stopped (callers cut there)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
+    dtype = loaded.torch_dtype
+    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens)) as tracer:
+        tokens = list().save()
+        for step in tracer.iter[0:n_tokens]:
+            if edit is not None and step >= edit.step:
+                site = residual_site(blocks, edit.layer)
+                if step == edit.step:
+                    site[edit.rows, edit.cols] = edit.values.to(dtype)
+                elif edit.deltas is not None:
+                    site[edit.rows, -1] += edit.deltas.to(dtype)
+            tokens.append(lm_head.output[:, -1].argmax(-1))
+    return torch.stack(tokens, dim=1)
 
 
 def window_kl(loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:

@@ -66,3 +66,39 @@ def summed_kl(clean_logits: torch.Tensor, patched: torch.Tensor, start: int, n: 
     p = clean_logits[start : start + n].log_softmax(-1)
     q = patched[start : start + n].log_softmax(-1)
     return float((p.exp() * (p - q)).sum())
+
+
+@torch.no_grad()
+def greedy_with_patch(model, ids, n, eos_ids, layer, pos, value=None, delta=None):
+    """Plain greedy decoding (KV cache) with the reference's kind of hook on block `layer`: the
+    prefill's residual at `pos` is replaced by `value`; with `delta`, every later single-token
+    step adds `delta` at its new position. Stops at the first end-of-turn token."""
+
+    def pre_hook(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        h = h.clone()
+        if h.shape[1] > 1 and value is not None:
+            h[0, pos] = value.to(h.dtype)
+        elif h.shape[1] == 1 and delta is not None:
+            h[0, -1] += delta.to(h.dtype)
+        if args:
+            return (h,) + tuple(args[1:]), kwargs
+        kwargs["hidden_states"] = h
+        return args, kwargs
+
+    handle = model.model.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        out = []
+        seq = torch.tensor([ids])
+        past = None
+        for _ in range(n):
+            res = model(seq if past is None else seq[:, -1:], past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            nxt = int(res.logits[0, -1].argmax())
+            if nxt in eos_ids:
+                break
+            out.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+        return out
+    finally:
+        handle.remove()
