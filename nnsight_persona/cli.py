@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .cli_common import clean_errors, default_out, experiment_options, write_result
+from .errors import SelectionError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,43 +28,201 @@ def main():
 @clean_errors
 def capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, n_continuation):
     """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
-    from .experiments import capture as exp
-    from .grids import load_grid
-    from .models import load_model
-    from .selection import parse_layers, parse_positions
+    ds = _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress, n_continuation)
+    write_result(ds, out or default_out(model_spec, "capture", grid_name))
 
-    grid = load_grid(grid_name)
+
+def _setup(model_spec, grid_name, positions, cells, dtype, capture_path):
+    """Shared start of every experiment command: grid, positions, cells (validated before the
+    model loads, so bad input fails fast), the model, and a reused capture if one was given."""
+    from .grids import grid_from_dict, load_grid
+    from .models import load_model
+    from .selection import parse_positions
+    from .store import load_dataset, spec_of
+
+    capture_ds = None
+    if capture_path is not None:
+        capture_ds = load_dataset(capture_path)
+        spec = spec_of(capture_ds)
+        if capture_ds.attrs.get("experiment") != "capture" or "grid_definition" not in spec:
+            raise SelectionError(f"{capture_path} is not a capture file (see `nnsight-persona capture`)")
+        grid = grid_from_dict(spec["grid_definition"], name=spec["grid"])
+        model_spec = capture_ds.attrs["model_id"]
+    else:
+        grid = load_grid(grid_name)
     position_list = parse_positions(positions)
     cell_list = tuple(c.label for c in grid.select_cells(cells.split(",") if cells else None))
     loaded = load_model(model_spec, dtype=dtype)
+    return grid, position_list, cell_list, loaded, capture_ds
+
+
+capture_option = click.option(
+    "--capture", "capture_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Reuse a capture file instead of recomputing it (its model and grid are used).",
+)
+
+
+@main.command()
+@experiment_options(default_layers="all")
+@capture_option
+@clean_errors
+def decompose(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path):
+    """Delta_X, Delta_Y, Delta_XY and Inter at every layer, position and cell; cosines and norms."""
+    from .analysis.decompose import decompose as decompose_capture
+    from .analysis.summary import format_table, median_rows
+
+    if capture_path is not None:
+        from .store import load_dataset, spec_of
+
+        capture_ds = load_dataset(capture_path)
+        grid_name = spec_of(capture_ds).get("grid", grid_name)
+        model_spec = capture_ds.attrs.get("model_id", model_spec)
+    else:
+        capture_ds = _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress)
+    ds = decompose_capture(capture_ds)
+    columns = ("model", "layer", "position", "n", "cos_xy_sum", "cos_x_y", "inter_over_xy")
+    click.echo(format_table(median_rows(ds, ["cos_xy_sum", "cos_x_y", "inter_over_xy"]), columns))
+    write_result(ds, out or default_out(model_spec, "decompose", grid_name))
+
+
+def _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress, n_continuation=12):
+    from .experiments import capture as exp
+    from .selection import parse_layers
+
+    grid, position_list, cell_list, loaded, _ = _setup(model_spec, grid_name, positions, cells, dtype, None)
     layer_list = parse_layers(layers, loaded.n_layers, default=range(loaded.n_layers + 1))
     spec = exp.CaptureSpec(
         grid=grid_name, layers=tuple(layer_list), positions=tuple(position_list), cells=cell_list,
         n_continuation=n_continuation, batch_size=batch_size,
     )
-    ds = exp.run(loaded, grid, spec, progress=progress)
-    write_result(ds, out or default_out(model_spec, "capture", grid_name))
+    return exp.run(loaded, grid, spec, progress=progress)
+
+
+@main.command()
+@experiment_options(default_layers="paper")
+@capture_option
+@click.option("--conditions", default=",".join(("additive", "oracle", "baseline", "persona_only", "task_only", "random")),
+              show_default=True, help="Comma list of substitution conditions.")
+@click.option("--n-eval", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Teacher-forced tokens whose KL is summed.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random-direction control.")
+@clean_errors
+def substitute(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
+               conditions, n_eval, seed):
+    """Replace the clean XY residual at (layer, position) and sum KL(clean || patched) over 10 tokens."""
+    from .analysis.summary import format_table
+    from .experiments import substitute as exp
+    from .selection import parse_layers, paper_layers
+
+    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
+    condition_list = exp.check_conditions([c.strip() for c in conditions.split(",")])
+    layer_list = parse_layers(layers, loaded.n_layers, default=paper_layers(loaded.n_layers))
+    spec = exp.SubstituteSpec(
+        grid=grid.name if capture_path else grid_name, layers=tuple(layer_list), positions=tuple(position_list),
+        conditions=condition_list, cells=cell_list, n_eval=n_eval, n_continuation=max(12, n_eval + 2),
+        batch_size=batch_size, seed=seed,
+    )
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    median = ds.kl.isel(model=0).median("cell")
+    rows = [{"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
+            for L in ds.layer.values for p in ds.position.values]
+    click.echo("median summed KL over cells:")
+    click.echo(format_table(rows))
+    write_result(ds, out or default_out(loaded.model_id, "substitute", spec.grid))
+
+
+@main.command()
+@experiment_options(default_layers="default")
+@capture_option
+@click.option("--conditions", default="clean,additive,remove_persona,bare", show_default=True,
+              help="Comma list of marker conditions.")
+@click.option("--patch-steps", type=click.Choice(["prefill", "all"]), default="prefill", show_default=True,
+              help="Edit only the step computing the position (the paper's), or also every later generated position.")
+@click.option("--n-tokens", default=80, show_default=True, type=click.IntRange(min=1), help="Greedy tokens generated.")
+@clean_errors
+def markers(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
+            conditions, patch_steps, n_tokens):
+    """Persona markers in 80 greedy tokens under clean, additive, remove_persona and bare.
+
+    One layer (default: nearest 0.55 x n_layers) and one position (default p_last)."""
+    from .analysis.summary import format_table
+    from .experiments import markers as exp
+    from .selection import parse_layers
+
+    if positions == "all":
+        positions = "p_last"
+    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
+    layer_list = parse_layers(layers, loaded.n_layers, default=[exp.default_layer(loaded.n_layers)])
+    if len(layer_list) != 1 or len(position_list) != 1:
+        raise SelectionError(f"markers takes one layer and one position; got layers {layer_list}, positions {position_list}")
+    spec = exp.MarkersSpec(
+        grid=grid.name if capture_path else grid_name, layer=layer_list[0], position=position_list[0],
+        conditions=tuple(c.strip() for c in conditions.split(",")), patch_steps=patch_steps, cells=cell_list,
+        n_tokens=n_tokens, batch_size=batch_size,
+    )
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    rows = [{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d} for c, k, n, d in exp.summary_table(ds)]
+    click.echo(format_table(rows))
+    write_result(ds, out or default_out(loaded.model_id, "markers", spec.grid))
+
+
+# What `reproduce` runs per model: grid -> cells of the behavioural test (None: every cell).
+REPRODUCE_GRIDS = {
+    "toy": {"toy": None, "toy-long": None},
+    "default": {"xu2026-short": None, "xu2026-long": [f"{p}__{t}" for p in (
+        "engineer", "counselor", "founder", "teacher", "journalist", "doctor", "lawyer", "chef")
+        for t in ("arch", "plan", "proposal")]},
+}
 
 
 @main.command()
 @click.option("--model", "model_spec", default="toy", show_default=True, help="Model to reproduce on.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where datasets go [default: artifacts/<model>].")
+              help="Where datasets and figures go [default: artifacts/<model>].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--progress/--no-progress", default=True)
 @clean_errors
-def reproduce(model_spec, out_dir, progress):
-    """Run the main job: every experiment on the model's grids, datasets under artifacts/."""
-    from .experiments import capture as exp
+def reproduce(model_spec, dtype, out_dir, batch_size, progress):
+    """The main job: capture, decompose, substitute and markers on the model's grids, with figures.
+
+    On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
+    (e.g. google/gemma-2-2b-it) it runs the paper's short and long grids."""
+    from .analysis.decompose import decompose as decompose_capture
+    from .experiments import capture as capture_exp
+    from .experiments import markers as markers_exp
+    from .experiments import substitute as substitute_exp
     from .grids import load_grid
     from .models import load_model
+    from .plots import figures_for, save_figure
+    from .selection import paper_layers
+    from .store import save_dataset
 
-    loaded = load_model(model_spec)
+    loaded = load_model(model_spec, dtype=dtype)
     out_dir = out_dir or Path("artifacts") / re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec)
-    grids = ["toy", "toy-long"] if model_spec == "toy" else ["xu2026-short", "xu2026-long"]
-    for grid_name in grids:
+    plan = REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
+
+    def keep(ds, name):
+        path = save_dataset(ds, out_dir / f"{name}.nc")
+        click.echo(f"wrote {path}")
+        if not ds.attrs.get("completed"):
+            raise click.ClickException(f"interrupted; the finished part is in {path} (attrs completed=0)")
+        for fig_name, fig in figures_for(ds).items():
+            for fig_path in save_figure(fig, out_dir / f"{name}-{fig_name}"):
+                click.echo(f"wrote {fig_path}")
+
+    for grid_name, marker_cells in plan.items():
         grid = load_grid(grid_name)
-        spec = exp.CaptureSpec(grid=grid_name, layers=tuple(range(loaded.n_layers + 1)))
-        write_result(exp.run(loaded, grid, spec, progress=progress), out_dir / f"capture-{grid_name}.nc")
+        cap = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
+            grid=grid_name, layers=tuple(range(loaded.n_layers + 1)), batch_size=batch_size), progress=progress)
+        keep(cap, f"capture-{grid_name}")
+        keep(decompose_capture(cap), f"decompose-{grid_name}")
+        sub = substitute_exp.SubstituteSpec(grid=grid_name, layers=tuple(paper_layers(loaded.n_layers)), batch_size=batch_size)
+        keep(substitute_exp.run(loaded, grid, sub, capture_ds=cap, progress=progress), f"substitute-{grid_name}")
+        if grid.markers:
+            spec = markers_exp.MarkersSpec(grid=grid_name, layer=markers_exp.default_layer(loaded.n_layers),
+                                           cells=tuple(marker_cells or ()), batch_size=batch_size)
+            keep(markers_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"markers-{grid_name}")
 
 
 @main.command("grids")

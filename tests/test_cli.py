@@ -65,3 +65,52 @@ def test_model_without_chat_template_is_refused(tiny_dirs, tmp_path, tiny_grid_f
 def test_grids_command_lists_bundled_grids():
     result = _run("grids")
     assert result.exit_code == 0 and "xu2026-long" in result.output and "48 cells" in result.output
+
+
+def test_experiments_reuse_a_capture_file(tiny_dirs, tiny_grid_file, tmp_path):
+    cap = tmp_path / "capture.nc"
+    assert _run("capture", "--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--out", str(cap),
+                "--no-progress").exit_code == 0
+    dec = tmp_path / "decompose.nc"
+    result = _run("decompose", "--capture", str(cap), "--out", str(dec))
+    assert result.exit_code == 0, result.output
+    assert "cos_xy_sum" in result.output and load_dataset(dec).attrs["experiment"] == "decompose"
+    sub = tmp_path / "substitute.nc"
+    result = _run("substitute", "--capture", str(cap), "--layers", "1,3", "--positions", "p_last,g1",
+                  "--conditions", "additive,oracle", "--out", str(sub), "--no-progress")
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(sub)
+    assert list(ds.condition.values) == ["additive", "oracle"] and list(ds.layer.values) == [1, 3]
+    assert abs(ds.kl.sel(condition="oracle")).max() < 1e-5
+    mk = tmp_path / "markers.nc"
+    result = _run("markers", "--capture", str(cap), "--layers", "2", "--n-tokens", "5", "--out", str(mk), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "cells with a marker" in result.output
+    assert load_dataset(mk).text.sizes == {"model": 1, "cell": 4, "condition": 4}
+    result = _run("plot", str(sub), str(dec), str(mk), "--out-dir", str(tmp_path / "figs"))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 3
+
+
+def test_experiment_commands_run_their_own_capture(tiny_dirs, tiny_grid_file, tmp_path):
+    out = tmp_path / "sub.nc"
+    result = _run("substitute", "--model", str(tiny_dirs["qwen2"]), "--dtype", "float32", "--grid", str(tiny_grid_file),
+                  "--positions", "p_last", "--cells", "yoda__haiku", "--out", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    assert list(ds.layer.values) == [1, 2, 3]  # the paper's fractional grid for 4 layers
+    assert ds.kl.sizes["cell"] == 1
+
+
+@pytest.mark.parametrize(
+    "command, args, expected",
+    [
+        ("substitute", ["--conditions", "additive,clamp"], "unknown substitution condition(s) ['clamp']"),
+        ("markers", ["--layers", "1,2"], "markers takes one layer and one position"),
+        ("markers", ["--patch-steps", "some"], "Invalid value for '--patch-steps'"),
+    ],
+)
+def test_experiment_bad_input(tiny_dirs, tiny_grid_file, command, args, expected):
+    result = CliRunner().invoke(main, [command, "--model", str(tiny_dirs["qwen2"]), "--grid", str(tiny_grid_file),
+                                       "--no-progress", *args])
+    assert result.exit_code != 0 and expected in result.output and "Traceback" not in result.output
