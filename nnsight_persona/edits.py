@@ -24,12 +24,13 @@ class Write:
 
 @dataclass(frozen=True)
 class LayerWrites:
-    """All writes at one layer, stacked for a single indexed assignment."""
+    """All writes at one layer, stacked for a single indexed assignment (or addition)."""
 
     layer: int
     rows: torch.Tensor
     cols: torch.Tensor
     values: torch.Tensor  # [k, hidden]
+    add: bool = False  # add `values` to the residual instead of replacing it
 
 
 def group_by_layer(writes: list[Write]) -> list[LayerWrites]:
@@ -64,3 +65,39 @@ class GenerationEdit:
     cols: torch.Tensor
     values: torch.Tensor
     deltas: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """Block attention from query positions to key positions, per row and decoder block.
+
+    `keys` [rows, width]: prompt columns (of the left-padded batch) no blocked query may read.
+    `queries` [rows, width]: prompt columns whose queries are blocked in the prefill; with
+    `generated`, every position after the prompt (teacher-forced or generated) is blocked too.
+    `active` [rows, n_blocks]: in which decoder blocks (0..n_layers-1) each row's knockout holds.
+    `heads` limits the knockout to some attention heads (None: all heads).
+    """
+
+    keys: torch.Tensor
+    queries: torch.Tensor
+    active: torch.Tensor
+    generated: bool = True
+    heads: tuple[int, ...] | None = None
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(int(b) for b in self.active.any(0).nonzero().flatten())
+
+    def blocked(self, q_len: int, k_len: int, block: int) -> torch.Tensor:
+        """Bool [rows, q_len, k_len]: True where attention is removed in `block`, for a forward
+        pass whose queries are the last q_len of k_len positions (q_len == k_len: the prefill)."""
+        rows, width = self.keys.shape
+        keys = torch.zeros(rows, k_len, dtype=torch.bool)
+        keys[:, :width] = self.keys & self.active[:, block : block + 1]
+        if q_len == k_len:
+            queries = torch.zeros(rows, k_len, dtype=torch.bool)
+            queries[:, :width] = self.queries
+            queries[:, width:] = self.generated
+        else:  # a generation step: every query is a generated position
+            queries = torch.full((rows, q_len), self.generated, dtype=torch.bool)
+        return queries[:, :, None] & keys[:, None, :]

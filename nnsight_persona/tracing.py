@@ -6,7 +6,61 @@ from __future__ import annotations
 import torch
 
 from .batching import Batch
+from .edits import LayerWrites
 from .sites import module_at
+
+
+def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int):
+    """A NEW attention mask with `blocked` [rows, q, k] removed (never edit the model's mask in
+    place: some families share one mask object across layers). Handles the additive float masks
+    of eager attention, the boolean masks of sdpa, and sdpa's None (plain causal)."""
+    rows, q_len, k_len = blocked.shape
+    if mask is None:
+        causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+        mask = causal[None, None].expand(rows, 1, q_len, k_len)
+    block = blocked[:, None].to(mask.device)
+    if heads is not None:
+        per_head = torch.zeros(n_heads, dtype=torch.bool)
+        per_head[list(heads)] = True
+        block = block & per_head[None, :, None, None].to(mask.device)
+        mask = mask.expand(rows, n_heads, q_len, k_len)
+    if mask.dtype == torch.bool:
+        return mask & ~block
+    return mask.masked_fill(block, torch.finfo(mask.dtype).min)
+
+
+def knock_out(blocks, adapter, knockout, block_index: int) -> None:
+    """Inside a trace: replace the attention kernel's mask argument of one block."""
+    attention = getattr(blocks[block_index], adapter.attention)
+    kernel = getattr(attention.source, adapter.attention_kernel)
+    args, kwargs = kernel.inputs
+    if len(args) > 4:
+        mask = args[4]
+    else:
+        mask = kwargs["attention_mask"]
+    q_len, k_len = args[1].shape[-2], args[2].shape[-2]
+    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index), knockout.heads, args[1].shape[1])
+    if len(args) > 4:
+        kernel.inputs = ((*args[:4], new, *args[5:]), kwargs)
+    else:
+        kernel.inputs = (args, {**kwargs, "attention_mask": new})
+
+
+def apply_edits(blocks, adapter, writes=(), knockout=None) -> None:
+    """Inside a trace: residual writes and attention knockouts, in the order the model runs them
+    (the residual at layer L, then block L's attention)."""
+    by_layer = {w.layer: w for w in writes}
+    knocked = set(knockout.blocks) if knockout is not None else set()
+    for layer in sorted(set(by_layer) | knocked):
+        if layer in by_layer:
+            w = by_layer[layer]
+            site = residual_site(blocks, layer)
+            if w.add:
+                site[w.rows, w.cols] += w.values.to(site.dtype)
+            else:
+                site[w.rows, w.cols] = w.values.to(site.dtype)
+        if layer in knocked:
+            knock_out(blocks, adapter, knockout, layer)
 
 
 def residual_site(blocks, layer: int):
@@ -50,8 +104,9 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     return out[:, batch.input_ids.shape[1]:]
 
 
-def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None) -> torch.Tensor:
-    """Greedy argmax tokens [rows, n_tokens] under an optional GenerationEdit.
+def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None, knockout=None) -> torch.Tensor:
+    """Greedy argmax tokens [rows, n_tokens] under an optional GenerationEdit and an optional
+    Knockout (held at every step).
 
     The run always makes n_tokens steps (a bounded nnsight loop needs them all); the tokens
     returned are the raw argmax of each step's logits, so a row's first end-of-turn token marks
@@ -59,35 +114,42 @@ def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None) -> torch.
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
-    dtype = loaded.torch_dtype
     with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens)) as tracer:
         tokens = list().save()
         for step in tracer.iter[0:n_tokens]:
-            if edit is not None and step >= edit.step:
-                site = residual_site(blocks, edit.layer)
-                if step == edit.step:
-                    site[edit.rows, edit.cols] = edit.values.to(dtype)
-                elif edit.deltas is not None:
-                    site[edit.rows, -1] += edit.deltas.to(dtype)
+            apply_edits(blocks, loaded.adapter, _step_writes(edit, step), knockout)
             tokens.append(lm_head.output[:, -1].argmax(-1))
     return torch.stack(tokens, dim=1)
 
 
-def window_kl(loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:
+def _step_writes(edit, step: int) -> list:
+    """The residual writes a GenerationEdit makes at one generation step."""
+    if edit is None or step < edit.step:
+        return []
+    if step == edit.step:
+        return [LayerWrites(edit.layer, edit.rows, edit.cols, edit.values)]
+    if edit.deltas is None:
+        return []
+    last = torch.full_like(edit.rows, -1)  # later steps feed one new token per row
+    return [LayerWrites(edit.layer, edit.rows, last, edit.deltas, add=True)]
+
+
+def window_kl(
+    loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor, knockout=None
+) -> torch.Tensor:
     """KL(reference || row) of next-token distributions, summed over each row's window.
 
-    writes: LayerWrites (ascending layers) applied in the same forward pass. window_cols [rows, W]:
-    batch columns whose next-token distributions are compared. reference_rows [rows]: for each
-    row, the (unedited) row of the same batch it is compared against. Only the per-row sums leave
-    the trace; the logits never do.
+    writes: LayerWrites (one per layer) and knockout: a Knockout, both applied in the same forward
+    pass. window_cols [rows, W]: batch columns whose next-token distributions are compared.
+    reference_rows [rows]: for each row, the unedited row of the same batch it is compared
+    against, read at the same columns (rows whose sequences end in the same continuation tokens
+    are right-aligned by left padding). Only the per-row sums leave the trace; logits never do.
     """
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
-    dtype = loaded.torch_dtype
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
     with loaded.lm.trace(**batch.inputs()):
-        for w in writes:
-            residual_site(blocks, w.layer)[w.rows, w.cols] = w.values.to(dtype)
+        apply_edits(blocks, loaded.adapter, writes, knockout)
         logits = lm_head.output
         logp = logits[rows, window_cols].float().log_softmax(-1)
         # The reference row is read at the same columns: rows of one batch share its padding.
