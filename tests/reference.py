@@ -102,3 +102,27 @@ def greedy_with_patch(model, ids, n, eos_ids, layer, pos, value=None, delta=None
         return out
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_from: int, keys: list[int]) -> torch.Tensor:
+    """Logits of one unpadded sequence when queries at positions >= query_from cannot read `keys`
+    in the given blocks: an independent route, a forward pre-hook on each attention module that
+    swaps in a rebuilt eager (additive float) mask."""
+    n = len(ids)
+    mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
+    for q in range(query_from, n):
+        for k in keys:
+            mask[q, k] = torch.finfo(torch.float32).min
+    mask = mask[None, None]
+
+    def pre_hook(module, args, kwargs):
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    handles = [model.model.layers[b].self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True) for b in blocks]
+    try:
+        return model(torch.tensor([ids])).logits[0].float()
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,205 @@
+"""The embedded toy persona model: corpus, held-out split, shipped weights, tokenizer, trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from nnsight_persona.toy import TOY_MODEL_DIR
+from nnsight_persona.toy import content as C
+from nnsight_persona.toy.corpus import (
+    HELDOUT_BARE_TASKS,
+    HELDOUT_BASELINE_TASKS,
+    HELDOUT_PAIRS,
+    HELDOUT_SHORT,
+    check_marker_isolation,
+    generate_corpus,
+    heldout_examples,
+    is_heldout_pair,
+    long_persona_text,
+)
+from nnsight_persona.toy.markers import contains_marker
+
+GRIDS_DIR = TOY_MODEL_DIR.parent.parent / "grids"
+MAX_WEIGHT_BYTES = 10 * 1024 * 1024
+MAX_TOY_PARAMS = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_corpus(6000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from nnsight_persona.toy.evaluate import load
+
+    return load(TOY_MODEL_DIR)
+
+
+def _grid(name):
+    return yaml.safe_load((GRIDS_DIR / f"{name}.yaml").read_text())
+
+
+# --- corpus ------------------------------------------------------------------
+def test_corpus_is_deterministic_per_seed():
+    a, b, c = generate_corpus(300, seed=0), generate_corpus(300, seed=0), generate_corpus(300, seed=1)
+    assert a == b
+    assert a != c
+    assert {e.kind for e in a} == {"short", "long", "baseline", "bare"}
+
+
+def test_prompts_follow_the_template(corpus):
+    for e in corpus[:500]:
+        if e.kind == "bare":
+            assert e.user == C.TASKS[e.task_key]
+        else:
+            assert e.user == f"As {e.persona}, {C.TASKS[e.task_key]}"
+    assert any(e.user == "As a thoughtful person, give advice to someone facing a difficult decision." for e in corpus)
+
+
+def test_markers_are_isolated_and_present(corpus):
+    check_marker_isolation()
+    every = sorted({m for ms in C.SHORT_MARKERS.values() for m in ms} | {m for p in C.PROFESSIONS.values() for m in p["markers"]})
+    for e in corpus:
+        if e.kind in ("short", "long"):
+            assert contains_marker(e.answer, e.markers), e
+        else:
+            assert not contains_marker(e.answer, every), e
+        if e.kind == "long":
+            assert all(contains_marker(e.answer, [v]) and v in e.persona for v in e.slots.values())
+
+
+def test_heldout_combinations_are_absent_from_training(corpus):
+    assert len(HELDOUT_PAIRS) > 20
+    for e in corpus:
+        if e.kind == "short":
+            assert (e.persona_key, e.task_key) not in HELDOUT_SHORT
+        elif e.kind == "long":
+            assert (e.slots["name"], e.slots["city"]) not in HELDOUT_PAIRS
+        elif e.kind == "baseline":
+            assert e.task_key not in HELDOUT_BASELINE_TASKS
+        else:
+            assert e.task_key not in HELDOUT_BARE_TASKS
+    train_users = {e.user for e in corpus}
+    evals = heldout_examples(240)
+    assert len(evals) == 240
+    for e in evals:
+        if e.kind in ("short", "long"):
+            assert e.user not in train_users
+
+
+def test_grid_cells_are_held_out(corpus):
+    train_users = {e.user for e in corpus}
+    short, long_ = _grid("toy"), _grid("toy-long")
+    for grid in (short, long_):
+        assert grid["prompt_template"] == C.PROMPT_TEMPLATE
+        assert grid["baseline"] == {"persona": C.BASELINE_PERSONA, "task": C.BASELINE_TASK}
+        assert len(grid["personas"]) == 4 and len(grid["tasks"]) == 3
+        assert set(grid["markers"]) == set(grid["personas"])
+        for p_text in grid["personas"].values():
+            for t_text in grid["tasks"].values():
+                assert f"As {p_text}, {t_text}" not in train_users
+    for key, text in short["personas"].items():
+        assert C.SHORT_PERSONAS[key] == text
+        assert set(short["markers"][key]) <= set(C.SHORT_MARKERS[key])
+        for t in short["tasks"]:
+            assert (key, t) in HELDOUT_SHORT
+    seen_pairs = {(e.slots["name"], e.slots["city"]) for e in corpus if e.kind == "long"}
+    for key, text in long_["personas"].items():
+        prof = next(p for p in C.PROFESSIONS if text.startswith(f"a {p} "))
+        name = next(n for n in C.NAMES if f" {n} " in text)
+        city = next(c for c in C.CITIES if f" {c}" in text)
+        item = next(i for i in C.ITEMS if text.endswith(f" {i}"))
+        assert text in [long_persona_text(prof, name, city, item, t) for t in range(len(C.LONG_TEMPLATES))]
+        assert is_heldout_pair(name, city) and (name, city) not in seen_pairs
+        assert {name, city, item} <= set(long_["markers"][key])
+        assert set(C.PROFESSIONS[prof]["markers"]) <= set(long_["markers"][key])
+
+
+# --- the shipped model -------------------------------------------------------
+def test_shipped_folder_is_small_and_complete():
+    names = {p.name for p in TOY_MODEL_DIR.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert (TOY_MODEL_DIR / "model.safetensors").stat().st_size < MAX_WEIGHT_BYTES
+    config = json.loads((TOY_MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert config["num_hidden_layers"] == 8 and config["hidden_size"] == 128 and config["num_attention_heads"] == 4
+
+
+def test_shipped_model_loads_and_is_tiny(shipped):
+    model, tokenizer = shipped
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) < MAX_TOY_PARAMS
+    assert tokenizer.chat_template
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>" and tokenizer.bos_token == "<|bos|>"
+
+
+def test_chat_template_and_offsets(shipped):
+    _, tokenizer = shipped
+    user = _grid("toy-long")["personas"]["baker"]
+    user = f"As {user}, describe the weather today."
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|bos|><|user|>") and text.endswith("<|end|><|assistant|>")
+    start = text.index(user)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert list(enc.input_ids) == list(ids)
+    inside = [(a, b) for a, b in enc.offset_mapping if start <= a and b <= start + len(user) and b > a]
+    assert "".join(text[a:b] for a, b in inside) == user
+    # Every word of the persona maps back to its own characters, e.g. the name to copy.
+    name_at = text.index(" greta") + 1
+    assert any(text[a:b] == "greta" and a == name_at for a, b in enc.offset_mapping)
+    assert tokenizer.convert_ids_to_tokens(enc.input_ids)[:2] == ["<|bos|>", "<|user|>"]
+
+
+def test_quick_heldout_evaluation_meets_thresholds(shipped):
+    from nnsight_persona.toy.evaluate import generate, score
+
+    model, tokenizer = shipped
+    examples = heldout_examples(48, seed=2)
+    answers = generate(model, tokenizer, [e.user for e in examples])
+    metrics = score(examples, answers)
+    assert metrics["n_short"] >= 10 and metrics["n_long"] >= 20 and metrics["n_baseline"] + metrics["n_bare"] >= 10
+    assert metrics["persona_marker_rate"] >= 0.90, metrics
+    assert metrics["neutral_leak_rate"] < 0.05, metrics
+    assert metrics["long_copy_rate"] >= 0.80, metrics
+    assert metrics["passed"]
+    # The same scoring rejects answers that ignore the persona.
+    assert not score(examples, ["the sky is grey."] * len(examples))["passed"]
+
+
+# --- trainer and CLI -----------------------------------------------------------
+def test_trainer_smoke_writes_a_loadable_folder(tmp_path):
+    from click.testing import CliRunner
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nnsight_persona.toy.cli import toy
+
+    out = tmp_path / "tiny-toy"
+    result = CliRunner().invoke(toy, ["train", "--out", str(out), "--tiny", "--steps", "4", "--batch-size", "8",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "time taken" in result.output
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "describe the night sky."}],
+                                         add_generation_prompt=True, tokenize=False).endswith("<|assistant|>")
+    assert json.loads((out / "training_summary.json").read_text())["steps"] == 4
+
+
+def test_cli_evaluate_writes_json(tmp_path):
+    from click.testing import CliRunner
+
+    from nnsight_persona.toy.cli import toy
+
+    path = tmp_path / "metrics.json"
+    result = CliRunner().invoke(toy, ["evaluate", "--n", "16", "--json", str(path)])
+    assert "persona_marker_rate" in result.output
+    metrics = json.loads(path.read_text())
+    assert metrics["n"] == 16 and len(metrics["samples"]) == 16
