@@ -48,12 +48,11 @@ def knock_out(blocks, adapter, knockout, block_index: int) -> None:
 
 def apply_edits(blocks, adapter, writes=(), knockout=None) -> None:
     """Inside a trace: residual writes and attention knockouts, in the order the model runs them
-    (the residual at layer L, then block L's attention)."""
-    by_layer = {w.layer: w for w in writes}
+    (the residual at layer L, then block L's attention). Several LayerWrites at one layer apply in
+    the order given (a replacement, then additions)."""
     knocked = set(knockout.blocks) if knockout is not None else set()
-    for layer in sorted(set(by_layer) | knocked):
-        if layer in by_layer:
-            w = by_layer[layer]
+    for layer in sorted({w.layer for w in writes} | knocked):
+        for w in (w for w in writes if w.layer == layer):
             site = residual_site(blocks, layer)
             if w.add:
                 site[w.rows, w.cols] += w.values.to(site.dtype)

@@ -31,40 +31,59 @@ def greedy(model, ids: list[int], n: int, pad_id: int) -> list[int]:
 
 
 @torch.no_grad()
-def patched_logits(model, ids: list[int], layer: int, pos: int, vector: torch.Tensor) -> torch.Tensor:
+def patched_logits(model, ids: list[int], layer: int, pos: int, vector: torch.Tensor, extra=(), adds=()) -> torch.Tensor:
     """Logits [T, V] of one unpadded sequence with the residual at (layer, pos) replaced, using
     the reference's mechanism: a forward pre-hook on block `layer` (a forward hook on the last
-    block for the top layer, which has no block after it)."""
+    block for the top layer, which has no block after it). `extra`: more (layer, pos, vector)
+    replacements; `adds`: (layer, from_pos, delta) added at every position >= from_pos."""
     blocks = model.model.layers
     n = len(blocks)
+    by_layer = {}
+    for L, p, v in [(layer, pos, vector), *extra]:
+        by_layer.setdefault(L, []).append(("set", p, v))
+    for L, p, d in adds:
+        by_layer.setdefault(L, []).append(("add", p, d))
 
-    def replace(h):
-        h = h.clone()
-        h[0, pos] = vector.to(h.dtype)
-        return h
+    def edit(L):
+        def apply(h):
+            h = h.clone()
+            for kind, p, v in by_layer[L]:
+                if kind == "set":
+                    h[0, p] = v.to(h.dtype)
+                else:
+                    h[0, p:] += v.to(h.dtype)
+            return h
+        return apply
 
-    if layer < n:
-        def pre_hook(module, args, kwargs):
-            if args:
-                return (replace(args[0]),) + tuple(args[1:]), kwargs
-            kwargs["hidden_states"] = replace(kwargs["hidden_states"])
-            return args, kwargs
+    handles = []
+    for L in by_layer:
+        apply = edit(L)
+        if L < n:
+            def pre_hook(module, args, kwargs, apply=apply):
+                if args:
+                    return (apply(args[0]),) + tuple(args[1:]), kwargs
+                kwargs["hidden_states"] = apply(kwargs["hidden_states"])
+                return args, kwargs
 
-        handle = blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        handle = blocks[-1].register_forward_hook(
-            lambda m, a, out: (replace(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else replace(out)
-        )
+            handles.append(blocks[L].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+            handles.append(blocks[-1].register_forward_hook(
+                lambda m, a, out, apply=apply: (apply(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else apply(out)
+            ))
     try:
         return model(torch.tensor([ids])).logits[0].float()
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
-def summed_kl(clean_logits: torch.Tensor, patched: torch.Tensor, start: int, n: int) -> float:
+def summed_kl(clean_logits: torch.Tensor, patched: torch.Tensor, start: int, n: int, patched_start: int | None = None) -> float:
+    """KL(clean || patched) summed over n positions (starting at `start` in the clean run and at
+    `patched_start`, default the same, in the patched run)."""
+    s2 = start if patched_start is None else patched_start
     p = clean_logits[start : start + n].log_softmax(-1)
-    q = patched[start : start + n].log_softmax(-1)
+    q = patched[s2 : s2 + n].log_softmax(-1)
     return float((p.exp() * (p - q)).sum())
 
 
