@@ -127,19 +127,31 @@ def greedy_with_patch(model, ids, n, eos_ids, layer, pos, value=None, delta=None
 def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_from: int, keys: list[int]) -> torch.Tensor:
     """Logits of one unpadded sequence when queries at positions >= query_from cannot read `keys`
     in the given blocks: an independent route, a forward pre-hook on each attention module that
-    swaps in a rebuilt eager (additive float) mask."""
+    swaps in a rebuilt eager (additive float) mask (with the sliding window of sliding layers)."""
     n = len(ids)
-    mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
-    for q in range(query_from, n):
-        for k in keys:
-            mask[q, k] = torch.finfo(torch.float32).min
-    mask = mask[None, None]
+    low = torch.finfo(torch.float32).min
+    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(model.model.layers)
+    window = getattr(model.config, "sliding_window", None)
 
-    def pre_hook(module, args, kwargs):
-        kwargs["attention_mask"] = mask
-        return args, kwargs
+    def mask_for(block):
+        mask = torch.full((n, n), low).triu(1)
+        if layer_types[block] == "sliding_attention" and window:
+            mask = mask.masked_fill(torch.ones(n, n, dtype=torch.bool).tril(-window), low)
+        for q in range(query_from, n):
+            for k in keys:
+                mask[q, k] = low
+        return mask[None, None]
 
-    handles = [model.model.layers[b].self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True) for b in blocks]
+    def pre_hook_for(block):
+        mask = mask_for(block)
+
+        def pre_hook(module, args, kwargs):
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        return pre_hook
+
+    handles = [model.model.layers[b].self_attn.register_forward_pre_hook(pre_hook_for(b), with_kwargs=True) for b in blocks]
     try:
         return model(torch.tensor([ids])).logits[0].float()
     finally:
