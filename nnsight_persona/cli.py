@@ -166,6 +166,93 @@ def markers(model_spec, grid_name, layers, positions, dtype, cells, batch_size, 
     write_result(ds, out or default_out(loaded.model_id, "markers", spec.grid))
 
 
+@main.command()
+@experiment_options(default_layers="default")
+@capture_option
+@click.option("--clamp-layers", default=None,
+              help="Layer sets to inject at, ';'-separated, e.g. '14;10,12,14;6-22' [default: the paper's "
+                   "{14}, {10,12,14}, {10..18}, {10..22}, {6..22} (every 2nd layer) scaled to the model's depth]. "
+                   "--layers, when given, is one more single-layer set.")
+@click.option("--conditions", default="host,oracle,cached,cached_rescaled,lm_host,lm_oracle,lm_cached",
+              show_default=True, help="Comma list of inject conditions.")
+@click.option("--patch-steps", type=click.Choice(["prefill", "all"]), default="prefill", show_default=True,
+              help="Write at p_last only (the paper's), or also add the edit's difference at every later position.")
+@click.option("--site-layers", default="paper", show_default=True,
+              help="Layers of the injection-site ablation ('none' to skip; positions from --positions).")
+@click.option("--filler", default=" .", show_default=True, help="Neutral filler unit of the length-matched host.")
+@clean_errors
+def inject(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
+           clamp_layers, conditions, patch_steps, site_layers, filler):
+    """Host injection: can h_XY or h_BB + Delta_X + Delta_Y at p_last replace the persona text?"""
+    from .analysis.summary import format_table
+    from .experiments import inject as exp
+    from .selection import parse_layers, paper_layers
+
+    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
+    n = loaded.n_layers
+    sets = exp.parse_layer_sets(clamp_layers, n) if clamp_layers else exp.scaled_layer_sets(n)
+    if layers != "default":
+        sets = [(L,) for L in parse_layers(layers, n, default=[])] + [s for s in sets if len(s) > 1]
+    site = [] if site_layers == "none" else parse_layers(site_layers, n, default=paper_layers(n))
+    spec = exp.InjectSpec(
+        grid=grid.name if capture_path else grid_name, layer_sets=tuple(sets),
+        conditions=tuple(c.strip() for c in conditions.split(",")), patch_steps=patch_steps,
+        site_layers=tuple(site), site_positions=tuple(position_list), cells=cell_list, filler=filler,
+        batch_size=batch_size,
+    )
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    median = ds.kl.isel(model=0).median("cell")
+    click.echo("median summed KL to the persona run, per layer set:")
+    click.echo(format_table([{"layer set": str(s), **{str(c): float(median.sel(layer_set=s, condition=c)) for c in ds.condition.values}}
+                             for s in ds.layer_set.values]))
+    write_result(ds, out or default_out(loaded.model_id, "inject", spec.grid))
+
+
+@main.command()
+@experiment_options(default_layers="default")
+@capture_option
+@click.option("--band", "bands", default=None,
+              help="Decoder blocks START:END (comma list, 'all' for every block) [default: bands of a quarter "
+                   "of the depth sliding by half a band, plus all blocks].")
+@click.option("--queries", type=click.Choice(["answer", "generated"]), default="answer", show_default=True,
+              help="answer: p_last and every generated token; generated: generated tokens only.")
+@click.option("--conditions", default="persona,control,none", show_default=True, help="Comma list.")
+@click.option("--heads", default=None, help="Comma list of heads to knock out (default: all heads).")
+@click.option("--n-tokens", default=80, show_default=True, type=click.IntRange(min=0),
+              help="Greedy tokens for the marker test (grids with markers; 0 skips it).")
+@clean_errors
+def knockout(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
+             bands, queries, conditions, heads, n_tokens):
+    """Block attention from the answer to the persona tokens, band by band, with controls."""
+    from .analysis.summary import format_table
+    from .experiments import knockout as exp
+
+    if layers != "default":
+        raise SelectionError("knockout sweeps decoder-block bands: use --band START:END instead of --layers")
+    grid, _, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, "all", cells, dtype, capture_path)
+    band_list = exp.parse_bands(bands, loaded.n_layers) if bands else exp.default_bands(loaded.n_layers)
+    try:
+        head_list = tuple(int(h) for h in heads.split(",")) if heads else None
+    except ValueError:
+        raise SelectionError(f"cannot read --heads {heads!r}; use a comma list of head indices") from None
+    spec = exp.KnockoutSpec(
+        grid=grid.name if capture_path else grid_name, bands=tuple(band_list), queries=queries,
+        conditions=tuple(c.strip() for c in conditions.split(",")), heads=head_list, cells=cell_list,
+        n_tokens=n_tokens, batch_size=batch_size,
+    )
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    kl = ds.kl.isel(model=0).median("cell")
+    rows = []
+    for band in ds.band.values:
+        row = {"band": str(band), **{f"KL {c}": float(kl.sel(band=band, condition=c)) for c in ds.condition.values}}
+        if "any_marker" in ds:
+            rate = ds.any_marker.isel(model=0).mean("cell")
+            row.update({f"markers {c}": float(rate.sel(band=band, condition=c)) for c in ds.condition.values})
+        rows.append(row)
+    click.echo(format_table(rows))
+    write_result(ds, out or default_out(loaded.model_id, "knockout", spec.grid))
+
+
 # What `reproduce` runs per model: grid -> cells of the behavioural test (None: every cell).
 REPRODUCE_GRIDS = {
     "toy": {"toy": None, "toy-long": None},

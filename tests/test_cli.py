@@ -114,3 +114,21 @@ def test_experiment_bad_input(tiny_dirs, tiny_grid_file, command, args, expected
     result = CliRunner().invoke(main, [command, "--model", str(tiny_dirs["qwen2"]), "--grid", str(tiny_grid_file),
                                        "--no-progress", *args])
     assert result.exit_code != 0 and expected in result.output and "Traceback" not in result.output
+
+
+def test_inject_and_knockout_commands(tiny_dirs, tiny_grid_file, tmp_path):
+    base = ["--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--no-progress"]
+    out = tmp_path / "inject.nc"
+    result = _run("inject", *base, "--clamp-layers", "2;1-3", "--site-layers", "2", "--positions", "p_last,g1",
+                  "--patch-steps", "all", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    assert list(ds.layer_set.values) == ["2", "1,2,3"] and list(ds.site_position.values) == ["p_last", "g1"]
+    out = tmp_path / "knockout.nc"
+    result = _run("knockout", *base, "--band", "0:2,all", "--heads", "0,1", "--n-tokens", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    assert list(ds.band.values) == ["0:2", "0:4"] and "any_marker" in ds
+    assert (ds.kl.sel(condition="none").values == 0).all()
+    bad = CliRunner().invoke(main, ["knockout", *base, "--band", "0:9"])
+    assert bad.exit_code != 0 and "band '0:9' out of range" in bad.output
