@@ -88,15 +88,18 @@ class Knockout:
     def blocks(self) -> tuple[int, ...]:
         return tuple(int(b) for b in self.active.any(0).nonzero().flatten())
 
-    def blocked(self, q_len: int, k_len: int, block: int) -> torch.Tensor:
+    def blocked(self, q_len: int, k_len: int, block: int, total_len: int | None = None) -> torch.Tensor:
         """Bool [rows, q_len, k_len]: True where attention is removed in `block`, for a forward
-        pass whose queries are the last q_len of k_len positions (q_len == k_len: the prefill)."""
+        pass whose queries are the last q_len of `total_len` positions (default k_len). A
+        sliding-window cache hands the kernel only the last k_len keys; columns map accordingly."""
         rows, width = self.keys.shape
-        keys = torch.zeros(rows, k_len, dtype=torch.bool)
+        total_len = k_len if total_len is None else total_len
+        keys = torch.zeros(rows, max(total_len, width), dtype=torch.bool)
         keys[:, :width] = self.keys & self.active[:, block : block + 1]
-        if q_len == k_len:
-            queries = torch.zeros(rows, k_len, dtype=torch.bool)
-            queries[:, :width] = self.queries
+        keys = keys[:, total_len - k_len : total_len]
+        if q_len == total_len:
+            queries = torch.zeros(rows, total_len, dtype=torch.bool)
+            queries[:, :width] = self.queries[:, :total_len]
             queries[:, width:] = self.generated
         else:  # a generation step: every query is a generated position
             queries = torch.full((rows, q_len), self.generated, dtype=torch.bool)

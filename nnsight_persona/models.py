@@ -27,6 +27,9 @@ class LoadedModel:
     family: str
     n_layers: int
     hidden_size: int
+    # Where traces run: False (here), "local" (nnsight's local simulation of the remote path:
+    # each block is serialized and run as a server would), or an NDIF host URL.
+    remote: bool | str = False
 
     @property
     def torch_dtype(self):

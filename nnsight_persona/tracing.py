@@ -29,7 +29,7 @@ def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int):
     return mask.masked_fill(block, torch.finfo(mask.dtype).min)
 
 
-def knock_out(blocks, adapter, knockout, block_index: int) -> None:
+def knock_out(blocks, adapter, knockout, block_index: int, total_len: int | None = None) -> None:
     """Inside a trace: replace the attention kernel's mask argument of one block."""
     attention = getattr(blocks[block_index], adapter.attention)
     kernel = getattr(attention.source, adapter.attention_kernel)
@@ -39,17 +39,17 @@ def knock_out(blocks, adapter, knockout, block_index: int) -> None:
     else:
         mask = kwargs["attention_mask"]
     q_len, k_len = args[1].shape[-2], args[2].shape[-2]
-    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index), knockout.heads, args[1].shape[1])
+    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index, total_len), knockout.heads, args[1].shape[1])
     if len(args) > 4:
         kernel.inputs = ((*args[:4], new, *args[5:]), kwargs)
     else:
         kernel.inputs = (args, {**kwargs, "attention_mask": new})
 
 
-def apply_edits(blocks, adapter, writes=(), knockout=None) -> None:
+def apply_edits(blocks, adapter, writes=(), knockout=None, total_len: int | None = None) -> None:
     """Inside a trace: residual writes and attention knockouts, in the order the model runs them
     (the residual at layer L, then block L's attention). Several LayerWrites at one layer apply in
-    the order given (a replacement, then additions)."""
+    the order given (a replacement, then additions). `total_len`: positions so far (generation)."""
     knocked = set(knockout.blocks) if knockout is not None else set()
     for layer in sorted({w.layer for w in writes} | knocked):
         for w in (w for w in writes if w.layer == layer):
@@ -59,7 +59,7 @@ def apply_edits(blocks, adapter, writes=(), knockout=None) -> None:
             else:
                 site[w.rows, w.cols] = w.values.to(site.dtype)
         if layer in knocked:
-            knock_out(blocks, adapter, knockout, layer)
+            knock_out(blocks, adapter, knockout, layer, total_len)
 
 
 def residual_site(blocks, layer: int):
@@ -75,7 +75,7 @@ def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor,
     if list(layers) != sorted(set(layers)):
         raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
     blocks = loaded.layers()
-    with loaded.lm.trace(**batch.inputs()):
+    with loaded.lm.trace(**batch.inputs(), remote=loaded.remote):
         picked = []
         for layer in layers:
             picked.append(residual_site(blocks, layer)[rows, cols].float())
@@ -98,7 +98,7 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     """`n_tokens` greedy tokens after each row of a left-padded batch. End of turn is suppressed
     until then, so every row has the same length and positions after the prompt stay aligned."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens)) as tracer:
+    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens), remote=loaded.remote) as tracer:
         out = tracer.result.save()
     return out[:, batch.input_ids.shape[1]:]
 
@@ -113,10 +113,11 @@ def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None, knockout=
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
-    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens)) as tracer:
+    width = batch.input_ids.shape[1]  # step s attends over width + s positions
+    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens), remote=loaded.remote) as tracer:
         tokens = list().save()
         for step in tracer.iter[0:n_tokens]:
-            apply_edits(blocks, loaded.adapter, _step_writes(edit, step), knockout)
+            apply_edits(blocks, loaded.adapter, _step_writes(edit, step), knockout, width + step)
             tokens.append(lm_head.output[:, -1].argmax(-1))
     return torch.stack(tokens, dim=1)
 
@@ -147,7 +148,7 @@ def window_kl(
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
-    with loaded.lm.trace(**batch.inputs()):
+    with loaded.lm.trace(**batch.inputs(), remote=loaded.remote):
         apply_edits(blocks, loaded.adapter, writes, knockout)
         logits = lm_head.output
         logp = logits[rows, window_cols].float().log_softmax(-1)

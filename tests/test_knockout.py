@@ -11,6 +11,8 @@ from nnsight_persona.tracing import apply_edits, generate_with_edit
 from reference import load_plain, logits_with_mask_knockout
 
 SEQS = [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24], [30, 31, 32, 33, 34, 35, 36]]
+# Longer than the tiny Gemma-2's sliding window (16), whose cache then hands the kernel fewer keys.
+LONG_SEQS = [list(range(40, 62)), list(range(70, 88))]
 
 
 def _knockout(batch, key_span, query_from, blocks, n_blocks, rows=None, generated=True, heads=None):
@@ -102,10 +104,12 @@ def test_per_head_knockout_leaves_other_heads_alone(tiny_dirs):
         assert torch.equal(weights[:, head], clean[:, head])
 
 
-def test_generation_holds_the_knockout_at_every_step(tiny_dirs, family, attn):
+@pytest.mark.parametrize("seqs", [SEQS, LONG_SEQS], ids=["short", "past-the-sliding-window"])
+def test_generation_holds_the_knockout_at_every_step(tiny_dirs, family, attn, seqs):
     """Greedy tokens generated step by step (KV cache) under the knockout equal the argmax of one
     teacher-forced pass over the same tokens under the same knockout."""
     loaded = _load(tiny_dirs, family, attn)
+    SEQS = seqs
     batch = left_pad(SEQS, loaded.pad_id)
     width = batch.input_ids.shape[1]
     knockout = _knockout(batch, (1, 3), 3, [0, 1, 2], 4)
