@@ -161,12 +161,12 @@ def run(loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = No
             batch = left_pad(seqs, loaded.pad_id)
             width = batch.input_ids.shape[1]
             edits = []
-            for r, (ci, kind, _, _, writes) in enumerate(chunk, start=len(cell_ids)):
+            for r, (ci, kind, what, _, writes) in enumerate(chunk, start=len(cell_ids)):
                 prompt = prompts[ci][kind]
                 for L, p, vec in writes:
                     col = int(batch.pad[r]) + prompt.position(p)
                     edits.append(Write(row=r, layer=L, col=col, value=vec))
-                    if own is not None and p == "p_last":
+                    if own is not None and what == "kl":  # the site ablation stays a single write
                         delta = vec - own[(ci, kind)][L]
                         for later in range(col + 1, width):
                             edits.append(Write(row=r, layer=L, col=later, value=delta))

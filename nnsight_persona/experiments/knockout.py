@@ -40,7 +40,7 @@ def default_bands(n_layers: int) -> list[tuple[int, int]]:
     starts = list(range(0, n_layers - width + 1, stride))
     if starts[-1] != n_layers - width:
         starts.append(n_layers - width)
-    return [(s, s + width) for s in starts] + [(0, n_layers)]
+    return list(dict.fromkeys([(s, s + width) for s in starts] + [(0, n_layers)]))
 
 
 def parse_bands(text: str, n_layers: int) -> list[tuple[int, int]]:
@@ -58,7 +58,7 @@ def parse_bands(text: str, n_layers: int) -> list[tuple[int, int]]:
         if not 0 <= start < end <= n_layers:
             raise SelectionError(f"band {part!r} out of range; use START:END with 0 <= START < END <= {n_layers}")
         bands.append((start, end))
-    return bands
+    return list(dict.fromkeys(bands))  # a repeated band would make the band labels ambiguous
 
 
 @dataclass(frozen=True)

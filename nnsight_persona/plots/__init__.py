@@ -97,13 +97,17 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, pdf: bool = False)
 
 # Imported here, after the helpers above that the figure modules use.
 from .decomposition import plot_decomposition  # noqa: E402
+from .inject import plot_gap_closed  # noqa: E402
 from .kl_by_layer import plot_kl_by_layer  # noqa: E402
+from .knockout import plot_knockout_by_band  # noqa: E402
 from .markers import plot_markers  # noqa: E402
 
 FIGURES = {
     "substitute": {"kl_by_layer": plot_kl_by_layer},
     "decompose": {"decomposition": plot_decomposition},
     "markers": {"markers": plot_markers},
+    "inject": {"gap_closed": plot_gap_closed},
+    "knockout": {"knockout_by_band": plot_knockout_by_band},
 }
 
 

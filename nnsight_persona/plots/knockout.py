@@ -1,0 +1,85 @@
+"""Attention-knockout figure: median KL to the clean run by band of decoder blocks, one line per
+condition, and (when the run tested markers) how often persona markers survive the knockout."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from ..errors import SelectionError
+
+CONDITION_COLORS = {"persona": "#d62728", "control": "#1f77b4", "none": "#7f7f7f"}
+DIMS = ("band", "cell", "condition")
+
+
+def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
+    """Median KL by band with the IQR (log y where positive); below it the any-marker rate when present."""
+    from . import figure_title, new_figure, one_model
+
+    _check(ds)
+    ds = one_model(ds, model)
+    ds = ds.squeeze("model", drop=True) if "model" in ds.dims else ds
+    with_markers = "any_marker" in ds
+    fig = new_figure(1, panel_width=max(5.5, 0.7 * ds.sizes["band"] + 2), height=6.4 if with_markers else 3.8)
+    axes = fig.subplots(2 if with_markers else 1, 1, squeeze=False, sharex=True)[:, 0]
+    _kl_panel(axes[0], ds)
+    if with_markers:
+        _marker_panel(axes[1], ds)
+    axes[-1].set_xlabel(ds["band"].attrs.get("long_name", "band"))
+    axes[0].set_title(figure_title(ds, "attention knockout of the persona span"), fontsize="medium")
+    return fig
+
+
+def _check(ds: xr.Dataset) -> None:
+    if "kl" not in ds:
+        raise SelectionError(f"the knockout figure needs variable 'kl'; the dataset has {sorted(ds.data_vars)}")
+    for name in [v for v in ("kl", "any_marker") if v in ds]:
+        bad = [d for d in DIMS if d not in ds[name].dims]
+        if bad:
+            raise SelectionError(f"variable {name!r} lacks dim(s) {bad}; it has {list(ds[name].dims)}")
+
+
+def _color(condition: str, i: int) -> str:
+    from . import OTHER_COLORS
+
+    return CONDITION_COLORS.get(condition, OTHER_COLORS[i % len(OTHER_COLORS)])
+
+
+def _kl_panel(ax, ds: xr.Dataset) -> None:
+    from ..analysis.summary import summarize
+    from . import axis_label
+
+    summary = summarize(ds["kl"])
+    x = np.arange(ds.sizes["band"])
+    for i, condition in enumerate(str(c) for c in ds["condition"].values):
+        s = summary.sel(condition=condition)
+        median = s["median"].values
+        color = _color(condition, i)
+        label = condition
+        if not (median > 0).any():  # e.g. 'none', which equals the clean run: KL 0 has no place on a log axis
+            label += " (KL 0, not shown)"
+        ax.plot(x, median, marker="o", markersize=3.5, color=color, label=label)
+        ax.fill_between(x, s["q25"].values, s["q75"].values, color=color, alpha=0.18, linewidth=0)
+    values = summary["median"].values
+    if (values > 0).any():
+        ax.set_yscale("log", nonpositive="mask")
+    ax.set_xticks(x, [str(b) for b in ds["band"].values])
+    ax.set_ylabel(textwrap.fill(axis_label(ds["kl"]), 32))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", title="keys knocked out")
+
+
+def _marker_panel(ax, ds: xr.Dataset) -> None:
+    hits = ds["any_marker"].astype(float)
+    rate = hits.sum("cell", skipna=True) / hits.notnull().sum("cell")
+    x = np.arange(ds.sizes["band"])
+    for i, condition in enumerate(str(c) for c in ds["condition"].values):
+        ax.plot(x, rate.sel(condition=condition).values, marker="o", markersize=3.5, color=_color(condition, i),
+                label=condition, clip_on=False)
+    ax.set_ylim(0, 1)
+    ax.set_xticks(x, [str(b) for b in ds["band"].values])
+    ax.set_ylabel(f"fraction of cells with any\npersona marker (of {ds.sizes['cell']})")
+    ax.grid(True, alpha=0.3)
