@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import clean_errors, default_out, experiment_options, write_result
+from .cli_common import Common, clean_errors, default_out, experiment_options, write_result
 from .errors import SelectionError
 
 
@@ -21,127 +21,118 @@ def main():
     """Persona-prompt interpretability experiments ("As X, do Y") with nnsight."""
 
 
-@main.command()
-@experiment_options(default_layers="all")
-@click.option("--n-continuation", default=12, show_default=True, type=click.IntRange(min=2),
-              help="Greedy clean XY tokens generated per cell.")
-@clean_errors
-def capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, n_continuation):
-    """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
-    ds = _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress, n_continuation)
-    write_result(ds, out or default_out(model_spec, "capture", grid_name))
-
-
-def _setup(model_spec, grid_name, positions, cells, dtype, capture_path):
-    """Shared start of every experiment command: grid, positions, cells (validated before the
+def _setup(common: Common, positions: str | None = None):
+    """Shared start of every experiment command: grid, positions and cells (validated before the
     model loads, so bad input fails fast), the model, and a reused capture if one was given."""
     from .grids import grid_from_dict, load_grid
     from .models import load_model
     from .selection import parse_positions
     from .store import load_dataset, spec_of
 
-    capture_ds = None
-    if capture_path is not None:
-        capture_ds = load_dataset(capture_path)
+    capture_ds, grid_name, model_spec = None, common.grid_name, common.model_spec
+    if common.capture_path is not None:
+        capture_ds = load_dataset(common.capture_path)
         spec = spec_of(capture_ds)
         if capture_ds.attrs.get("experiment") != "capture" or "grid_definition" not in spec:
-            raise SelectionError(f"{capture_path} is not a capture file (see `nnsight-persona capture`)")
-        grid = grid_from_dict(spec["grid_definition"], name=spec["grid"])
+            raise SelectionError(f"{common.capture_path} is not a capture file (see `nnsight-persona capture`)")
+        if not capture_ds.attrs.get("completed"):
+            raise SelectionError(f"{common.capture_path} is an interrupted capture (completed=0); rerun it first")
+        grid_name = spec["grid"]
+        grid = grid_from_dict(spec["grid_definition"], name=grid_name)
         model_spec = capture_ds.attrs["model_id"]
     else:
         grid = load_grid(grid_name)
-    position_list = parse_positions(positions)
-    cell_list = tuple(c.label for c in grid.select_cells(cells.split(",") if cells else None))
-    loaded = load_model(model_spec, dtype=dtype)
-    return grid, position_list, cell_list, loaded, capture_ds
+    position_list = parse_positions(positions or common.positions)
+    cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
+    loaded = load_model(model_spec, dtype=common.dtype, remote=common.remote_target)
+    return grid, grid_name, position_list, cell_list, loaded, capture_ds
 
 
-capture_option = click.option(
-    "--capture", "capture_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-    help="Reuse a capture file instead of recomputing it (its model and grid are used).",
-)
+def _capture(common: Common, n_continuation: int = 12):
+    from .experiments import capture as exp
+    from .selection import parse_layers
+
+    grid, grid_name, positions, cells, loaded, _ = _setup(common)
+    layers = parse_layers(common.layers, loaded.n_layers, default=range(loaded.n_layers + 1))
+    spec = exp.CaptureSpec(grid=grid_name, layers=tuple(layers), positions=tuple(positions), cells=cells,
+                           n_continuation=n_continuation, batch_size=common.batch_size)
+    return exp.run(loaded, grid, spec, progress=common.progress), grid_name
 
 
 @main.command()
 @experiment_options(default_layers="all")
-@capture_option
+@click.option("--n-continuation", default=12, show_default=True, type=click.IntRange(min=2),
+              help="Greedy clean XY tokens generated per cell.")
 @clean_errors
-def decompose(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path):
+def capture(common, n_continuation):
+    """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
+    if common.capture_path is not None:
+        raise SelectionError("capture makes capture files; --capture is for the other experiments")
+    ds, grid_name = _capture(common, n_continuation)
+    write_result(ds, common.out or default_out(ds.attrs["model_id"], "capture", grid_name))
+
+
+@main.command()
+@experiment_options(default_layers="all")
+@clean_errors
+def decompose(common):
     """Delta_X, Delta_Y, Delta_XY and Inter at every layer, position and cell; cosines and norms."""
     from .analysis.decompose import decompose as decompose_capture
     from .analysis.summary import format_table, median_rows
 
-    if capture_path is not None:
+    if common.capture_path is not None:
         from .store import load_dataset, spec_of
 
-        capture_ds = load_dataset(capture_path)
-        grid_name = spec_of(capture_ds).get("grid", grid_name)
-        model_spec = capture_ds.attrs.get("model_id", model_spec)
+        capture_ds = load_dataset(common.capture_path)
+        grid_name = spec_of(capture_ds).get("grid", common.grid_name)
     else:
-        capture_ds = _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress)
+        capture_ds, grid_name = _capture(common)
     ds = decompose_capture(capture_ds)
     columns = ("model", "layer", "position", "n", "cos_xy_sum", "cos_x_y", "inter_over_xy")
     click.echo(format_table(median_rows(ds, ["cos_xy_sum", "cos_x_y", "inter_over_xy"]), columns))
-    write_result(ds, out or default_out(model_spec, "decompose", grid_name))
-
-
-def _run_capture(model_spec, grid_name, layers, positions, dtype, cells, batch_size, progress, n_continuation=12):
-    from .experiments import capture as exp
-    from .selection import parse_layers
-
-    grid, position_list, cell_list, loaded, _ = _setup(model_spec, grid_name, positions, cells, dtype, None)
-    layer_list = parse_layers(layers, loaded.n_layers, default=range(loaded.n_layers + 1))
-    spec = exp.CaptureSpec(
-        grid=grid_name, layers=tuple(layer_list), positions=tuple(position_list), cells=cell_list,
-        n_continuation=n_continuation, batch_size=batch_size,
-    )
-    return exp.run(loaded, grid, spec, progress=progress)
+    write_result(ds, common.out or default_out(ds.attrs["model_id"], "decompose", grid_name))
 
 
 @main.command()
 @experiment_options(default_layers="paper")
-@capture_option
 @click.option("--conditions", default=",".join(("additive", "oracle", "baseline", "persona_only", "task_only", "random")),
               show_default=True, help="Comma list of substitution conditions.")
 @click.option("--n-eval", default=10, show_default=True, type=click.IntRange(min=1),
               help="Teacher-forced tokens whose KL is summed.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random-direction control.")
 @clean_errors
-def substitute(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
-               conditions, n_eval, seed):
+def substitute(common, conditions, n_eval, seed):
     """Replace the clean XY residual at (layer, position) and sum KL(clean || patched) over 10 tokens."""
     from .analysis.summary import format_table
     from .experiments import substitute as exp
-    from .selection import parse_layers, paper_layers
+    from .selection import paper_layers, parse_layers
 
-    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
     condition_list = exp.check_conditions([c.strip() for c in conditions.split(",")])
-    layer_list = parse_layers(layers, loaded.n_layers, default=paper_layers(loaded.n_layers))
+    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
+    layers = parse_layers(common.layers, loaded.n_layers, default=paper_layers(loaded.n_layers))
     spec = exp.SubstituteSpec(
-        grid=grid.name if capture_path else grid_name, layers=tuple(layer_list), positions=tuple(position_list),
-        conditions=condition_list, cells=cell_list, n_eval=n_eval, n_continuation=max(12, n_eval + 2),
-        batch_size=batch_size, seed=seed,
+        grid=grid_name, layers=tuple(layers), positions=tuple(positions), conditions=condition_list, cells=cells,
+        n_eval=n_eval, n_continuation=max(12, n_eval + 2), batch_size=common.batch_size, seed=seed,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
     median = ds.kl.isel(model=0).median("cell")
-    rows = [{"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
-            for L in ds.layer.values for p in ds.position.values]
     click.echo("median summed KL over cells:")
-    click.echo(format_table(rows))
-    write_result(ds, out or default_out(loaded.model_id, "substitute", spec.grid))
+    click.echo(format_table([
+        {"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
+        for L in ds.layer.values for p in ds.position.values
+    ]))
+    write_result(ds, common.out or default_out(loaded.model_id, "substitute", grid_name))
 
 
 @main.command()
-@experiment_options(default_layers="default")
-@capture_option
+@experiment_options(default_layers="default", positions="p_last")
 @click.option("--conditions", default="clean,additive,remove_persona,bare", show_default=True,
               help="Comma list of marker conditions.")
 @click.option("--patch-steps", type=click.Choice(["prefill", "all"]), default="prefill", show_default=True,
               help="Edit only the step computing the position (the paper's), or also every later generated position.")
 @click.option("--n-tokens", default=80, show_default=True, type=click.IntRange(min=1), help="Greedy tokens generated.")
 @clean_errors
-def markers(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
-            conditions, patch_steps, n_tokens):
+def markers(common, conditions, patch_steps, n_tokens):
     """Persona markers in 80 greedy tokens under clean, additive, remove_persona and bare.
 
     One layer (default: nearest 0.55 x n_layers) and one position (default p_last)."""
@@ -149,68 +140,61 @@ def markers(model_spec, grid_name, layers, positions, dtype, cells, batch_size, 
     from .experiments import markers as exp
     from .selection import parse_layers
 
-    if positions == "all":
-        positions = "p_last"
-    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
-    layer_list = parse_layers(layers, loaded.n_layers, default=[exp.default_layer(loaded.n_layers)])
-    if len(layer_list) != 1 or len(position_list) != 1:
-        raise SelectionError(f"markers takes one layer and one position; got layers {layer_list}, positions {position_list}")
+    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
+    layers = parse_layers(common.layers, loaded.n_layers, default=[exp.default_layer(loaded.n_layers)])
+    if len(layers) != 1 or len(positions) != 1:
+        raise SelectionError(f"markers takes one layer and one position; got layers {layers}, positions {positions}")
     spec = exp.MarkersSpec(
-        grid=grid.name if capture_path else grid_name, layer=layer_list[0], position=position_list[0],
-        conditions=tuple(c.strip() for c in conditions.split(",")), patch_steps=patch_steps, cells=cell_list,
-        n_tokens=n_tokens, batch_size=batch_size,
+        grid=grid_name, layer=layers[0], position=positions[0], conditions=tuple(c.strip() for c in conditions.split(",")),
+        patch_steps=patch_steps, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
-    rows = [{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d} for c, k, n, d in exp.summary_table(ds)]
-    click.echo(format_table(rows))
-    write_result(ds, out or default_out(loaded.model_id, "markers", spec.grid))
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
+    click.echo(format_table([{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d}
+                             for c, k, n, d in exp.summary_table(ds)]))
+    write_result(ds, common.out or default_out(loaded.model_id, "markers", grid_name))
 
 
 @main.command()
-@experiment_options(default_layers="default")
-@capture_option
+@experiment_options(default_layers="default", positions="all")
 @click.option("--clamp-layers", default=None,
               help="Layer sets to inject at, ';'-separated, e.g. '14;10,12,14;6-22' [default: the paper's "
                    "{14}, {10,12,14}, {10..18}, {10..22}, {6..22} (every 2nd layer) scaled to the model's depth]. "
-                   "--layers, when given, is one more single-layer set.")
+                   "--layers, when given, adds single-layer sets.")
 @click.option("--conditions", default="host,oracle,cached,cached_rescaled,lm_host,lm_oracle,lm_cached",
               show_default=True, help="Comma list of inject conditions.")
 @click.option("--patch-steps", type=click.Choice(["prefill", "all"]), default="prefill", show_default=True,
               help="Write at p_last only (the paper's), or also add the edit's difference at every later position.")
 @click.option("--site-layers", default="paper", show_default=True,
-              help="Layers of the injection-site ablation ('none' to skip; positions from --positions).")
+              help="Layers of the injection-site ablation, over --positions ('none' to skip).")
 @click.option("--filler", default=" .", show_default=True, help="Neutral filler unit of the length-matched host.")
 @clean_errors
-def inject(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
-           clamp_layers, conditions, patch_steps, site_layers, filler):
+def inject(common, clamp_layers, conditions, patch_steps, site_layers, filler):
     """Host injection: can h_XY or h_BB + Delta_X + Delta_Y at p_last replace the persona text?"""
     from .analysis.summary import format_table
     from .experiments import inject as exp
-    from .selection import parse_layers, paper_layers
+    from .selection import paper_layers, parse_layers
 
-    grid, position_list, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, positions, cells, dtype, capture_path)
+    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
     n = loaded.n_layers
     sets = exp.parse_layer_sets(clamp_layers, n) if clamp_layers else exp.scaled_layer_sets(n)
-    if layers != "default":
-        sets = [(L,) for L in parse_layers(layers, n, default=[])] + [s for s in sets if len(s) > 1]
+    if common.layers != "default":
+        sets = [(L,) for L in parse_layers(common.layers, n, default=[])] + [s for s in sets if len(s) > 1]
     site = [] if site_layers == "none" else parse_layers(site_layers, n, default=paper_layers(n))
     spec = exp.InjectSpec(
-        grid=grid.name if capture_path else grid_name, layer_sets=tuple(sets),
-        conditions=tuple(c.strip() for c in conditions.split(",")), patch_steps=patch_steps,
-        site_layers=tuple(site), site_positions=tuple(position_list), cells=cell_list, filler=filler,
-        batch_size=batch_size,
+        grid=grid_name, layer_sets=tuple(sets), conditions=tuple(c.strip() for c in conditions.split(",")),
+        patch_steps=patch_steps, site_layers=tuple(site), site_positions=tuple(positions), cells=cells,
+        filler=filler, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
     median = ds.kl.isel(model=0).median("cell")
     click.echo("median summed KL to the persona run, per layer set:")
     click.echo(format_table([{"layer set": str(s), **{str(c): float(median.sel(layer_set=s, condition=c)) for c in ds.condition.values}}
                              for s in ds.layer_set.values]))
-    write_result(ds, out or default_out(loaded.model_id, "inject", spec.grid))
+    write_result(ds, common.out or default_out(loaded.model_id, "inject", grid_name))
 
 
 @main.command()
 @experiment_options(default_layers="default")
-@capture_option
 @click.option("--band", "bands", default=None,
               help="Decoder blocks START:END (comma list, 'all' for every block) [default: bands of a quarter "
                    "of the depth sliding by half a band, plus all blocks].")
@@ -221,26 +205,24 @@ def inject(model_spec, grid_name, layers, positions, dtype, cells, batch_size, o
 @click.option("--n-tokens", default=80, show_default=True, type=click.IntRange(min=0),
               help="Greedy tokens for the marker test (grids with markers; 0 skips it).")
 @clean_errors
-def knockout(model_spec, grid_name, layers, positions, dtype, cells, batch_size, out, progress, capture_path,
-             bands, queries, conditions, heads, n_tokens):
+def knockout(common, bands, queries, conditions, heads, n_tokens):
     """Block attention from the answer to the persona tokens, band by band, with controls."""
     from .analysis.summary import format_table
     from .experiments import knockout as exp
 
-    if layers != "default":
+    if common.layers != "default":
         raise SelectionError("knockout sweeps decoder-block bands: use --band START:END instead of --layers")
-    grid, _, cell_list, loaded, capture_ds = _setup(model_spec, grid_name, "all", cells, dtype, capture_path)
-    band_list = exp.parse_bands(bands, loaded.n_layers) if bands else exp.default_bands(loaded.n_layers)
     try:
         head_list = tuple(int(h) for h in heads.split(",")) if heads else None
     except ValueError:
         raise SelectionError(f"cannot read --heads {heads!r}; use a comma list of head indices") from None
+    grid, grid_name, _, cells, loaded, capture_ds = _setup(common, positions="all")
+    band_list = exp.parse_bands(bands, loaded.n_layers) if bands else exp.default_bands(loaded.n_layers)
     spec = exp.KnockoutSpec(
-        grid=grid.name if capture_path else grid_name, bands=tuple(band_list), queries=queries,
-        conditions=tuple(c.strip() for c in conditions.split(",")), heads=head_list, cells=cell_list,
-        n_tokens=n_tokens, batch_size=batch_size,
+        grid=grid_name, bands=tuple(band_list), queries=queries, conditions=tuple(c.strip() for c in conditions.split(",")),
+        heads=head_list, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=progress)
+    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
     kl = ds.kl.isel(model=0).median("cell")
     rows = []
     for band in ds.band.values:
@@ -250,7 +232,7 @@ def knockout(model_spec, grid_name, layers, positions, dtype, cells, batch_size,
             row.update({f"markers {c}": float(rate.sel(band=band, condition=c)) for c in ds.condition.values})
         rows.append(row)
     click.echo(format_table(rows))
-    write_result(ds, out or default_out(loaded.model_id, "knockout", spec.grid))
+    write_result(ds, common.out or default_out(loaded.model_id, "knockout", grid_name))
 
 
 # What `reproduce` runs per model: grid -> cells of the behavioural test (None: every cell).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -12,8 +13,39 @@ import click
 from .errors import PersonaError
 
 
-def experiment_options(default_layers: str):
-    """The options every experiment command shares."""
+@dataclass
+class Common:
+    """The options every experiment command shares, as one object."""
+
+    model_spec: str
+    grid_name: str
+    layers: str
+    positions: str
+    dtype: str | None
+    cells: str | None
+    batch_size: int
+    out: Path | None
+    progress: bool
+    remote: bool
+    ndif_host: str | None
+    capture_path: Path | None
+
+    @property
+    def remote_target(self) -> bool | str:
+        """The `remote` argument of nnsight traces."""
+        if self.ndif_host == "local":
+            return "local"
+        if self.ndif_host and not self.remote:
+            raise click.UsageError("--ndif-host needs --remote (or use --ndif-host local)")
+        return self.ndif_host if (self.remote and self.ndif_host) else bool(self.remote)
+
+    @property
+    def cell_labels(self) -> list[str] | None:
+        return [c.strip() for c in self.cells.split(",")] if self.cells else None
+
+
+def experiment_options(default_layers: str, positions: str = "all"):
+    """The options every experiment command shares, passed to the command as `common`."""
 
     def decorate(fn):
         options = [
@@ -24,7 +56,7 @@ def experiment_options(default_layers: str):
             click.option("--layers", default=default_layers, show_default=True,
                          help="'all', 'paper' (round({.25,.40,.55,.70,.85} x n_layers)), or a list like '2,4,6-8'. "
                               "Layer L = hidden_states[L]; 0 = embeddings."),
-            click.option("--positions", default="all", show_default=True,
+            click.option("--positions", default=positions, show_default=True,
                          help="Comma list of p_user_last, p_last, g1, g2."),
             click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                          help="Model dtype [default: per family: Gemma-2 float32, Qwen-2 bfloat16, else float32]."),
@@ -34,10 +66,22 @@ def experiment_options(default_layers: str):
             click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                          help="Output netCDF file [default: runs/<model>/<experiment>-<grid>.nc]."),
             click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+            click.option("--remote", is_flag=True, help="Run the traces on NDIF (API key from NDIF_API_KEY)."),
+            click.option("--ndif-host", default=None,
+                         help="NDIF host URL for --remote [default: the public NDIF]; 'local' runs nnsight's "
+                              "local simulation of the remote path on this machine."),
+            click.option("--capture", "capture_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         default=None, help="Reuse a capture file instead of recomputing it (its model and grid are used)."),
         ]
+
+        @functools.wraps(fn)
+        def packed(**kwargs):
+            common = Common(**{name: kwargs.pop(name) for name in Common.__dataclass_fields__})
+            return fn(common, **kwargs)
+
         for option in reversed(options):
-            fn = option(fn)
-        return fn
+            packed = option(packed)
+        return packed
 
     return decorate
 
@@ -69,3 +113,4 @@ def write_result(ds, out: Path) -> None:
     else:
         click.echo(f"interrupted: kept the finished part in {out} (attrs completed=0)", err=True)
         sys.exit(130)
+

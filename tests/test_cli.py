@@ -132,3 +132,15 @@ def test_inject_and_knockout_commands(tiny_dirs, tiny_grid_file, tmp_path):
     assert (ds.kl.sel(condition="none").values == 0).all()
     bad = CliRunner().invoke(main, ["knockout", *base, "--band", "0:9"])
     assert bad.exit_code != 0 and "band '0:9' out of range" in bad.output
+
+
+def test_ndif_host_local_runs_the_remote_path_with_the_same_numbers(tiny_dirs, tiny_grid_file, tmp_path):
+    base = ["substitute", "--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--positions", "p_last",
+            "--layers", "2", "--no-progress"]
+    assert _run(*base, "--out", str(tmp_path / "a.nc")).exit_code == 0
+    result = _run(*base, "--ndif-host", "local", "--out", str(tmp_path / "b.nc"))
+    assert result.exit_code == 0, result.output
+    a, b = load_dataset(tmp_path / "a.nc"), load_dataset(tmp_path / "b.nc")
+    assert abs(a.kl - b.kl).max() < 1e-6
+    bad = CliRunner().invoke(main, [*base, "--ndif-host", "http://127.0.0.1:1"])
+    assert bad.exit_code != 0 and "--ndif-host needs --remote" in bad.output
