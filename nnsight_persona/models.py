@@ -64,11 +64,18 @@ def resolve_model_path(spec: str) -> str:
 
 
 def load_model(
-    spec: str = "toy", dtype: str | None = None, attn: str = "eager", revision: str | None = None
+    spec: str = "toy",
+    dtype: str | None = None,
+    attn: str = "eager",
+    revision: str | None = None,
+    remote: bool | str = False,
 ) -> LoadedModel:
     """Load `spec` ("toy", a hub id or a local directory) as an nnsight TransformersModel.
 
     Eager attention by default, so attention weights exist and knockouts see the real kernel.
+    `remote`: False runs here; "local" runs nnsight's local simulation of the remote path; True or
+    an NDIF host URL sends traces to NDIF, and then the weights are not loaded here (the model is
+    built on the meta device, only its config and tokenizer are read).
     """
     import torch
     from nnsight.modeling.transformers import TransformersModel
@@ -103,10 +110,18 @@ def load_model(
         attn_implementation=attn,
         dtype=getattr(torch, dtype),
         revision=revision,
-        dispatch=True,
+        dispatch=remote in (False, "local"),
     )
-    lm._module.requires_grad_(False)
-    lm._module.eval()
+    if remote in (False, "local"):
+        lm._module.requires_grad_(False)
+        lm._module.eval()
+    else:
+        import nnsight
+
+        import nnsight_persona
+
+        # Our trace helpers (edits, knockouts) travel by value: the server has no nnsight_persona.
+        nnsight.register(nnsight_persona)
     adapter = adapter_for(lm._module)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return LoadedModel(
@@ -119,6 +134,7 @@ def load_model(
         family=family,
         n_layers=int(text_config.num_hidden_layers),
         hidden_size=int(text_config.hidden_size),
+        remote=remote,
     )
 
 
