@@ -235,13 +235,15 @@ def knockout(common, bands, queries, conditions, heads, n_tokens):
     write_result(ds, common.out or default_out(loaded.model_id, "knockout", grid_name))
 
 
-# What `reproduce` runs per model: grid -> cells of the behavioural test (None: every cell).
+# What `reproduce` runs per model: grid -> cells of the behavioural, injection and knockout
+# experiments (None: every cell; long-persona grids only run injection and knockout).
+PAPER_LONG_CELLS = [f"{p}__{t}" for p in ("engineer", "counselor", "founder", "teacher", "journalist", "doctor",
+                                          "lawyer", "chef") for t in ("arch", "plan", "proposal")]
 REPRODUCE_GRIDS = {
     "toy": {"toy": None, "toy-long": None},
-    "default": {"xu2026-short": None, "xu2026-long": [f"{p}__{t}" for p in (
-        "engineer", "counselor", "founder", "teacher", "journalist", "doctor", "lawyer", "chef")
-        for t in ("arch", "plan", "proposal")]},
+    "default": {"xu2026-short": None, "xu2026-long": PAPER_LONG_CELLS},
 }
+LONG_GRIDS = {"toy-long", "xu2026-long"}
 
 
 @main.command()
@@ -250,38 +252,47 @@ REPRODUCE_GRIDS = {
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where datasets and figures go [default: artifacts/<model>].")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--grid", "grids", multiple=True,
+              help="Run these grids (every experiment, every cell) instead of the model's default plan.")
 @click.option("--progress/--no-progress", default=True)
 @clean_errors
-def reproduce(model_spec, dtype, out_dir, batch_size, progress):
-    """The main job: capture, decompose, substitute and markers on the model's grids, with figures.
+def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
+    """The main job: every experiment on the model's grids, datasets and figures under artifacts/.
 
     On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
     (e.g. google/gemma-2-2b-it) it runs the paper's short and long grids."""
     from .analysis.decompose import decompose as decompose_capture
     from .experiments import capture as capture_exp
+    from .experiments import inject as inject_exp
+    from .experiments import knockout as knockout_exp
     from .experiments import markers as markers_exp
     from .experiments import substitute as substitute_exp
     from .grids import load_grid
     from .models import load_model
-    from .plots import figures_for, save_figure
+    from .plots import FIGURES, figures_for, save_figure
     from .selection import paper_layers
     from .store import save_dataset
 
     loaded = load_model(model_spec, dtype=dtype)
     out_dir = out_dir or Path("artifacts") / re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec)
-    plan = REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
+    for grid_name in grids:
+        load_grid(grid_name)  # fail fast on a bad grid
+    plan = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
 
     def keep(ds, name):
         path = save_dataset(ds, out_dir / f"{name}.nc")
         click.echo(f"wrote {path}")
         if not ds.attrs.get("completed"):
             raise click.ClickException(f"interrupted; the finished part is in {path} (attrs completed=0)")
+        if ds.attrs["experiment"] not in FIGURES:
+            return
         for fig_name, fig in figures_for(ds).items():
             for fig_path in save_figure(fig, out_dir / f"{name}-{fig_name}"):
                 click.echo(f"wrote {fig_path}")
 
     for grid_name, marker_cells in plan.items():
         grid = load_grid(grid_name)
+        grid_name = Path(grid_name).stem if Path(grid_name).suffix in (".yaml", ".yml", ".json") else grid_name
         cap = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
             grid=grid_name, layers=tuple(range(loaded.n_layers + 1)), batch_size=batch_size), progress=progress)
         keep(cap, f"capture-{grid_name}")
@@ -292,6 +303,14 @@ def reproduce(model_spec, dtype, out_dir, batch_size, progress):
             spec = markers_exp.MarkersSpec(grid=grid_name, layer=markers_exp.default_layer(loaded.n_layers),
                                            cells=tuple(marker_cells or ()), batch_size=batch_size)
             keep(markers_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"markers-{grid_name}")
+        if grid_name in LONG_GRIDS or grids:
+            cells = tuple(marker_cells or ())
+            spec = inject_exp.InjectSpec(grid=grid_name, layer_sets=tuple(inject_exp.scaled_layer_sets(loaded.n_layers)),
+                                         site_layers=tuple(paper_layers(loaded.n_layers)), cells=cells, batch_size=batch_size)
+            keep(inject_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"inject-{grid_name}")
+            spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(loaded.n_layers)),
+                                             cells=cells, batch_size=batch_size)
+            keep(knockout_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"knockout-{grid_name}")
 
 
 @main.command("grids")

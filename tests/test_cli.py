@@ -144,3 +144,14 @@ def test_ndif_host_local_runs_the_remote_path_with_the_same_numbers(tiny_dirs, t
     assert abs(a.kl - b.kl).max() < 1e-6
     bad = CliRunner().invoke(main, [*base, "--ndif-host", "http://127.0.0.1:1"])
     assert bad.exit_code != 0 and "--ndif-host needs --remote" in bad.output
+
+
+def test_reproduce_writes_every_dataset_and_figure(tiny_dirs, tiny_grid_file, tmp_path):
+    result = _run("reproduce", "--model", str(tiny_dirs["qwen2"]), "--dtype", "float32", "--grid", str(tiny_grid_file),
+                  "--out-dir", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for experiment in ("capture", "decompose", "substitute", "markers", "inject", "knockout"):
+        path = tmp_path / f"{experiment}-tiny.nc"
+        assert path.name in names and load_dataset(path).attrs["completed"] == 1
+    assert sum(n.endswith(".png") for n in names) == 5  # one figure per experiment but capture
