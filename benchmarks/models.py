@@ -1,0 +1,64 @@
+"""Models the benchmark runs on: the embedded toy model and a ~100M-parameter random Llama."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CACHE = Path(__file__).parent / ".models"
+
+
+def random_llama(name: str = "random100m", hidden: int = 768, layers: int = 12, intermediate: int = 2048,
+                 vocab: int = 8000) -> str:
+    """A random-weight Llama-layout chat model (~100M parameters), built once and cached."""
+    directory = CACHE / name
+    if (directory / "config.json").exists():
+        return str(directory)
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from tiny_models import build_tokenizer
+
+    tok = build_tokenizer("llama", vocab_size=vocab)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return str(directory)
+
+
+def resolve(model: str) -> str:
+    if model == "toy":
+        from nnsight_persona.toy import TOY_MODEL_DIR
+
+        return str(TOY_MODEL_DIR)
+    if model == "random100m":
+        return random_llama()
+    return model
+
+
+def scaled_grid(n_personas: int, n_tasks: int, directory: Path) -> str:
+    """A grid of n_personas x n_tasks cells built from the xu2026 stimuli (cycled and numbered)."""
+    import yaml
+
+    from nnsight_persona.grids import load_grid
+
+    base = load_grid("xu2026-long")
+    personas = list(base.personas.values())
+    tasks = list(base.tasks.values())
+    data = {
+        "baseline": {"persona": base.baseline_persona, "task": base.baseline_task},
+        "personas": {f"p{i}": personas[i % len(personas)] + ("" if i < len(personas) else f" (number {i})")
+                     for i in range(n_personas)},
+        "tasks": {f"t{i}": tasks[i % len(tasks)] + ("" if i < len(tasks) else f" Variant {i}.") for i in range(n_tasks)},
+    }
+    path = directory / f"grid-{n_personas}x{n_tasks}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)

@@ -1,0 +1,155 @@
+"""Benchmarks of the batched design (not part of the test suite). Run from the repository root:
+
+    python -m benchmarks.run protocol --model toy            # ours vs reference loop vs batch size 1
+    python -m benchmarks.run protocol --model random100m
+    python -m benchmarks.run overhead --model random100m     # nnsight vs raw torch hooks, same batches
+    python -m benchmarks.run scaling --model toy             # 12 / 48 / 192 cells
+
+Each measured method runs in a fresh subprocess (so peak memory is its own); results are written
+as JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def one(method: str, model: str, grid: str, batch_size: int, out: str) -> dict:
+    """Run one method in this process; write its KL array to `out`; return timings."""
+    import torch
+
+    from benchmarks import protocol
+    from benchmarks.models import resolve
+
+    model_dir = resolve(model)
+    start = time.perf_counter()
+    if method == "reference":
+        kl, passes, tokens = protocol.run_reference(model_dir, grid)
+    else:
+        kl, passes, tokens = protocol.run_ours(model_dir, grid, batch_size if method == "ours" else 1)
+    wall = time.perf_counter() - start
+    torch.save(kl, out)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    return {"method": method, "wall_s": wall, "forward_passes": passes, "token_forwards": tokens, "peak_rss_mib": peak}
+
+
+def _subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def protocol_bench(model: str, grid: str, batch_size: int, repeats: int) -> dict:
+    import torch
+
+    from benchmarks.models import resolve
+    from benchmarks.protocol import necessary_token_forwards
+
+    tmp = Path(tempfile.mkdtemp())
+    runs = {m: [] for m in ("ours", "reference", "ours_unbatched")}
+    for r in range(repeats):
+        for method in runs:
+            runs[method].append(_subprocess(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt")]))
+    kl = {m: torch.load(tmp / f"{m}.pt") for m in runs}
+    agree = {m: float((kl[m] - kl["reference"]).abs().max()) for m in ("ours", "ours_unbatched")}
+    summary = {
+        m: {
+            "wall_s_median": statistics.median(r["wall_s"] for r in rs),
+            "wall_s_all": [r["wall_s"] for r in rs],
+            "forward_passes": rs[0]["forward_passes"],
+            "token_forwards": rs[0]["token_forwards"],
+            "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in rs),
+        }
+        for m, rs in runs.items()
+    }
+    floor = necessary_token_forwards(resolve(model), grid)
+    return {
+        "benchmark": "protocol", "model": model, "grid": grid, "batch_size": batch_size, "repeats": repeats,
+        "machine": machine(), "methods": summary,
+        "max_abs_kl_difference_vs_reference": agree,
+        "speedup_vs_reference": summary["reference"]["wall_s_median"] / summary["ours"]["wall_s_median"],
+        "speedup_vs_unbatched": summary["ours_unbatched"]["wall_s_median"] / summary["ours"]["wall_s_median"],
+        "necessary_token_forwards": floor,
+        "token_forwards_over_floor": {m: s["token_forwards"] / floor for m, s in summary.items()},
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("protocol")
+    p.add_argument("--model", default="toy")
+    p.add_argument("--grid", default="xu2026-short")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    o = sub.add_parser("one")
+    o.add_argument("method", choices=["ours", "reference", "ours_unbatched"])
+    o.add_argument("model")
+    o.add_argument("grid")
+    o.add_argument("batch_size", type=int)
+    o.add_argument("out")
+    h = sub.add_parser("overhead")
+    h.add_argument("--model", default="random100m")
+    h.add_argument("--grid", default="xu2026-short")
+    h.add_argument("--batch-size", type=int, default=32)
+    h.add_argument("--repeats", type=int, default=3)
+    o2 = sub.add_parser("one-scaling")
+    o2.add_argument("model")
+    o2.add_argument("grid")
+    o2.add_argument("layers")
+    o2.add_argument("batch_size", type=int)
+    s = sub.add_parser("scaling")
+    s.add_argument("--model", default="toy")
+    s.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    if args.command == "one":
+        print(json.dumps(one(args.method, args.model, args.grid, args.batch_size, args.out)))
+        return
+    if args.command == "one-scaling":
+        from benchmarks.scaling import one_scaling
+
+        print(json.dumps(one_scaling(args.model, args.grid, args.layers, args.batch_size)))
+        return
+    if args.command == "protocol":
+        result = protocol_bench(args.model, args.grid, args.batch_size, args.repeats)
+    elif args.command == "overhead":
+        from benchmarks.overhead import overhead_bench
+
+        result = overhead_bench(args.model, args.grid, args.batch_size, args.repeats)
+    else:
+        from benchmarks.scaling import scaling_bench
+
+        result = scaling_bench(args.model, args.batch_size)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.command}-{Path(args.model).name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
