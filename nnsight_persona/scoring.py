@@ -29,3 +29,8 @@ def marker_counts(text: str, markers: Iterable[str]) -> dict[str, int]:
 def markers_found(text: str, markers: Iterable[str]) -> list[str]:
     """The distinct markers that occur in `text`, in the order given."""
     return [m for m in dict.fromkeys(markers) if marker_pattern(m).search(text)]
+
+
+def contains_marker(text: str, markers: Iterable[str]) -> bool:
+    """True when any of `markers` occurs in `text`."""
+    return any(marker_pattern(m).search(text) for m in markers)

@@ -20,7 +20,7 @@ from nnsight_persona.toy.corpus import (
     is_heldout_pair,
     long_persona_text,
 )
-from nnsight_persona.toy.markers import contains_marker
+from nnsight_persona.scoring import contains_marker
 
 GRIDS_DIR = TOY_MODEL_DIR.parent.parent / "grids"
 MAX_WEIGHT_BYTES = 10 * 1024 * 1024
@@ -37,6 +37,17 @@ def shipped():
     from nnsight_persona.toy.evaluate import load
 
     return load(TOY_MODEL_DIR)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: a tiny model gains nothing from more, and busy CPUs make spinning threads crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _grid(name):
@@ -150,13 +161,14 @@ def test_chat_template_and_offsets(shipped):
     assert list(enc.input_ids) == list(ids)
     inside = [(a, b) for a, b in enc.offset_mapping if start <= a and b <= start + len(user) and b > a]
     assert "".join(text[a:b] for a, b in inside) == user
-    # Every word of the persona maps back to its own characters, e.g. the name to copy.
-    name_at = text.index(" greta") + 1
-    assert any(text[a:b] == "greta" and a == name_at for a, b in enc.offset_mapping)
+    # The name to copy is one token whose offsets cover " greta" (leading space included, as GPT-2 style
+    # byte-level tokenizers report it).
+    name_at = text.index(" greta")
+    assert (name_at, name_at + len(" greta")) in [tuple(o) for o in enc.offset_mapping]
     assert tokenizer.convert_ids_to_tokens(enc.input_ids)[:2] == ["<|bos|>", "<|user|>"]
 
 
-def test_quick_heldout_evaluation_meets_thresholds(shipped):
+def test_quick_heldout_evaluation_meets_thresholds(shipped, one_thread):
     from nnsight_persona.toy.evaluate import generate, score
 
     model, tokenizer = shipped
@@ -173,7 +185,7 @@ def test_quick_heldout_evaluation_meets_thresholds(shipped):
 
 
 # --- trainer and CLI -----------------------------------------------------------
-def test_trainer_smoke_writes_a_loadable_folder(tmp_path):
+def test_trainer_smoke_writes_a_loadable_folder(tmp_path, one_thread):
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -181,7 +193,7 @@ def test_trainer_smoke_writes_a_loadable_folder(tmp_path):
 
     out = tmp_path / "tiny-toy"
     result = CliRunner().invoke(toy, ["train", "--out", str(out), "--tiny", "--steps", "4", "--batch-size", "8",
-                                      "--no-progress"])
+                                      "--threads", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "time taken" in result.output
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -193,13 +205,13 @@ def test_trainer_smoke_writes_a_loadable_folder(tmp_path):
     assert json.loads((out / "training_summary.json").read_text())["steps"] == 4
 
 
-def test_cli_evaluate_writes_json(tmp_path):
+def test_cli_evaluate_writes_json(tmp_path, one_thread):
     from click.testing import CliRunner
 
     from nnsight_persona.toy.cli import toy
 
     path = tmp_path / "metrics.json"
-    result = CliRunner().invoke(toy, ["evaluate", "--n", "16", "--json", str(path)])
+    result = CliRunner().invoke(toy, ["evaluate", "--n", "16", "--threads", "1", "--json", str(path)])
     assert "persona_marker_rate" in result.output
     metrics = json.loads(path.read_text())
     assert metrics["n"] == 16 and len(metrics["samples"]) == 16

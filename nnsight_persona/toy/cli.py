@@ -24,16 +24,17 @@ def toy() -> None:
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default: TrainConfig.steps).")
 @click.option("--batch-size", type=int, default=None, help="Examples per step (default: TrainConfig.batch_size).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: TrainConfig.lr).")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--tiny", is_flag=True, help="Use a tiny 2-layer architecture (smoke tests only).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, lr: float | None, tiny: bool,
-          no_progress: bool) -> None:
+def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, lr: float | None, threads: int,
+          tiny: bool, no_progress: bool) -> None:
     """Build the corpus and tokenizer, train the toy model and save it to OUT."""
     from .model import TINY_ARCH
     from .train import TrainConfig, train as run_train
 
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
-    cfg = TrainConfig(seed=seed, arch=dict(TINY_ARCH) if tiny else {}, **overrides)
+    cfg = TrainConfig(seed=seed, threads=threads, arch=dict(TINY_ARCH) if tiny else {}, **overrides)
     summary = run_train(out_dir, cfg, progress=not no_progress)
     click.echo(f"saved to {out_dir}")
     click.echo(f"parameters: {summary['parameters']:,}  final loss: {summary['final_loss']:.4f}")
@@ -48,11 +49,15 @@ def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, l
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics (and generated samples) to this JSON file.")
-def evaluate(model_dir: Path, n: int, seed: int, batch_size: int, json_path: Path | None) -> None:
+@click.option("--check", is_flag=True, help="Exit with status 1 when a threshold is missed.")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
+def evaluate(model_dir: Path, n: int, seed: int, batch_size: int, json_path: Path | None, check: bool,
+             threads: int) -> None:
     """Greedy-generate on held-out prompts and print marker / leak / copy metrics."""
     from .evaluate import THRESHOLDS, evaluate as run_eval
 
-    metrics = run_eval(model_dir, n=n, seed=seed, batch_size=batch_size, return_samples=json_path is not None)
+    metrics = run_eval(model_dir, n=n, seed=seed, batch_size=batch_size, return_samples=json_path is not None,
+                       threads=threads)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         if key == "samples":
@@ -63,7 +68,7 @@ def evaluate(model_dir: Path, n: int, seed: int, batch_size: int, json_path: Pat
     if json_path is not None:
         json_path.write_text(json.dumps(metrics, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
-    if not metrics["passed"]:
+    if check and not metrics["passed"]:
         raise SystemExit(1)
 
 

@@ -204,11 +204,12 @@ CITIES = [
     "porto", "vienna", "nairobi", "hanoi", "dakar", "bergen", "tunis", "minsk",
 ]
 ITEMS = [
-    "lantern", "umbrella", "compass", "notebook", "whistle", "scarf", "violin", "kite",
+    "lantern", "parasol", "compass", "notebook", "whistle", "scarf", "violin", "kite",
     "teapot", "pocketwatch", "harmonica", "walnut", "feather", "candle", "thimble", "spyglass",
 ]
 SLOTS = ("name", "city", "item")
 
-# Answer frames for long personas; every frame copies all three slot values.
+# Answer frames for long personas: the intro copies name and city, the item line
+# (right after it, so the copy is learned early in training) copies the item.
 LONG_INTROS = ["i am {name}, the {profession} from {city}.", "{name} here, a {profession} of {city}."]
-LONG_OUTROS = ["i keep my {item} close.", "my {item} is always with me."]
+LONG_ITEM_LINES = ["i keep my {item} close.", "my {item} is always with me."]

@@ -99,9 +99,9 @@ def make_long(
     answer = " ".join(
         [
             rng.choice(C.LONG_INTROS).format(profession=profession, **slots),
+            rng.choice(C.LONG_ITEM_LINES).format(**slots),
             rng.choice(prof["lines"]),
             _content(rng, task_key),
-            rng.choice(C.LONG_OUTROS).format(**slots),
         ]
     )
     return Example("long", profession, persona, task_key, render_prompt(persona, C.TASKS[task_key]), answer, slots)
@@ -176,10 +176,10 @@ def all_persona_markers() -> set[str]:
 
 def check_marker_isolation() -> None:
     """Raise if a marker could appear in an answer of another persona / baseline / bare."""
-    from .markers import found_markers
+    from ..scoring import markers_found as found_markers
 
     neutral = [s for pool in C.TASK_CONTENT.values() for s in pool] + C.BASELINE_OPENERS + C.BARE_OPENERS
-    neutral += [f.format(name="", city="", item="", profession="") for f in C.LONG_INTROS + C.LONG_OUTROS]
+    neutral += [f.format(name="", city="", item="", profession="") for f in C.LONG_INTROS + C.LONG_ITEM_LINES]
     own: dict[str, list[str]] = {k: C.SHORT_OPENERS[k] + C.SHORT_CLOSERS[k] for k in C.SHORT_PERSONAS}
     own.update({k: list(v["lines"]) for k, v in C.PROFESSIONS.items()})
     markers = {**C.SHORT_MARKERS, **{k: v["markers"] for k, v in C.PROFESSIONS.items()}}

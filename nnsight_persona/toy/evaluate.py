@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .corpus import Example, all_persona_markers, heldout_examples
-from .markers import contains_marker
+from ..scoring import contains_marker
 
 # Acceptance thresholds (see docs/toy-model.md).
 THRESHOLDS = {
@@ -87,11 +87,11 @@ def passes(metrics: dict) -> bool:
 
 
 def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, batch_size: int = 48,
-             return_samples: bool = False) -> dict:
+             return_samples: bool = False, threads: int = 2) -> dict:
     """Generate on ``n`` held-out prompts and return the metrics dict."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     model, tokenizer = load(model_dir)
     examples = heldout_examples(n, seed=seed)
     answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)

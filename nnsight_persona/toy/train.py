@@ -61,6 +61,20 @@ def collate(batch, pad_id: int):
     return ids, mask, labels
 
 
+def length_bucketed_batches(data, batch_size: int, rng: random.Random, chunk: int = 16) -> list[list]:
+    """Batches of similar length (less padding, faster on CPU), in shuffled order.
+
+    Examples are sorted by length within chunks of ``chunk`` batches, so a batch
+    still mixes example kinds of similar length and the order stays seeded."""
+    batches = []
+    span = batch_size * chunk
+    for i in range(0, len(data), span):
+        part = sorted(data[i : i + span], key=lambda d: len(d[0]))
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -80,12 +94,11 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
     examples = generate_corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
     tokenizer = build_tokenizer((f"{e.user} {e.answer}" for e in examples), vocab_size=cfg.vocab_size)
-    data = encode_examples(tokenizer, examples)
+    batches = length_bucketed_batches(encode_examples(tokenizer, examples), cfg.batch_size, random.Random(cfg.seed))
 
     config = toy_config(tokenizer, **cfg.arch)
     config._attn_implementation = "eager"  # faster than sdpa for these tiny shapes on CPU
@@ -100,7 +113,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     losses = []
     bar = tqdm(range(cfg.steps), desc="toy train", disable=not progress, mininterval=2.0)
     for step in bar:
-        ids, mask, labels = collate(data[step * cfg.batch_size : (step + 1) * cfg.batch_size], tokenizer.pad_token_id)
+        ids, mask, labels = collate(batches[step], tokenizer.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -117,7 +130,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     model.eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64,
+        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=96,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
