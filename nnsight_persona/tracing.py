@@ -135,7 +135,8 @@ def _step_writes(edit, step: int) -> list:
 
 
 def window_kl(
-    loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor, knockout=None
+    loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor, knockout=None,
+    past_key_values=None,
 ) -> torch.Tensor:
     """KL(reference || row) of next-token distributions, summed over each row's window.
 
@@ -148,7 +149,8 @@ def window_kl(
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
-    with loaded.lm.trace(**batch.inputs(), remote=loaded.remote):
+    extra = {} if past_key_values is None else {"past_key_values": past_key_values}
+    with loaded.lm.trace(**batch.inputs(), **extra, remote=loaded.remote):
         apply_edits(blocks, loaded.adapter, writes, knockout)
         logits = lm_head.output
         logp = logits[rows, window_cols].float().log_softmax(-1)
@@ -156,3 +158,38 @@ def window_kl(
         ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
     return kl
+
+
+def prefix_cache(loaded, batch: Batch, prefix: int):
+    """The KV cache of the first `prefix` columns of a left-padded batch (one forward pass)."""
+    with loaded.lm.trace(
+        input_ids=batch.input_ids[:, :prefix], attention_mask=batch.attention_mask[:, :prefix],
+        position_ids=batch.position_ids[:, :prefix], use_cache=True,
+    ):
+        cache = loaded.lm.output.past_key_values.save()
+    return cache
+
+
+def select_rows(cache, rows: list[int]):
+    """A cache holding the given batch rows (repeats allowed), for a suffix batch. Only the
+    selected rows are copied (a deep copy of the whole cache first would double its memory)."""
+    import copy
+
+    index = torch.tensor(rows, dtype=torch.long)
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in picked.layers:
+        layer.batch_select_indices(index)  # rebinds this copy's keys/values to indexed tensors
+    return picked
+
+
+def suffix_batch(batch: Batch, rows: list[int], prefix: int) -> Batch:
+    """The columns from `prefix` on of the chosen rows, with the full attention mask (the cached
+    prefix included) and the positions the whole sequences give them."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return Batch(
+        input_ids=batch.input_ids[index, prefix:],
+        attention_mask=batch.attention_mask[index],
+        position_ids=batch.position_ids[index, prefix:],
+        pad=batch.pad[index],
+    )

@@ -101,3 +101,12 @@ def test_bad_condition_and_capture_without_the_layer(loaded_models, tiny_grid_fi
     cap = capture.run(loaded, grid, capture.CaptureSpec(grid="tiny", layers=(0, 1)), progress=False)
     with pytest.raises(SelectionError, match=r"the capture has no layer \[2, 4\]"):
         substitute.run(loaded, grid, substitute.SubstituteSpec(grid="tiny", layers=LAYERS), capture_ds=cap, progress=False)
+
+
+def test_prefix_cache_equals_whole_sequences(loaded_models, family, tiny_grid_file):
+    loaded = loaded_models[family]
+    grid = load_grid(tiny_grid_file)
+    cached = _run(loaded, grid, batch_size=7)
+    whole = _run(loaded, grid, batch_size=7, prefix_cache=False)
+    np.testing.assert_allclose(cached.kl.values, whole.kl.values, atol=1e-5, rtol=1e-4)
+    assert cached.kl.notnull().all()

@@ -25,7 +25,7 @@ from ..errors import SelectionError
 from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
-from ..tracing import window_kl
+from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
 from . import capture as capture_exp
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
@@ -42,6 +42,7 @@ class SubstituteSpec:
     n_continuation: int = 12
     batch_size: int = 32
     seed: int = 0
+    prefix_cache: bool = True  # reuse each prefix's KV cache (local runs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,36 +107,99 @@ def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None 
                 f"evaluate {spec.n_eval} tokens after every chosen position (capture with --n-continuation {needed})"
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
-    patches = [
-        (ci, li, pi, ki)
-        for ci in range(len(cells))
-        for li in range(len(layers))
-        for pi in range(len(positions))
-        for ki in range(len(conditions))
-    ]
+    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, vectors, probe, seqs, kl)
     completed = False
     try:
-        for rng in tqdm(list(chunked(len(patches), spec.batch_size)), desc="substitute", disable=not progress):
-            chunk = [patches[k] for k in rng]
-            cell_ids = sorted({p[0] for p in chunk})
-            clean_row = {ci: r for r, ci in enumerate(cell_ids)}  # one unedited row per cell
-            batch = left_pad([seqs[ci] for ci in cell_ids] + [seqs[p[0]] for p in chunk], loaded.pad_id)
-            writes, windows, refs = [], [], []
-            for ci in cell_ids:
-                windows.append(batch.pad[clean_row[ci]] + probe[(ci, 0)] + torch.arange(spec.n_eval))
-                refs.append(clean_row[ci])
-            for r, (ci, li, pi, ki) in enumerate(chunk, start=len(cell_ids)):
-                col = int(batch.pad[r]) + probe[(ci, pi)]
-                writes.append(Write(row=r, layer=layers[li], col=col, value=vectors[li, pi, ci, ki]))
-                windows.append(col + torch.arange(spec.n_eval))
-                refs.append(clean_row[ci])
-            got = window_kl(loaded, batch, group_by_layer(writes), torch.stack(windows), torch.tensor(refs))
-            for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
-                kl[li, pi, ci, ki] = value
+        # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
+        # and its KV cache reused by every patch. Remotely the cache would have to travel, so whole
+        # sequences are run instead (the same numbers; tests check both).
+        (_sweep_with_prefix_cache if spec.prefix_cache and not loaded.remote else _sweep_whole)(ctx, len(cells), progress)
         completed = True
     except KeyboardInterrupt:
         pass
     return _dataset(loaded, grid, spec, cells, conditions, kl, completed)
+
+
+@dataclass
+class _Sweep:
+    """What both sweep strategies share: the model, the patches to make and where results go."""
+
+    loaded: object
+    spec: SubstituteSpec
+    layers: list
+    n_positions: int
+    conditions: tuple
+    vectors: torch.Tensor  # [layer, position, cell, condition, hidden]
+    probe: dict  # (cell, position index) -> token index of the probe
+    seqs: list  # per cell: the teacher-forced XY sequence
+    kl: np.ndarray  # [layer, position, cell, condition], filled in place
+
+    def patches(self, cells, positions=None):
+        return [(ci, li, pi, ki) for ci in cells for li in range(len(self.layers))
+                for pi in (positions if positions is not None else range(self.n_positions))
+                for ki in range(len(self.conditions))]
+
+    def write(self, row, patch, col) -> Write:
+        ci, li, pi, ki = patch
+        return Write(row=row, layer=self.layers[li], col=col, value=self.vectors[li, pi, ci, ki])
+
+
+def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
+    """Each batch row is a whole teacher-forced sequence; one unedited row per cell per batch."""
+    patches = ctx.patches(range(n_cells))
+    n_eval = ctx.spec.n_eval
+    for rng in tqdm(list(chunked(len(patches), ctx.spec.batch_size)), desc="substitute", disable=not progress):
+        chunk = [patches[k] for k in rng]
+        cell_ids = sorted({p[0] for p in chunk})
+        clean_row = {ci: r for r, ci in enumerate(cell_ids)}
+        batch = left_pad([ctx.seqs[ci] for ci in cell_ids] + [ctx.seqs[p[0]] for p in chunk], ctx.loaded.pad_id)
+        writes, windows = [], [batch.pad[r] + ctx.probe[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
+        for r, patch in enumerate(chunk, start=len(cell_ids)):
+            col = int(batch.pad[r]) + ctx.probe[(patch[0], patch[2])]
+            writes.append(ctx.write(r, patch, col))
+            windows.append(col + torch.arange(n_eval))
+        refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
+        got = window_kl(ctx.loaded, batch, group_by_layer(writes), torch.stack(windows), refs)
+        for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
+            ctx.kl[li, pi, ci, ki] = value
+
+
+def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
+    """Run each prefix once, then only the positions from the probe on, for every patch.
+
+    Cells are left-padded together, so every sequence ends in the same column and a probe at the
+    same distance from the end (the same position name, in practice) sits in the same column for
+    all cells: one prefix pass serves all of them. Rows then feed only the suffix, with the prefix's
+    KV cache selected per row; the probe is the suffix's first column."""
+    n_eval, loaded = ctx.spec.n_eval, ctx.loaded
+    work = []
+    for cell_chunk in chunked(n_cells, ctx.spec.batch_size):
+        batch = left_pad([ctx.seqs[ci] for ci in cell_chunk], loaded.pad_id)
+        width = batch.input_ids.shape[1]
+        groups: dict[int, list] = {}  # prefix length (columns) -> (cell, position index)
+        for local, ci in enumerate(cell_chunk):
+            for pi in range(ctx.n_positions):
+                groups.setdefault(int(batch.pad[local]) + ctx.probe[(ci, pi)], []).append((ci, pi))
+        for prefix, members in groups.items():
+            patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
+            work.append((batch, list(cell_chunk), prefix, patches))
+    total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
+    bar = tqdm(total=total, desc="substitute", disable=not progress)
+    for batch, cell_chunk, prefix, patches in work:
+        cache = prefix_cache(loaded, batch, prefix)
+        for rng in chunked(len(patches), ctx.spec.batch_size):
+            chunk = [patches[k] for k in rng]
+            cell_ids = sorted({p[0] for p in chunk})
+            rows = [cell_chunk.index(ci) for ci in cell_ids] + [cell_chunk.index(p[0]) for p in chunk]
+            suffix = suffix_batch(batch, rows, prefix)
+            writes = [ctx.write(r, patch, 0) for r, patch in enumerate(chunk, start=len(cell_ids))]
+            windows = torch.arange(n_eval).repeat(len(rows), 1)
+            refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(p[0]) for p in chunk])
+            got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=select_rows(cache, rows))
+            for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
+                ctx.kl[li, pi, ci, ki] = value
+            bar.update()
+    bar.close()
 
 
 def _check_capture(capture_ds, loaded, spec, cells) -> None:
