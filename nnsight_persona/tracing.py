@@ -160,11 +160,13 @@ def window_kl(
     return kl
 
 
-def prefix_cache(loaded, batch: Batch, prefix: int):
-    """The KV cache of the first `prefix` columns of a left-padded batch (one forward pass)."""
+def prefix_cache(loaded, batch: Batch, prefix: int, cache=None, start: int = 0):
+    """The KV cache of the first `prefix` columns of a left-padded batch. Given the `cache` of its
+    first `start` columns, only the columns in between are run (and that cache object is extended)."""
+    extra = {} if cache is None else {"past_key_values": cache}
     with loaded.lm.trace(
-        input_ids=batch.input_ids[:, :prefix], attention_mask=batch.attention_mask[:, :prefix],
-        position_ids=batch.position_ids[:, :prefix], use_cache=True,
+        input_ids=batch.input_ids[:, start:prefix], attention_mask=batch.attention_mask[:, :prefix],
+        position_ids=batch.position_ids[:, start:prefix], use_cache=True, **extra,
     ):
         cache = loaded.lm.output.past_key_values.save()
     return cache

@@ -180,13 +180,19 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
         for local, ci in enumerate(cell_chunk):
             for pi in range(ctx.n_positions):
                 groups.setdefault(int(batch.pad[local]) + ctx.probe[(ci, pi)], []).append((ci, pi))
-        for prefix, members in groups.items():
+        for prefix, members in sorted(groups.items()):
             patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
             work.append((batch, list(cell_chunk), prefix, patches))
     total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
     bar = tqdm(total=total, desc="substitute", disable=not progress)
+    cache, cached_batch, cached_prefix = None, None, 0
     for batch, cell_chunk, prefix, patches in work:
-        cache = prefix_cache(loaded, batch, prefix)
+        # Prefixes of one cell chunk come in ascending order: extend the cache instead of
+        # recomputing it (the copies handed to suffix batches are unaffected).
+        if cached_batch is not batch:
+            cache, cached_batch, cached_prefix = None, batch, 0
+        cache = prefix_cache(loaded, batch, prefix, cache, cached_prefix)
+        cached_prefix = prefix
         for rng in chunked(len(patches), ctx.spec.batch_size):
             chunk = [patches[k] for k in rng]
             cell_ids = sorted({p[0] for p in chunk})
