@@ -313,6 +313,59 @@ def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
             keep(knockout_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"knockout-{grid_name}")
 
 
+RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "plot")
+
+
+@main.command("run")
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Override the spec's out_dir.")
+@click.option("--remote", is_flag=True, help="Pass --remote to every step.")
+@click.option("--ndif-host", default=None, help="Pass --ndif-host to every step.")
+@click.option("--progress/--no-progress", default=True)
+@click.option("--dry-run", is_flag=True, help="Print the commands without running them.")
+@clean_errors
+def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run):
+    """Run an experiment spec (YAML): a list of steps, each one command with its options.
+
+    See experiments/*.yaml. File names in a step (out, capture, and plot's results) are relative to
+    the spec's out_dir."""
+    import shlex
+
+    import yaml
+
+    spec = yaml.safe_load(spec_file.read_text())
+    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
+        raise SelectionError(f"{spec_file}: a spec needs a 'steps' list (see experiments/*.yaml)")
+    out_dir = Path(out_dir or spec.get("out_dir", "runs"))
+    common = spec.get("common") or {}
+    for number, step in enumerate(spec["steps"], start=1):
+        step = dict(step)
+        command = step.pop("command", None)
+        if command not in RUNNABLE:
+            raise SelectionError(f"{spec_file}: step {number} has command {command!r}; allowed: {list(RUNNABLE)}")
+        options = {**({} if "capture" in step or command == "plot" else common), **step}
+        args = [command]
+        if command == "plot":  # plot takes result files as arguments
+            results = options.pop("results", [])
+            args += [str(out_dir / r) for r in ([results] if isinstance(results, str) else results)]
+        for key, value in options.items():
+            if key in ("out", "capture"):
+                value = out_dir / str(value)
+            args += [f"--{key}", str(value)]
+        if command != "plot":
+            args += ["--remote"] if remote else []
+            args += ["--ndif-host", ndif_host] if ndif_host else []
+            args += [] if progress else ["--no-progress"]
+        click.echo(f"[{number}/{len(spec['steps'])}] nnsight-persona {shlex.join(args)}")
+        if dry_run:
+            continue
+        try:
+            main.main(args=args, standalone_mode=False)
+        except click.ClickException as exc:
+            raise click.ClickException(f"step {number} ({command}) of {spec_file} failed: {exc.format_message()}") from None
+
+
 @main.command("grids")
 @click.argument("name", required=False)
 @clean_errors

@@ -155,3 +155,28 @@ def test_reproduce_writes_every_dataset_and_figure(tiny_dirs, tiny_grid_file, tm
         path = tmp_path / f"{experiment}-tiny.nc"
         assert path.name in names and load_dataset(path).attrs["completed"] == 1
     assert sum(n.endswith(".png") for n in names) == 5  # one figure per experiment but capture
+
+
+def test_run_executes_a_spec_file(tiny_dirs, tiny_grid_file, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"out_dir: {tmp_path / 'out'}\n"
+        f"common: {{model: {tiny_dirs['llama']}}}\n"
+        "steps:\n"
+        f"  - {{command: capture, grid: {tiny_grid_file}, positions: 'p_last,g1', out: cap.nc}}\n"
+        "  - {command: substitute, capture: cap.nc, layers: '1,2', positions: 'p_last,g1', out: sub.nc}\n"
+        "  - {command: inject, capture: cap.nc, positions: p_last, site-layers: '1', out: inj.nc}\n"
+        "  - {command: plot, results: sub.nc}\n"
+    )
+    result = _run("run", str(spec), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert load_dataset(tmp_path / "out" / "sub.nc").kl.sizes["layer"] == 2
+    assert (tmp_path / "out" / "sub-kl_by_layer.png").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - {command: train}\n")
+    result = CliRunner().invoke(main, ["run", str(bad)])
+    assert result.exit_code != 0 and "step 1 has command 'train'" in result.output
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"out_dir: {tmp_path / 'out'}\nsteps:\n  - {{command: inject, capture: cap.nc, out: x.nc}}\n")
+    result = CliRunner().invoke(main, ["run", str(missing), "--no-progress"])
+    assert result.exit_code != 0 and "the capture has no position ['p_user_last', 'g2']" in result.output

@@ -16,6 +16,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
+from ..errors import SelectionError
 from ..grids import CONDITIONS, Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
@@ -33,6 +34,21 @@ class CaptureSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_capture(capture_ds: xr.Dataset, loaded, layers, positions, cells) -> None:
+    """Refuse a capture made with another model, lacking a needed site or cell, or unfinished."""
+    if capture_ds.attrs.get("model_id") != loaded.model_id:
+        raise SelectionError(
+            f"the capture was made with model {capture_ds.attrs.get('model_id')!r}, not {loaded.model_id!r}"
+        )
+    for dim, wanted in (("layer", layers), ("position", positions), ("cell", [c.label for c in cells])):
+        have = set(capture_ds[dim].values.tolist())
+        missing = [w for w in wanted if w not in have]
+        if missing:
+            raise SelectionError(f"the capture has no {dim} {missing}; it holds {sorted(have)}")
+    if not capture_ds.attrs.get("completed", 0):
+        raise SelectionError("the capture file is incomplete (completed=0); rerun the capture first")
 
 
 def render_cell_prompts(loaded, grid: Grid, cells) -> dict[tuple[str, str], Prompt]:

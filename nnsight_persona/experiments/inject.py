@@ -109,6 +109,7 @@ def run(loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = No
         capture_ds = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
             grid=spec.grid, layers=tuple(all_layers), positions=tuple(positions), cells=tuple(labels),
             batch_size=spec.batch_size), progress=progress)
+    capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
     h = capture_ds.resid.isel(model=0).sel(cell=labels, layer=all_layers, position=positions)
     hv = {c: torch.from_numpy(h.sel(condition=c).values.astype(np.float32)) for c in ("BB", "XB", "BY", "XY")}
     cached = hv["BB"] + (hv["XB"] - hv["BB"]) + (hv["BY"] - hv["BB"])  # [layer, position, cell, hidden]

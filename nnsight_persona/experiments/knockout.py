@@ -95,6 +95,7 @@ def run(loaded, grid: Grid, spec: KnockoutSpec, capture_ds: xr.Dataset | None = 
         capture_ds = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
             grid=spec.grid, layers=(0,), positions=("p_last",), cells=tuple(labels), batch_size=spec.batch_size),
             progress=progress)
+    capture_exp.check_capture(capture_ds, loaded, [], [], cells)
     continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
     prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
     keys = {}

@@ -95,6 +95,7 @@ def run(loaded, grid: Grid, spec: MarkersSpec, capture_ds: xr.Dataset | None = N
                 cells=tuple(c.label for c in cells), batch_size=spec.batch_size,
             )
             capture_ds = capture_exp.run(loaded, grid, cap, progress=progress)
+        capture_exp.check_capture(capture_ds, loaded, [spec.layer], [spec.position], cells)
         vectors = edit_vectors(capture_ds, spec.layer, spec.position, cells)
     tok = loaded.tokenizer
     rows = []  # (cell index, condition, prompt)

@@ -86,7 +86,7 @@ def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None 
             cells=tuple(c.label for c in cells), n_continuation=spec.n_continuation, batch_size=spec.batch_size,
         )
         capture_ds = capture_exp.run(loaded, grid, cap_spec, progress=progress)
-    _check_capture(capture_ds, loaded, spec, cells)
+    capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
     resid = capture_ds.resid.isel(model=0).sel(
         layer=list(spec.layers), position=list(spec.positions), cell=[c.label for c in cells]
     )
@@ -206,20 +206,6 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
                 ctx.kl[li, pi, ci, ki] = value
             bar.update()
     bar.close()
-
-
-def _check_capture(capture_ds, loaded, spec, cells) -> None:
-    if capture_ds.attrs.get("model_id") != loaded.model_id:
-        raise SelectionError(
-            f"the capture was made with model {capture_ds.attrs.get('model_id')!r}, not {loaded.model_id!r}"
-        )
-    for dim, wanted in (("layer", spec.layers), ("position", spec.positions), ("cell", [c.label for c in cells])):
-        have = set(capture_ds[dim].values.tolist())
-        missing = [w for w in wanted if w not in have]
-        if missing:
-            raise SelectionError(f"the capture has no {dim} {missing}; it holds {sorted(have)}")
-    if not capture_ds.attrs.get("completed", 0):
-        raise SelectionError("the capture file is incomplete (completed=0); rerun the capture first")
 
 
 def _dataset(loaded, grid, spec, cells, conditions, kl, completed) -> xr.Dataset:
