@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import Common, clean_errors, default_out, experiment_options, write_result
+from .cli_common import Common, batch_size_option, clean_errors, default_out, experiment_options, write_result
 from .errors import SelectionError
 
 
@@ -45,7 +45,22 @@ def _setup(common: Common, positions: str | None = None):
     position_list = parse_positions(positions or common.positions)
     cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
     loaded = load_model(model_spec, dtype=common.dtype, remote=common.remote_target)
+    if common.batch_size == "auto":
+        common.batch_size = _auto_batch_size(loaded, grid, cell_list)
     return grid, grid_name, position_list, cell_list, loaded, capture_ds
+
+
+def _auto_batch_size(loaded, grid, cell_labels) -> int:
+    """Memory-aware rows per pass for the longest teacher-forced sequence of the grid."""
+    from .memory import auto_batch_size, free_bytes
+    from .prompts import render_prompt
+
+    if loaded.remote not in (False, "local"):
+        return 32  # the server's memory is not ours to measure
+    longest = max(len(render_prompt(loaded.tokenizer, grid.user_text(grid.cell(c), "XY")).ids) for c in cell_labels)
+    device = next(loaded.lm._module.parameters()).device
+    size = auto_batch_size(loaded.lm._module.config, loaded.dtype, longest + 12, free_bytes(device))
+    return size if device.type == "cuda" else min(size, 32)
 
 
 def _capture(common: Common, n_continuation: int = 12):
@@ -251,7 +266,8 @@ LONG_GRIDS = {"toy-long", "xu2026-long"}
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where datasets and figures go [default: artifacts/<model>].")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default="auto", show_default=True, callback=batch_size_option,
+              help="Rows per forward pass, or 'auto' (memory-aware; see the experiment commands).")
 @click.option("--grid", "grids", multiple=True,
               help="Run these grids (every experiment, every cell) instead of the model's default plan.")
 @click.option("--progress/--no-progress", default=True)
@@ -279,6 +295,8 @@ def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
         load_grid(grid_name)  # fail fast on a bad grid
     plan = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
 
+    requested_batch = batch_size
+
     def keep(ds, name):
         path = save_dataset(ds, out_dir / f"{name}.nc")
         click.echo(f"wrote {path}")
@@ -293,6 +311,7 @@ def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
     for grid_name, marker_cells in plan.items():
         grid = load_grid(grid_name)
         grid_name = Path(grid_name).stem if Path(grid_name).suffix in (".yaml", ".yml", ".json") else grid_name
+        batch_size = _auto_batch_size(loaded, grid, grid.cell_labels) if requested_batch == "auto" else requested_batch
         cap = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
             grid=grid_name, layers=tuple(range(loaded.n_layers + 1)), batch_size=batch_size), progress=progress)
         keep(cap, f"capture-{grid_name}")

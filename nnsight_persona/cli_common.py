@@ -23,7 +23,7 @@ class Common:
     positions: str
     dtype: str | None
     cells: str | None
-    batch_size: int
+    batch_size: int | str
     out: Path | None
     progress: bool
     remote: bool
@@ -44,6 +44,18 @@ class Common:
         return [c.strip() for c in self.cells.split(",")] if self.cells else None
 
 
+def batch_size_option(ctx, param, value):
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+    return number
+
+
 def experiment_options(default_layers: str, positions: str = "all"):
     """The options every experiment command shares, passed to the command as `common`."""
 
@@ -61,8 +73,9 @@ def experiment_options(default_layers: str, positions: str = "all"):
             click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                          help="Model dtype [default: per family: Gemma-2 float32, Qwen-2 bfloat16, else float32]."),
             click.option("--cells", default=None, help="Comma list of cell labels (persona__task); default every cell."),
-            click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-                         help="Prompts per forward pass."),
+            click.option("--batch-size", default="auto", show_default=True, callback=batch_size_option,
+                         help="Rows per forward pass, or 'auto': as many as fit in half the free GPU memory "
+                              "(on a CPU at most 32, where larger batches stop paying)."),
             click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                          help="Output netCDF file [default: runs/<model>/<experiment>-<grid>.nc]."),
             click.option("--progress/--no-progress", default=True, help="Show progress bars."),
