@@ -8,9 +8,9 @@ from pathlib import Path
 CACHE = Path(__file__).parent / ".models"
 
 
-def random_llama(name: str = "random100m", hidden: int = 768, layers: int = 12, intermediate: int = 2048,
+def random_llama(name: str = "random100m", hidden: int = 768, layers: int = 12, intermediate: int = 2560,
                  vocab: int = 8000) -> str:
-    """A random-weight Llama-layout chat model (~100M parameters), built once and cached."""
+    """A random-weight Llama-layout chat model (99M parameters), built once and cached."""
     directory = CACHE / name
     if (directory / "config.json").exists():
         return str(directory)

@@ -10,7 +10,7 @@ import torch
 
 
 @torch.no_grad()
-def raw_window_kl(loaded, batch, writes, window_cols, reference_rows, knockout=None):
+def raw_window_kl(loaded, batch, writes, window_cols, reference_rows, knockout=None, past_key_values=None):
     """window_kl's computation with plain forward pre-hooks instead of an nnsight trace."""
     if knockout is not None:
         raise NotImplementedError("the overhead benchmark covers residual writes only")
@@ -25,7 +25,8 @@ def raw_window_kl(loaded, batch, writes, window_cols, reference_rows, knockout=N
 
         handles.append(blocks[w.layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
-        logits = model(**batch.inputs()).logits
+        extra = {} if past_key_values is None else {"past_key_values": past_key_values}
+        logits = model(**batch.inputs(), **extra).logits
     finally:
         for h in handles:
             h.remove()

@@ -1,10 +1,12 @@
-"""The short-grid protocol (capture + decomposition + substitution) computed three ways.
+"""The short-grid protocol (capture + decomposition + substitution) computed several ways.
 
 - ``ours``: the package, batched;
 - ``ours_unbatched``: the package with batch size 1;
-- ``reference``: a plain transformers loop with forward hooks, one forward pass per
-  (cell, condition) capture and per (cell, layer, position) patch, as the reference implementation
-  runs it.
+- ``reference``: a plain transformers loop with forward hooks as the reference implementation runs
+  it: for every (cell, position, layer), one forward pass per condition (BB, XB, BY, XY) to read the
+  residual with a hook, then one patched pass;
+- ``reference_shared_capture``: a stronger plain loop that reads every layer and position of a
+  condition in one pass (4 capture passes per cell), then one patched pass per (position, layer).
 Each returns the summed KL array [layer, position, cell] of the additive substitution and counts of
 forward passes and token-forwards (rows x width of every pass).
 """
@@ -56,7 +58,7 @@ def run_ours(model_dir: str, grid_name: str, batch_size: int):
 
 
 @torch.no_grad()
-def run_reference(model_dir: str, grid_name: str):
+def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nnsight_persona.grids import CONDITIONS, load_grid
@@ -77,9 +79,14 @@ def run_reference(model_dir: str, grid_name: str):
         out = model.generate(torch.tensor([xy]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=pad)
         clean = out[0, len(xy):].tolist()
         h = {}
-        for c, p in prompts.items():
-            states = model(torch.tensor([list(p.ids) + clean[:2]]), output_hidden_states=True).hidden_states
-            h[c] = {(L, pos): states[L][0, p.position(pos)] for L in layers for pos in POSITIONS}
+        if shared_capture:
+            for c, p in prompts.items():
+                states = model(torch.tensor([list(p.ids) + clean[:2]]), output_hidden_states=True).hidden_states
+                h[c] = {(L, pos): states[L][0, p.position(pos)] for L in layers for pos in POSITIONS}
+        else:
+            for c, p in prompts.items():
+                h[c] = {(L, pos): _read_one(model, list(p.ids) + clean[:2], L, p.position(pos))
+                        for L in layers for pos in POSITIONS}
         seq = xy + clean[:11]
         clean_logp = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
         for li, L in enumerate(layers):
@@ -103,6 +110,21 @@ def run_reference(model_dir: str, grid_name: str):
                 kl[li, pi, ci] = float((ref.exp() * (ref - logp[probe : probe + 10])).sum())
     counter.close()
     return kl, counter.passes, counter.tokens
+
+
+def _read_one(model, ids, layer, pos):
+    """One forward pass reading the residual entering block `layer` at `pos` with a pre-hook."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["h"] = (args[0] if args else kwargs["hidden_states"])[0, pos].clone()
+
+    handle = model.model.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(torch.tensor([ids]))
+    finally:
+        handle.remove()
+    return seen["h"]
 
 
 def necessary_token_forwards(model_dir: str, grid_name: str) -> int:

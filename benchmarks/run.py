@@ -26,11 +26,21 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import torch
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -47,8 +57,8 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str) -> dict:
 
     model_dir = resolve(model)
     start = time.perf_counter()
-    if method == "reference":
-        kl, passes, tokens = protocol.run_reference(model_dir, grid)
+    if method.startswith("reference"):
+        kl, passes, tokens = protocol.run_reference(model_dir, grid, shared_capture=method == "reference_shared_capture")
     else:
         kl, passes, tokens = protocol.run_ours(model_dir, grid, batch_size if method == "ours" else 1)
     wall = time.perf_counter() - start
@@ -69,12 +79,12 @@ def protocol_bench(model: str, grid: str, batch_size: int, repeats: int) -> dict
     from benchmarks.protocol import necessary_token_forwards
 
     tmp = Path(tempfile.mkdtemp())
-    runs = {m: [] for m in ("ours", "reference", "ours_unbatched")}
+    runs = {m: [] for m in ("ours", "reference", "reference_shared_capture", "ours_unbatched")}
     for r in range(repeats):
         for method in runs:
             runs[method].append(_subprocess(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt")]))
     kl = {m: torch.load(tmp / f"{m}.pt") for m in runs}
-    agree = {m: float((kl[m] - kl["reference"]).abs().max()) for m in ("ours", "ours_unbatched")}
+    agree = {m: float((kl[m] - kl["reference"]).abs().max()) for m in runs if m != "reference"}
     summary = {
         m: {
             "wall_s_median": statistics.median(r["wall_s"] for r in rs),
@@ -91,6 +101,7 @@ def protocol_bench(model: str, grid: str, batch_size: int, repeats: int) -> dict
         "machine": machine(), "methods": summary,
         "max_abs_kl_difference_vs_reference": agree,
         "speedup_vs_reference": summary["reference"]["wall_s_median"] / summary["ours"]["wall_s_median"],
+        "speedup_vs_reference_shared_capture": summary["reference_shared_capture"]["wall_s_median"] / summary["ours"]["wall_s_median"],
         "speedup_vs_unbatched": summary["ours_unbatched"]["wall_s_median"] / summary["ours"]["wall_s_median"],
         "necessary_token_forwards": floor,
         "token_forwards_over_floor": {m: s["token_forwards"] / floor for m, s in summary.items()},
@@ -106,7 +117,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     o = sub.add_parser("one")
-    o.add_argument("method", choices=["ours", "reference", "ours_unbatched"])
+    o.add_argument("method", choices=["ours", "reference", "reference_shared_capture", "ours_unbatched"])
     o.add_argument("model")
     o.add_argument("grid")
     o.add_argument("batch_size", type=int)
