@@ -17,7 +17,8 @@ def both(loaded_models):
 
 def _equal(a, b, var):
     if a[var].dtype.kind in "fc":
-        np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-6, rtol=1e-6)
+        # The local substitution sweep reuses prefix KV caches, the remote one cannot: float noise.
+        np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=1e-4)
     else:
         assert (a[var].values == b[var].values).all()
 
