@@ -63,7 +63,22 @@ def _auto_batch_size(loaded, grid, cell_labels) -> int:
     return size if device.type == "cuda" else min(size, 32)
 
 
-def _capture(common: Common, n_continuation: int = 12):
+def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, common: Common, **kwargs):
+    """Run an experiment so that a long run survives interruption: the partial result is written
+    to the output file every minute, and an unfinished file of the same spec is resumed."""
+    from .store import Checkpoint, resumable
+
+    out = common.out or default_out(loaded.model_id, experiment, grid_name)
+    spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
+    previous = None if common.fresh else resumable(out, experiment, spec_dict, loaded.model_id)
+    if previous is not None:
+        click.echo(f"resuming the unfinished run in {out} (--fresh starts over)", err=True)
+    ds = module.run(loaded, grid, spec, progress=common.progress, previous=previous,
+                    checkpoint=Checkpoint(out, every_s=60.0), **kwargs)
+    return ds, out
+
+
+def _capture(common: Common, n_continuation: int = 12, resumable_file: bool = False):
     from .experiments import capture as exp
     from .selection import parse_layers
 
@@ -71,6 +86,8 @@ def _capture(common: Common, n_continuation: int = 12):
     layers = parse_layers(common.layers, loaded.n_layers, default=range(loaded.n_layers + 1))
     spec = exp.CaptureSpec(grid=grid_name, layers=tuple(layers), positions=tuple(positions), cells=cells,
                            n_continuation=n_continuation, batch_size=common.batch_size)
+    if resumable_file:  # the capture command's own output file
+        return _run_resumable(exp, "capture", loaded, grid, grid_name, spec, common)[0], grid_name
     return exp.run(loaded, grid, spec, progress=common.progress), grid_name
 
 
@@ -83,7 +100,7 @@ def capture(common, n_continuation):
     """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
     if common.capture_path is not None:
         raise SelectionError("capture makes capture files; --capture is for the other experiments")
-    ds, grid_name = _capture(common, n_continuation)
+    ds, grid_name = _capture(common, n_continuation, resumable_file=True)
     write_result(ds, common.out or default_out(ds.attrs["model_id"], "capture", grid_name))
 
 
@@ -129,14 +146,14 @@ def substitute(common, conditions, n_eval, seed):
         grid=grid_name, layers=tuple(layers), positions=tuple(positions), conditions=condition_list, cells=cells,
         n_eval=n_eval, n_continuation=max(12, n_eval + 2), batch_size=common.batch_size, seed=seed,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
+    ds, out = _run_resumable(exp, "substitute", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
     median = ds.kl.isel(model=0).median("cell")
     click.echo("median summed KL over cells:")
     click.echo(format_table([
         {"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
         for L in ds.layer.values for p in ds.position.values
     ]))
-    write_result(ds, common.out or default_out(loaded.model_id, "substitute", grid_name))
+    write_result(ds, out)
 
 
 @main.command()
@@ -163,10 +180,10 @@ def markers(common, conditions, patch_steps, n_tokens):
         grid=grid_name, layer=layers[0], position=positions[0], conditions=tuple(c.strip() for c in conditions.split(",")),
         patch_steps=patch_steps, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
+    ds, out = _run_resumable(exp, "markers", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
     click.echo(format_table([{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d}
                              for c, k, n, d in exp.summary_table(ds)]))
-    write_result(ds, common.out or default_out(loaded.model_id, "markers", grid_name))
+    write_result(ds, out)
 
 
 @main.command()
@@ -200,12 +217,12 @@ def inject(common, clamp_layers, conditions, patch_steps, site_layers, filler):
         patch_steps=patch_steps, site_layers=tuple(site), site_positions=tuple(positions), cells=cells,
         filler=filler, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
+    ds, out = _run_resumable(exp, "inject", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
     median = ds.kl.isel(model=0).median("cell")
     click.echo("median summed KL to the persona run, per layer set:")
     click.echo(format_table([{"layer set": str(s), **{str(c): float(median.sel(layer_set=s, condition=c)) for c in ds.condition.values}}
                              for s in ds.layer_set.values]))
-    write_result(ds, common.out or default_out(loaded.model_id, "inject", grid_name))
+    write_result(ds, out)
 
 
 @main.command()
@@ -237,7 +254,7 @@ def knockout(common, bands, queries, conditions, heads, n_tokens):
         grid=grid_name, bands=tuple(band_list), queries=queries, conditions=tuple(c.strip() for c in conditions.split(",")),
         heads=head_list, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
     )
-    ds = exp.run(loaded, grid, spec, capture_ds=capture_ds, progress=common.progress)
+    ds, out = _run_resumable(exp, "knockout", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
     kl = ds.kl.isel(model=0).median("cell")
     rows = []
     for band in ds.band.values:
@@ -247,7 +264,7 @@ def knockout(common, bands, queries, conditions, heads, n_tokens):
             row.update({f"markers {c}": float(rate.sel(band=band, condition=c)) for c in ds.condition.values})
         rows.append(row)
     click.echo(format_table(rows))
-    write_result(ds, common.out or default_out(loaded.model_id, "knockout", grid_name))
+    write_result(ds, out)
 
 
 # What `reproduce` runs per model: grid -> cells of the behavioural, injection and knockout

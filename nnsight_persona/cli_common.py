@@ -29,6 +29,7 @@ class Common:
     remote: bool
     ndif_host: str | None
     capture_path: Path | None
+    fresh: bool
 
     @property
     def remote_target(self) -> bool | str:
@@ -85,6 +86,8 @@ def experiment_options(default_layers: str, positions: str = "all"):
                               "local simulation of the remote path on this machine."),
             click.option("--capture", "capture_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                          default=None, help="Reuse a capture file instead of recomputing it (its model and grid are used)."),
+            click.option("--fresh", is_flag=True,
+                         help="Start over even if --out holds an unfinished run of the same spec (default: resume it)."),
         ]
 
         @functools.wraps(fn)

@@ -122,6 +122,12 @@ def load_model(
 
         # Our trace helpers (edits, knockouts) travel by value: the server has no nnsight_persona.
         nnsight.register(nnsight_persona)
+        if isinstance(remote, str) and remote.startswith(("http://", "https://")) and Path(path).is_dir():
+            # Your own NDIF sharing this disk: the folder's absolute path is the model key. nnsight
+            # would otherwise canonicalize the id through the hub, which knows no local folder.
+            from nnsight.modeling import huggingface
+
+            huggingface._ID_CACHE.setdefault(path, path)
     adapter = adapter_for(lm._module)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return LoadedModel(

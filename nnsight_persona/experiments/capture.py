@@ -71,19 +71,26 @@ def clean_continuations(loaded, prompts: list[Prompt], n_tokens: int, batch_size
     return out
 
 
-def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True) -> xr.Dataset:
-    """Run the capture; on Ctrl-C returns what was done, with attrs['completed'] = 0."""
+def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=None, checkpoint=None) -> xr.Dataset:
+    """Run the capture; on Ctrl-C returns what was done, with attrs['completed'] = 0.
+
+    previous: an unfinished result of the same spec; its finished rows are kept, not recomputed.
+    checkpoint: called with a function building the partial dataset after every batch."""
     cells = grid.select_cells(list(spec.cells))
     prompts = render_cell_prompts(loaded, grid, cells)
     layers, positions = list(spec.layers), list(spec.positions)
     n_forced = max([GENERATED_POSITIONS[p] + 1 for p in positions if p in GENERATED_POSITIONS], default=0)
     resid = np.full((len(layers), len(positions), len(cells), len(CONDITIONS), loaded.hidden_size), np.nan, np.float32)
     continuation = np.zeros((len(cells), spec.n_continuation), dtype=np.int64)
+    if previous is not None:
+        resid[:] = previous.resid.isel(model=0).values
     completed = False
+    partial = lambda: _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, False)
     try:
         xy = [prompts[(c.label, "XY")] for c in cells]
+        # Greedy and deterministic: regenerating on resume gives the same tokens.
         continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
-        rows = [(i, j) for i in range(len(cells)) for j in range(len(CONDITIONS))]
+        rows = [(i, j) for i in range(len(cells)) for j in range(len(CONDITIONS)) if np.isnan(resid[0, 0, i, j, 0])]
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="capture", disable=not progress):
             chunk = [rows[k] for k in rng]
             seqs, sites = [], []
@@ -98,6 +105,8 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True) -> xr.Data
             got = got.reshape(len(layers), len(chunk), len(positions), -1).numpy()
             for k, (i, j) in enumerate(chunk):
                 resid[:, :, i, j, :] = got[:, k]
+            if checkpoint is not None:
+                checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
         pass

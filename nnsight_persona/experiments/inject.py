@@ -96,7 +96,12 @@ def length_matched_prompt(tokenizer, grid: Grid, cell, target_len: int, filler: 
     return best or p
 
 
-def run(loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = None, progress: bool = True) -> xr.Dataset:
+def run(
+    loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = None, progress: bool = True,
+    previous=None, checkpoint=None,
+) -> xr.Dataset:
+    """Run the injections; on Ctrl-C returns what was done (completed=0). `previous`: an unfinished
+    result of the same spec whose finished rows are kept; `checkpoint`: called after every batch."""
     _check(spec, loaded.n_layers)
     cells = grid.select_cells(list(spec.cells))
     labels = [c.label for c in cells]
@@ -152,6 +157,13 @@ def run(loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = No
 
     kl = np.full((len(spec.layer_sets), len(cells), len(conditions)), np.nan)
     kl_site = np.full((len(spec.site_layers), len(site_positions), len(cells), len(SITE_CONDITIONS)), np.nan)
+    if previous is not None:
+        kl[:] = previous.kl.isel(model=0).values
+        if spec.site_layers:
+            kl_site[:] = previous.kl_site.isel(model=0).values
+        rows = [r for r in rows if not _done(r, kl, kl_site, conditions, spec, site_positions)]
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx,
+                               pidx, prompts, False)
     completed = False
     try:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="inject", disable=not progress):
@@ -183,10 +195,22 @@ def run(loaded, grid: Grid, spec: InjectSpec, capture_ds: xr.Dataset | None = No
                 else:
                     cond, L, p = index
                     kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
+            if checkpoint is not None:
+                checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
         pass
     return _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, completed)
+
+
+def _done(row, kl, kl_site, conditions, spec, site_positions) -> bool:
+    """Whether a row's result is already there (resuming)."""
+    ci, _, what, index, _ = row
+    if what == "kl":
+        cond, si = index
+        return not np.isnan(kl[0 if si is None else si, ci, conditions.index(cond)])
+    cond, L, p = index
+    return not np.isnan(kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)])
 
 
 def _layer_writes(edits: list[Write], patch_all: bool):

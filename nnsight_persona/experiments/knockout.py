@@ -86,7 +86,12 @@ def control_positions(prompt: Prompt, n: int) -> list[int]:
     return (after + before)[:n]
 
 
-def run(loaded, grid: Grid, spec: KnockoutSpec, capture_ds: xr.Dataset | None = None, progress: bool = True) -> xr.Dataset:
+def run(
+    loaded, grid: Grid, spec: KnockoutSpec, capture_ds: xr.Dataset | None = None, progress: bool = True,
+    previous=None, checkpoint=None,
+) -> xr.Dataset:
+    """Run the knockouts; on Ctrl-C returns what was done (completed=0). `previous`: an unfinished
+    result of the same spec whose finished rows are kept; `checkpoint`: called after every batch."""
     _check(spec, loaded)
     cells = grid.select_cells(list(spec.cells))
     labels = [c.label for c in cells]
@@ -109,6 +114,12 @@ def run(loaded, grid: Grid, spec: KnockoutSpec, capture_ds: xr.Dataset | None = 
     kl = np.full((len(spec.bands), len(cells), len(conditions)), np.nan)
     with_markers = bool(grid.markers) and spec.n_tokens > 0
     texts = np.full((len(spec.bands), len(cells), len(conditions)), "", dtype=object)
+    if previous is not None:
+        kl[:] = previous.kl.isel(model=0).values
+        if with_markers:
+            texts[:] = previous.text.isel(model=0).values
+        rows = [(ci, bi, k) for ci, bi, k in rows if np.isnan(kl[bi, ci, k])]
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, False)
     completed = False
     try:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="knockout", disable=not progress):
@@ -121,14 +132,17 @@ def run(loaded, grid: Grid, spec: KnockoutSpec, capture_ds: xr.Dataset | None = 
             windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
             refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
             got = window_kl(loaded, batch, [], windows, refs, knockout=knock)
-            for (ci, bi, k), value in zip(chunk, got[len(cell_ids):].tolist()):
-                kl[bi, ci, k] = value
             if with_markers:
                 gen_batch = left_pad([list(prompts[r[0]].ids) for r in chunk], loaded.pad_id)
                 gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
                 tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
                 for r, (ci, bi, k) in enumerate(chunk):
                     texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
+            # The KL marks a row done, so it is written last.
+            for (ci, bi, k), value in zip(chunk, got[len(cell_ids):].tolist()):
+                kl[bi, ci, k] = value
+            if checkpoint is not None:
+                checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
         pass

@@ -83,7 +83,12 @@ def edit_vectors(capture_ds: xr.Dataset, layer: int, position: str, cells) -> di
     return {"additive": bb + dx + dy, "remove_persona": xy - dx, "clean": xy}
 
 
-def run(loaded, grid: Grid, spec: MarkersSpec, capture_ds: xr.Dataset | None = None, progress: bool = True) -> xr.Dataset:
+def run(
+    loaded, grid: Grid, spec: MarkersSpec, capture_ds: xr.Dataset | None = None, progress: bool = True,
+    previous=None, checkpoint=None,
+) -> xr.Dataset:
+    """Generate and score; on Ctrl-C returns what was done (completed=0). `previous`: an unfinished
+    result of the same spec whose generated rows are kept; `checkpoint`: called after every batch."""
     check_spec(spec, grid, loaded.n_layers)
     cells = grid.select_cells(list(spec.cells))
     conditions = [c for c in CONDITIONS if c in spec.conditions]
@@ -108,6 +113,11 @@ def run(loaded, grid: Grid, spec: MarkersSpec, capture_ds: xr.Dataset | None = N
             rows.append((ci, cond, prompt))
     texts = np.full((len(cells), len(conditions)), "", dtype=object)
     done = np.zeros((len(cells), len(conditions)), dtype=bool)
+    if previous is not None:
+        texts[:] = previous.text.isel(model=0).values
+        done[:] = previous.generated.isel(model=0).values.astype(bool)
+        rows = [r for r in rows if not done[r[0], conditions.index(r[1])]]
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False)
     step = GENERATED_POSITIONS[spec.position] + 1 if spec.position in GENERATED_POSITIONS else 0
     completed = False
     try:
@@ -120,6 +130,8 @@ def run(loaded, grid: Grid, spec: MarkersSpec, capture_ds: xr.Dataset | None = N
                 ki = conditions.index(cond)
                 texts[ci, ki] = tok.decode(_until_eos(tokens[r].tolist(), loaded.eos_ids), skip_special_tokens=True)
                 done[ci, ki] = True
+            if checkpoint is not None:
+                checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
         pass

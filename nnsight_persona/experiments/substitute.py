@@ -77,7 +77,13 @@ def condition_vectors(resid: xr.DataArray, conditions, seed: int) -> xr.DataArra
     return xr.DataArray(stacked, dims=dims, coords={**coords, "condition": list(conditions)})
 
 
-def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None = None, progress: bool = True) -> xr.Dataset:
+def run(
+    loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None = None, progress: bool = True,
+    previous=None, checkpoint=None,
+) -> xr.Dataset:
+    """Run the sweep; on Ctrl-C returns what was done (completed=0). `previous`: an unfinished
+    result of the same spec whose finished patches are kept; `checkpoint`: called after every batch
+    with a function building the partial dataset."""
     conditions = check_conditions(spec.conditions)
     cells = grid.select_cells(list(spec.cells))
     if capture_ds is None:
@@ -95,6 +101,8 @@ def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None 
 
     layers, positions = list(spec.layers), list(spec.positions)
     kl = np.full((len(layers), len(positions), len(cells), len(conditions)), np.nan)
+    if previous is not None:
+        kl[:] = previous.kl.isel(model=0).values
     # Every patch of a cell shares the cell's teacher-forced XY sequence.
     prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
     probe = {(ci, pi): prompts[ci].position(p) for ci in range(len(cells)) for pi, p in enumerate(positions)}
@@ -107,7 +115,9 @@ def run(loaded, grid: Grid, spec: SubstituteSpec, capture_ds: xr.Dataset | None 
                 f"evaluate {spec.n_eval} tokens after every chosen position (capture with --n-continuation {needed})"
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
-    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, vectors, probe, seqs, kl)
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
+    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, vectors, probe, seqs, kl,
+                 checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
     completed = False
     try:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
@@ -133,11 +143,13 @@ class _Sweep:
     probe: dict  # (cell, position index) -> token index of the probe
     seqs: list  # per cell: the teacher-forced XY sequence
     kl: np.ndarray  # [layer, position, cell, condition], filled in place
+    checkpoint: object  # called after every batch
 
     def patches(self, cells, positions=None):
+        """The patches still to make (a resumed run skips those with a result)."""
         return [(ci, li, pi, ki) for ci in cells for li in range(len(self.layers))
                 for pi in (positions if positions is not None else range(self.n_positions))
-                for ki in range(len(self.conditions))]
+                for ki in range(len(self.conditions)) if np.isnan(self.kl[li, pi, ci, ki])]
 
     def write(self, row, patch, col) -> Write:
         ci, li, pi, ki = patch
@@ -162,6 +174,7 @@ def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
         got = window_kl(ctx.loaded, batch, group_by_layer(writes), torch.stack(windows), refs)
         for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
             ctx.kl[li, pi, ci, ki] = value
+        ctx.checkpoint()
 
 
 def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
@@ -182,7 +195,8 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
                 groups.setdefault(int(batch.pad[local]) + ctx.probe[(ci, pi)], []).append((ci, pi))
         for prefix, members in sorted(groups.items()):
             patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
-            work.append((batch, list(cell_chunk), prefix, patches))
+            if patches:
+                work.append((batch, list(cell_chunk), prefix, patches))
     total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
     bar = tqdm(total=total, desc="substitute", disable=not progress)
     cache, cached_batch, cached_prefix = None, None, 0
@@ -204,6 +218,7 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=select_rows(cache, rows))
             for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
                 ctx.kl[li, pi, ci, ki] = value
+            ctx.checkpoint()
             bar.update()
     bar.close()
 
