@@ -67,14 +67,20 @@ def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, 
     """Run an experiment so that a long run survives interruption: the partial result is written
     to the output file every minute, and an unfinished file of the same spec is resumed."""
     from .store import Checkpoint, resumable
+    from .traffic import metered
 
     out = common.out or default_out(loaded.model_id, experiment, grid_name)
     spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
     previous = None if common.fresh else resumable(out, experiment, spec_dict, loaded.model_id)
     if previous is not None:
         click.echo(f"resuming the unfinished run in {out} (--fresh starts over)", err=True)
-    ds = module.run(loaded, grid, spec, progress=common.progress, previous=previous,
-                    checkpoint=Checkpoint(out, every_s=60.0), **kwargs)
+    with metered() as traffic:
+        ds = module.run(loaded, grid, spec, progress=common.progress, previous=previous,
+                        checkpoint=Checkpoint(out, every_s=60.0), **kwargs)
+    ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(
+        loaded.remote, f"NDIF {loaded.remote if isinstance(loaded.remote, str) else 'public service'}")
+    if loaded.remote:
+        ds.attrs.update(traffic.as_attrs())  # of this invocation (a resumed run counts its own part)
     return ds, out
 
 

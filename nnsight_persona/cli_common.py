@@ -127,6 +127,8 @@ def write_result(ds, out: Path) -> None:
     if ds.attrs.get("completed"):
         click.echo(f"wrote {out}")
     else:
-        click.echo(f"interrupted: kept the finished part in {out} (attrs completed=0)", err=True)
-        sys.exit(130)
+        reason = ds.attrs.get("stopped_by", "interrupted")
+        click.echo(f"stopped ({reason}): kept the finished part in {out} (attrs completed=0); "
+                   "run the same command again to resume", err=True)
+        sys.exit(130 if "Ctrl-C" in reason else 1)
 

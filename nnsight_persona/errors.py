@@ -15,3 +15,7 @@ class ModelError(PersonaError):
 
 class SelectionError(PersonaError):
     """A layer, position, condition or cell that does not exist."""
+
+
+class RemoteFailure(PersonaError):
+    """A remote run that kept failing (network or server) after its retries."""

@@ -54,3 +54,10 @@ def provenance_attrs(loaded, experiment: str, spec: dict) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "completed": 0,
     }
+
+
+def stopped_by(ds, reason: str):
+    """Record why an unfinished run stopped (attrs['stopped_by']); a finished run has none."""
+    if reason:
+        ds.attrs["stopped_by"] = reason
+    return ds

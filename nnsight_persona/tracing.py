@@ -7,6 +7,7 @@ import torch
 
 from .batching import Batch
 from .edits import LayerWrites
+from .errors import RemoteFailure
 from .sites import module_at
 
 
@@ -62,12 +63,54 @@ def apply_edits(blocks, adapter, writes=(), knockout=None, total_len: int | None
             knock_out(blocks, adapter, knockout, layer, total_len)
 
 
+REMOTE_TRIES = 4
+REMOTE_BACKOFF_S = 2.0
+
+
+def retried(fn):
+    """Retry a trace sent to NDIF on network and server errors, with exponential backoff
+    (2, 4, 8 s); then raise RemoteFailure. Local runs and the local simulation fail at once:
+    their errors are deterministic. Each traced function is one request, safe to resend."""
+    import functools
+    import time
+
+    @functools.wraps(fn)
+    def wrapper(loaded, *args, **kwargs):
+        if loaded.remote in (False, "local"):
+            return fn(loaded, *args, **kwargs)
+        for attempt in range(1, REMOTE_TRIES + 1):
+            try:
+                return fn(loaded, *args, **kwargs)
+            except _remote_errors() as exc:
+                if attempt == REMOTE_TRIES:
+                    raise RemoteFailure(
+                        f"the remote run failed {REMOTE_TRIES} times ({type(exc).__name__}: {exc})"
+                    ) from exc
+                time.sleep(REMOTE_BACKOFF_S * 2 ** (attempt - 1))
+
+    return wrapper
+
+
+def _remote_errors() -> tuple:
+    from nnsight.intervention.backends.remote import RemoteError
+
+    errors = [RemoteError, ConnectionError, TimeoutError]
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def residual_site(blocks, layer: int):
     """The residual stream at `layer` inside a trace: hidden_states[layer] (input of block `layer`),
     or the last block's raw output for layer == n_layers (see sites.py for the convention)."""
     return blocks[0].input if layer == 0 else blocks[layer - 1].output
 
 
+@retried
 def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor, layers: list[int]) -> torch.Tensor:
     """Residuals at sites (rows[k], cols[k]) for each layer, as float32 [len(layers), k, hidden].
 
@@ -94,6 +137,7 @@ def greedy_config(loaded, n_tokens: int):
     )
 
 
+@retried
 def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     """`n_tokens` greedy tokens after each row of a left-padded batch. End of turn is suppressed
     until then, so every row has the same length and positions after the prompt stay aligned."""
@@ -103,6 +147,7 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     return out[:, batch.input_ids.shape[1]:]
 
 
+@retried
 def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None, knockout=None) -> torch.Tensor:
     """Greedy argmax tokens [rows, n_tokens] under an optional GenerationEdit and an optional
     Knockout (held at every step).
@@ -134,6 +179,7 @@ def _step_writes(edit, step: int) -> list:
     return [LayerWrites(edit.layer, edit.rows, last, edit.deltas, add=True)]
 
 
+@retried
 def window_kl(
     loaded, batch: Batch, writes, window_cols: torch.Tensor, reference_rows: torch.Tensor, knockout=None,
     past_key_values=None,
@@ -160,6 +206,7 @@ def window_kl(
     return kl
 
 
+@retried
 def prefix_cache(loaded, batch: Batch, prefix: int, cache=None, start: int = 0):
     """The KV cache of the first `prefix` columns of a left-padded batch. Given the `cache` of its
     first `start` columns, only the columns in between are run (and that cache object is extended)."""

@@ -16,10 +16,10 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
-from ..errors import SelectionError
+from ..errors import RemoteFailure, SelectionError
 from ..grids import CONDITIONS, Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
-from ..provenance import provenance_attrs
+from ..provenance import provenance_attrs, stopped_by
 from ..tracing import greedy_continuations, read_residuals
 
 
@@ -84,7 +84,7 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
     continuation = np.zeros((len(cells), spec.n_continuation), dtype=np.int64)
     if previous is not None:
         resid[:] = previous.resid.isel(model=0).values
-    completed = False
+    completed, stopped = False, ""
     partial = lambda: _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, False)
     try:
         xy = [prompts[(c.label, "XY")] for c in cells]
@@ -109,8 +109,10 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
                 checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
-        pass
-    return _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed)
+        stopped = "interrupted (Ctrl-C)"
+    except RemoteFailure as exc:
+        stopped = str(exc)
+    return stopped_by(_dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed), stopped)
 
 
 def _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed) -> xr.Dataset:

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Write, group_by_layer
-from ..errors import SelectionError
+from ..errors import RemoteFailure, SelectionError
 from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
-from ..provenance import provenance_attrs
+from ..provenance import provenance_attrs, stopped_by
 from ..tracing import read_residuals, window_kl
 from . import capture as capture_exp
 
@@ -164,7 +164,7 @@ def run(
         rows = [r for r in rows if not _done(r, kl, kl_site, conditions, spec, site_positions)]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx,
                                pidx, prompts, False)
-    completed = False
+    completed, stopped = False, ""
     try:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="inject", disable=not progress):
             chunk = [rows[k] for k in rng]
@@ -199,8 +199,10 @@ def run(
                 checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
-        pass
-    return _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, completed)
+        stopped = "interrupted (Ctrl-C)"
+    except RemoteFailure as exc:
+        stopped = str(exc)
+    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, completed), stopped)
 
 
 def _done(row, kl, kl_site, conditions, spec, site_positions) -> bool:

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Knockout
-from ..errors import SelectionError
+from ..errors import RemoteFailure, SelectionError
 from ..grids import Grid
 from ..prompts import Prompt, render_prompt
-from ..provenance import provenance_attrs
+from ..provenance import provenance_attrs, stopped_by
 from ..scoring import markers_found
 from ..tracing import generate_with_edit, window_kl
 from . import capture as capture_exp
@@ -120,7 +120,7 @@ def run(
             texts[:] = previous.text.isel(model=0).values
         rows = [(ci, bi, k) for ci, bi, k in rows if np.isnan(kl[bi, ci, k])]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, False)
-    completed = False
+    completed, stopped = False, ""
     try:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="knockout", disable=not progress):
             chunk = [rows[k] for k in rng]
@@ -145,8 +145,10 @@ def run(
                 checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
-        pass
-    return _dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, completed)
+        stopped = "interrupted (Ctrl-C)"
+    except RemoteFailure as exc:
+        stopped = str(exc)
+    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, completed), stopped)
 
 
 def _knockout(batch, row_keys, prompts, keys, spec, conditions, n_layers) -> Knockout:

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import GenerationEdit
-from ..errors import SelectionError
+from ..errors import RemoteFailure, SelectionError
 from ..grids import Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, render_prompt
-from ..provenance import provenance_attrs
+from ..provenance import provenance_attrs, stopped_by
 from ..scoring import marker_counts
 from ..tracing import generate_with_edit
 from . import capture as capture_exp
@@ -119,7 +119,7 @@ def run(
         rows = [r for r in rows if not done[r[0], conditions.index(r[1])]]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False)
     step = GENERATED_POSITIONS[spec.position] + 1 if spec.position in GENERATED_POSITIONS else 0
-    completed = False
+    completed, stopped = False, ""
     try:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="markers", disable=not progress):
             chunk = [rows[k] for k in rng]
@@ -134,8 +134,10 @@ def run(
                 checkpoint(partial)
         completed = True
     except KeyboardInterrupt:
-        pass
-    return _dataset(loaded, grid, spec, cells, conditions, texts, done, completed)
+        stopped = "interrupted (Ctrl-C)"
+    except RemoteFailure as exc:
+        stopped = str(exc)
+    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, texts, done, completed), stopped)
 
 
 def _edit(chunk, batch, vectors, spec, step) -> GenerationEdit | None:

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Write, group_by_layer
-from ..errors import SelectionError
+from ..errors import RemoteFailure, SelectionError
 from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
-from ..provenance import provenance_attrs
+from ..provenance import provenance_attrs, stopped_by
 from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
 from . import capture as capture_exp
 
@@ -118,7 +118,7 @@ def run(
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
     ctx = _Sweep(loaded, spec, layers, len(positions), conditions, vectors, probe, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
-    completed = False
+    completed, stopped = False, ""
     try:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
         # and its KV cache reused by every patch. Remotely the cache would have to travel, so whole
@@ -126,8 +126,10 @@ def run(
         (_sweep_with_prefix_cache if spec.prefix_cache and not loaded.remote else _sweep_whole)(ctx, len(cells), progress)
         completed = True
     except KeyboardInterrupt:
-        pass
-    return _dataset(loaded, grid, spec, cells, conditions, kl, completed)
+        stopped = "interrupted (Ctrl-C)"
+    except RemoteFailure as exc:
+        stopped = str(exc)
+    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, kl, completed), stopped)
 
 
 @dataclass
