@@ -1,7 +1,6 @@
 """Captured residuals agree with plain transformers, one prompt at a time, on every family."""
 
 import numpy as np
-import pytest
 import torch
 
 from nnsight_persona.experiments import capture

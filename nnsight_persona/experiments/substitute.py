@@ -190,7 +190,6 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     work = []
     for cell_chunk in chunked(n_cells, ctx.spec.batch_size):
         batch = left_pad([ctx.seqs[ci] for ci in cell_chunk], loaded.pad_id)
-        width = batch.input_ids.shape[1]
         groups: dict[int, list] = {}  # prefix length (columns) -> (cell, position index)
         for local, ci in enumerate(cell_chunk):
             for pi in range(ctx.n_positions):
