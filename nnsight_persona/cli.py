@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from .cli_common import Common, batch_size_option, clean_errors, default_out, experiment_options, write_result
+from .cli_common import (
+    Common,
+    batch_size_option,
+    clean_errors,
+    default_out,
+    experiment_options,
+    write_result,
+)
 from .errors import SelectionError
 
 

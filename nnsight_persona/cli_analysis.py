@@ -12,6 +12,7 @@ import click
 
 from .cli_common import clean_errors
 
+
 @click.command("plot")
 @click.argument("results", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))

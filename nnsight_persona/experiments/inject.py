@@ -32,6 +32,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..tracing import read_residuals, window_kl
+from ..vectors import site_vectors
 from . import capture as capture_exp
 
 CONDITIONS = ("host", "oracle", "cached", "cached_rescaled", "lm_host", "lm_oracle", "lm_cached")
@@ -116,9 +117,8 @@ def run(
             batch_size=spec.batch_size), progress=progress)
     capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
     h = capture_ds.resid.isel(model=0).sel(cell=labels, layer=all_layers, position=positions)
-    hv = {c: torch.from_numpy(h.sel(condition=c).values.astype(np.float32)) for c in ("BB", "XB", "BY", "XY")}
-    cached = hv["BB"] + (hv["XB"] - hv["BB"]) + (hv["BY"] - hv["BB"])  # [layer, position, cell, hidden]
-    oracle = hv["XY"]
+    hv = {name: torch.from_numpy(v) for name, v in site_vectors(h).items()}  # [layer, position, cell, hidden]
+    cached, oracle = hv["additive"], hv["XY"]
     rescaled = cached * (oracle.norm(dim=-1, keepdim=True) / cached.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     vectors = {"oracle": oracle, "cached": cached, "cached_rescaled": rescaled}
     lidx = {L: i for i, L in enumerate(all_layers)}

@@ -27,6 +27,7 @@ from ..prompts import GENERATED_POSITIONS, POSITIONS, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..scoring import marker_counts
 from ..tracing import generate_with_edit
+from ..vectors import site_vectors
 from . import capture as capture_exp
 
 CONDITIONS = ("clean", "additive", "remove_persona", "bare")
@@ -77,10 +78,8 @@ def check_spec(spec: MarkersSpec, grid: Grid, n_layers: int) -> None:
 
 def edit_vectors(capture_ds: xr.Dataset, layer: int, position: str, cells) -> dict[str, np.ndarray]:
     """Replacement vectors [cell, hidden] for the edited conditions, and the clean h_XY."""
-    h = capture_ds.resid.isel(model=0).sel(layer=layer, position=position, cell=[c.label for c in cells])
-    bb, xb, by, xy = (h.sel(condition=c).values.astype(np.float32) for c in ("BB", "XB", "BY", "XY"))
-    dx, dy = xb - bb, by - bb
-    return {"additive": bb + dx + dy, "remove_persona": xy - dx, "clean": xy}
+    v = site_vectors(capture_ds.resid.isel(model=0).sel(layer=layer, position=position, cell=[c.label for c in cells]))
+    return {"additive": v["additive"], "remove_persona": v["remove_persona"], "clean": v["XY"]}
 
 
 def run(

@@ -26,6 +26,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
+from ..vectors import site_vectors
 from . import capture as capture_exp
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
@@ -58,19 +59,12 @@ def check_conditions(conditions) -> tuple[str, ...]:
 def condition_vectors(resid: xr.DataArray, conditions, seed: int) -> xr.DataArray:
     """Replacement vectors (layer, position, cell, condition, hidden) from a capture's `resid`
     (one model). The random direction is drawn per site from a generator seeded by `seed`."""
-    h = {c: resid.sel(condition=c).values.astype(np.float32) for c in ("BB", "XB", "BY", "XY")}
-    dx, dy = h["XB"] - h["BB"], h["BY"] - h["BB"]
+    v = site_vectors(resid)
     rng = np.random.default_rng(seed)
-    direction = rng.standard_normal(h["BB"].shape).astype(np.float32)
+    direction = rng.standard_normal(v["BB"].shape).astype(np.float32)
     direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    made = {
-        "additive": h["BB"] + dx + dy,
-        "oracle": h["XY"],
-        "baseline": h["BB"],
-        "persona_only": h["BB"] + dx,
-        "task_only": h["BB"] + dy,
-        "random": h["BB"] + direction * np.linalg.norm(dx + dy, axis=-1, keepdims=True),
-    }
+    step = np.linalg.norm(v["delta_x"] + v["delta_y"], axis=-1, keepdims=True)
+    made = {**v, "oracle": v["XY"], "baseline": v["BB"], "random": v["BB"] + direction * step}
     stacked = np.stack([made[c] for c in conditions], axis=-2)
     dims = ("layer", "position", "cell", "condition", "hidden")
     coords = {d: resid[d].values for d in ("layer", "position", "cell")}

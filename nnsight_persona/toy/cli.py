@@ -31,7 +31,8 @@ def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, l
           tiny: bool, no_progress: bool) -> None:
     """Build the corpus and tokenizer, train the toy model and save it to OUT."""
     from .model import TINY_ARCH
-    from .train import TrainConfig, train as run_train
+    from .train import TrainConfig
+    from .train import train as run_train
 
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
     cfg = TrainConfig(seed=seed, threads=threads, arch=dict(TINY_ARCH) if tiny else {}, **overrides)
@@ -54,7 +55,8 @@ def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, l
 def evaluate(model_dir: Path, n: int, seed: int, batch_size: int, json_path: Path | None, check: bool,
              threads: int) -> None:
     """Greedy-generate on held-out prompts and print marker / leak / copy metrics."""
-    from .evaluate import THRESHOLDS, evaluate as run_eval
+    from .evaluate import THRESHOLDS
+    from .evaluate import evaluate as run_eval
 
     metrics = run_eval(model_dir, n=n, seed=seed, batch_size=batch_size, return_samples=json_path is not None,
                        threads=threads)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .corpus import Example, all_persona_markers, heldout_examples
 from ..scoring import contains_marker
+from .corpus import Example, all_persona_markers, heldout_examples
 
 # Acceptance thresholds (see docs/toy-model.md).
 THRESHOLDS = {
