@@ -1,8 +1,11 @@
 """The residual vectors experiments write, built from a capture's four conditions.
 
 With h_C the residual under condition C at one site: Delta_X = h_XB - h_BB, Delta_Y = h_BY - h_BB;
-`additive` = h_BB + Delta_X + Delta_Y (the paper's prediction of h_XY), `persona_only` = h_BB +
-Delta_X, `task_only` = h_BB + Delta_Y, `remove_persona` = h_XY - Delta_X.
+`additive` = h_BB + Delta_X + Delta_Y (the paper's prediction of h_XY), `oracle` = h_XY,
+`baseline` = h_BB, `persona_only` = h_BB + Delta_X, `task_only` = h_BB + Delta_Y,
+`remove_persona` = h_XY - Delta_X, and `random` = h_BB + a unit direction scaled to
+|Delta_X + Delta_Y|. Vectors are computed per site when written, so a sweep holds only the
+capture's residuals, not a copy per condition.
 """
 
 from __future__ import annotations
@@ -10,16 +13,38 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+ORDER = ("BB", "XB", "BY", "XY")
+NAMES = ("additive", "oracle", "baseline", "persona_only", "task_only", "remove_persona", "random")
 
-def site_vectors(resid: xr.DataArray) -> dict[str, np.ndarray]:
-    """float32 arrays (the resid's dims without `condition`, hidden last) for one model's resid."""
-    h = {c: resid.sel(condition=c).values.astype(np.float32) for c in ("BB", "XB", "BY", "XY")}
-    dx, dy = h["XB"] - h["BB"], h["BY"] - h["BB"]
-    return {
-        "BB": h["BB"], "XB": h["XB"], "BY": h["BY"], "XY": h["XY"],
-        "delta_x": dx, "delta_y": dy,
-        "additive": h["BB"] + dx + dy,
-        "persona_only": h["BB"] + dx,
-        "task_only": h["BB"] + dy,
-        "remove_persona": h["XY"] - dx,
-    }
+
+def stacked(resid: xr.DataArray) -> np.ndarray:
+    """One model's resid as float32 [..., 4, hidden], conditions in the order BB, XB, BY, XY."""
+    other = [d for d in resid.dims if d not in ("condition", "hidden")]
+    return resid.sel(condition=list(ORDER)).transpose(*other, "condition", "hidden").values.astype(np.float32, copy=False)
+
+
+def random_directions(shape: tuple, seed: int) -> np.ndarray:
+    """Unit vectors [..., hidden] from a generator seeded by `seed`."""
+    direction = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+
+
+def vector(h: np.ndarray, name: str, direction: np.ndarray | None = None) -> np.ndarray:
+    """The vector `name` from h [..., 4, hidden] (BB, XB, BY, XY)."""
+    bb, xb, by, xy = h[..., 0, :], h[..., 1, :], h[..., 2, :], h[..., 3, :]
+    dx, dy = xb - bb, by - bb
+    if name == "additive":
+        return bb + dx + dy
+    if name == "oracle":
+        return xy
+    if name == "baseline":
+        return bb
+    if name == "persona_only":
+        return bb + dx
+    if name == "task_only":
+        return bb + dy
+    if name == "remove_persona":
+        return xy - dx
+    if name == "random":
+        return bb + direction * np.linalg.norm(dx + dy, axis=-1, keepdims=True)
+    raise ValueError(f"unknown vector {name!r}; allowed: {list(NAMES)}")

@@ -32,7 +32,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..tracing import read_residuals, window_kl
-from ..vectors import site_vectors
+from ..vectors import ORDER, stacked, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("host", "oracle", "cached", "cached_rescaled", "lm_host", "lm_oracle", "lm_cached")
@@ -117,8 +117,9 @@ def run(
             batch_size=spec.batch_size), progress=progress)
     capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
     h = capture_ds.resid.isel(model=0).sel(cell=labels, layer=all_layers, position=positions)
-    hv = {name: torch.from_numpy(v) for name, v in site_vectors(h).items()}  # [layer, position, cell, hidden]
-    cached, oracle = hv["additive"], hv["XY"]
+    h4 = stacked(h.transpose("layer", "position", "cell", "condition", "hidden"))
+    hv = {c: torch.from_numpy(h4[..., i, :]) for i, c in enumerate(ORDER)}  # [layer, position, cell, hidden]
+    cached, oracle = torch.from_numpy(vector(h4, "additive")), hv["XY"]
     rescaled = cached * (oracle.norm(dim=-1, keepdim=True) / cached.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     vectors = {"oracle": oracle, "cached": cached, "cached_rescaled": rescaled}
     lidx = {L: i for i, L in enumerate(all_layers)}

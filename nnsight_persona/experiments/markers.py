@@ -27,7 +27,7 @@ from ..prompts import GENERATED_POSITIONS, POSITIONS, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..scoring import marker_counts
 from ..tracing import generate_with_edit
-from ..vectors import site_vectors
+from ..vectors import stacked, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("clean", "additive", "remove_persona", "bare")
@@ -78,8 +78,8 @@ def check_spec(spec: MarkersSpec, grid: Grid, n_layers: int) -> None:
 
 def edit_vectors(capture_ds: xr.Dataset, layer: int, position: str, cells) -> dict[str, np.ndarray]:
     """Replacement vectors [cell, hidden] for the edited conditions, and the clean h_XY."""
-    v = site_vectors(capture_ds.resid.isel(model=0).sel(layer=layer, position=position, cell=[c.label for c in cells]))
-    return {"additive": v["additive"], "remove_persona": v["remove_persona"], "clean": v["XY"]}
+    h = stacked(capture_ds.resid.isel(model=0).sel(layer=layer, position=position, cell=[c.label for c in cells]))
+    return {"additive": vector(h, "additive"), "remove_persona": vector(h, "remove_persona"), "clean": vector(h, "oracle")}
 
 
 def run(

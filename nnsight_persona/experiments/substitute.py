@@ -26,7 +26,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs, stopped_by
 from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
-from ..vectors import site_vectors
+from ..vectors import random_directions, stacked, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
@@ -59,16 +59,12 @@ def check_conditions(conditions) -> tuple[str, ...]:
 def condition_vectors(resid: xr.DataArray, conditions, seed: int) -> xr.DataArray:
     """Replacement vectors (layer, position, cell, condition, hidden) from a capture's `resid`
     (one model). The random direction is drawn per site from a generator seeded by `seed`."""
-    v = site_vectors(resid)
-    rng = np.random.default_rng(seed)
-    direction = rng.standard_normal(v["BB"].shape).astype(np.float32)
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    step = np.linalg.norm(v["delta_x"] + v["delta_y"], axis=-1, keepdims=True)
-    made = {**v, "oracle": v["XY"], "baseline": v["BB"], "random": v["BB"] + direction * step}
-    stacked = np.stack([made[c] for c in conditions], axis=-2)
-    dims = ("layer", "position", "cell", "condition", "hidden")
+    h = stacked(resid.transpose("layer", "position", "cell", "condition", "hidden"))
+    direction = random_directions(h.shape[:-2] + h.shape[-1:], seed)
+    values = np.stack([vector(h, c, direction) for c in conditions], axis=-2)
     coords = {d: resid[d].values for d in ("layer", "position", "cell")}
-    return xr.DataArray(stacked, dims=dims, coords={**coords, "condition": list(conditions)})
+    return xr.DataArray(values, dims=("layer", "position", "cell", "condition", "hidden"),
+                        coords={**coords, "condition": list(conditions)})
 
 
 def run(
@@ -90,7 +86,8 @@ def run(
     resid = capture_ds.resid.isel(model=0).sel(
         layer=list(spec.layers), position=list(spec.positions), cell=[c.label for c in cells]
     )
-    vectors = torch.from_numpy(condition_vectors(resid, conditions, spec.seed).values)
+    h = stacked(resid.transpose("layer", "position", "cell", "condition", "hidden"))
+    direction = random_directions(h.shape[:-2] + h.shape[-1:], spec.seed) if "random" in conditions else None
     continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
 
     layers, positions = list(spec.layers), list(spec.positions)
@@ -110,7 +107,7 @@ def run(
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
-    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, vectors, probe, seqs, kl,
+    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, h, direction, probe, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
     completed, stopped = False, ""
     try:
@@ -135,7 +132,8 @@ class _Sweep:
     layers: list
     n_positions: int
     conditions: tuple
-    vectors: torch.Tensor  # [layer, position, cell, condition, hidden]
+    h: np.ndarray  # the capture's residuals [layer, position, cell, 4 (BB, XB, BY, XY), hidden]
+    direction: np.ndarray | None  # the random control's unit directions [layer, position, cell, hidden]
     probe: dict  # (cell, position index) -> token index of the probe
     seqs: list  # per cell: the teacher-forced XY sequence
     kl: np.ndarray  # [layer, position, cell, condition], filled in place
@@ -148,8 +146,11 @@ class _Sweep:
                 for ki in range(len(self.conditions)) if np.isnan(self.kl[li, pi, ci, ki])]
 
     def write(self, row, patch, col) -> Write:
+        """The write of one patch; its vector is computed here, not stored for every patch."""
         ci, li, pi, ki = patch
-        return Write(row=row, layer=self.layers[li], col=col, value=self.vectors[li, pi, ci, ki])
+        direction = None if self.direction is None else self.direction[li, pi, ci]
+        value = vector(self.h[li, pi, ci], self.conditions[ki], direction)
+        return Write(row=row, layer=self.layers[li], col=col, value=torch.from_numpy(value))
 
 
 def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
