@@ -81,9 +81,11 @@ def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, 
     previous = None if common.fresh else resumable(out, experiment, spec_dict, loaded.model_id)
     if previous is not None:
         click.echo(f"resuming the unfinished run in {out} (--fresh starts over)", err=True)
+    # Remote batches are slow and can be lost with the connection: keep each one as it finishes.
+    every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
     with metered() as traffic:
         ds = module.run(loaded, grid, spec, progress=common.progress, previous=previous,
-                        checkpoint=Checkpoint(out, every_s=60.0), **kwargs)
+                        checkpoint=Checkpoint(out, every_s=every_s), **kwargs)
     ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(
         loaded.remote, f"NDIF {loaded.remote if isinstance(loaded.remote, str) else 'public service'}")
     if loaded.remote:

@@ -92,15 +92,16 @@ def retried(fn):
 
 
 def _remote_errors() -> tuple:
+    """Errors of the remote path worth a retry: nnsight's RemoteError, network errors, and what a
+    connection dropped mid-request looks like (an empty websocket message fails to parse)."""
     from nnsight.intervention.backends.remote import RemoteError
 
     errors = [RemoteError, ConnectionError, TimeoutError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
+    for module, name in (("httpx", "HTTPError"), ("websocket", "WebSocketException"), ("pydantic", "ValidationError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
     return tuple(errors)
 
 

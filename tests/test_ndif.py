@@ -1,0 +1,191 @@
+"""Experiments against a REAL NDIF server on loopback equal the same experiments run here.
+
+Not in the default suite (`pytest -m ndif` selects it). Needs the server's venv, made once by
+`python scripts/ndif_local.py install`; without it every test here is skipped. The server is
+started for the session (or reused if `scripts/ndif_local.py start` already runs it, and then left
+running) and stopped at the end. Server and client share this machine's disk, so a tiny model
+written to a temp folder is served under that folder's path as its model key. See docs/remote.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import build_tiny_model
+
+from nnsight_persona.experiments import capture, inject, knockout, substitute
+from nnsight_persona.grids import load_grid
+from nnsight_persona.models import load_model
+
+pytestmark = pytest.mark.ndif
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "ndif_local.py"
+HOST = "http://127.0.0.1:8001"
+
+
+def _script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+class Server:
+    """The loopback NDIF server; `ensure()` (re)starts it when it is not answering."""
+
+    def __init__(self):
+        self.started_here = False
+
+    def running(self) -> bool:
+        return _script("status", timeout=30).returncode == 0
+
+    def ensure(self) -> None:
+        if self.running():
+            return
+        t0 = time.time()
+        out = _script("start")
+        if out.returncode != 0:
+            pytest.skip(f"the local NDIF server did not start ({SCRIPT.name} start exited {out.returncode}): "
+                        + (out.stdout + out.stderr)[-1500:])
+        self.started_here = True
+        self.start_seconds = time.time() - t0
+
+    def stop(self) -> subprocess.CompletedProcess:
+        return _script("stop", timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ndif_server():
+    status = _script("status", timeout=30)
+    if status.returncode == 3:
+        pytest.skip(f"no local NDIF server installed: run `python scripts/{SCRIPT.name} install` once")
+    server = Server()
+    server.ensure()
+    yield server
+    if server.started_here:
+        out = server.stop()
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="session")
+def ndif_model_dir(tmp_path_factory):
+    return build_tiny_model("gemma2", tmp_path_factory.mktemp("ndif") / "gemma2")
+
+
+@pytest.fixture(scope="session")
+def pair(ndif_server, ndif_model_dir):
+    """The same tiny model loaded here and as a client of the loopback server."""
+    local = load_model(str(ndif_model_dir), dtype="float32", remote=False)
+    remote = load_model(str(ndif_model_dir), dtype="float32", remote=HOST)
+    return local, remote
+
+
+def _equal(a, b, var):
+    if a[var].dtype.kind in "fc":
+        np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=0, err_msg=var)
+    else:
+        assert (a[var].values == b[var].values).all(), var
+
+
+@pytest.mark.parametrize(
+    "module, make_spec, variables",
+    [
+        (capture, lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2, 4)), ["resid", "continuation_ids"]),
+        (substitute, lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), positions=("p_last", "g2")), ["kl"]),
+        (inject, lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,)), ["kl", "kl_site"]),
+        (knockout, lambda: knockout.KnockoutSpec(grid="tiny", bands=((0, 2), (0, 4)), n_tokens=5), ["kl", "text"]),
+    ],
+    ids=["capture", "substitute", "inject", "knockout"],
+)
+def test_ndif_equals_local(ndif_server, pair, tiny_grid_file, module, make_spec, variables):
+    ndif_server.ensure()  # the fault test below stops the server
+    local, remote = pair
+    grid = load_grid(tiny_grid_file)
+    a = module.run(local, grid, make_spec(), progress=False)
+    b = module.run(remote, grid, make_spec(), progress=False)
+    assert a.attrs["completed"] == b.attrs["completed"] == 1, b.attrs.get("stopped_by")
+    for var in variables:
+        _equal(a, b, var)
+
+
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "between_requests",
+        "mid_request",
+    ],
+)
+def test_ndif_server_stopped_fails_cleanly_then_resumes(ndif_server, tmp_path, tiny_grid_file, monkeypatch, when):
+    """Stop the whole server during a run: the run ends, in bounded time, as an unfinished result that
+    says why (or one of the package's own errors), never a hang or a raw library exception; after a
+    restart the run resumes from what it kept and ends equal to a local run.
+
+    between_requests: the server is stopped before the run's second request is sent.
+    mid_request: it is stopped while the first request waits for its model to be deployed."""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    ndif_server.ensure()
+    # A model the server has not seen: its first request waits seconds for a deployment.
+    seed = 1 if when == "mid_request" else 2
+    remote = load_model(str(build_tiny_model("gemma2", tmp_path / "fresh", seed=seed)), dtype="float32", remote=HOST)
+    grid = load_grid(tiny_grid_file)
+    calls: list[int] = []
+    stopper: list[threading.Thread] = []
+    stop_result: list[subprocess.CompletedProcess] = []
+    original = RemoteBackend.request
+
+    def request(self, *args, **kwargs):
+        calls.append(1)
+        if when == "mid_request" and len(calls) == 1:
+            stopper.append(threading.Thread(target=lambda: stop_result.append(ndif_server.stop()), daemon=True))
+            stopper[0].start()
+        elif when == "between_requests" and len(calls) == 2:
+            stop_result.append(ndif_server.stop())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteBackend, "request", request)
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["ds"] = capture.run(remote, grid, capture.CaptureSpec(grid="tiny", layers=(0, 2)), progress=False)
+        except BaseException as exc:  # noqa: BLE001 - recorded and judged below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    t0 = time.time()
+    worker.start()
+    worker.join(timeout=240)
+    elapsed = time.time() - t0
+    assert not worker.is_alive(), "the run hung after the server was stopped"
+    for t in stopper:
+        t.join(timeout=120)
+    assert stop_result, f"the server was never stopped: the run made {len(calls)} request(s)"
+    assert stop_result[0].returncode == 0, stop_result[0].stdout + stop_result[0].stderr
+    if "error" in outcome:
+        exc = outcome["error"]
+        from nnsight_persona.errors import PersonaError
+
+        assert isinstance(exc, PersonaError), (
+            f"unclean failure after {elapsed:.0f} s: {type(exc).__module__}.{type(exc).__name__}: {exc}")
+    else:
+        ds = outcome["ds"]
+        assert ds.attrs["completed"] == 0
+        reason = ds.attrs.get("stopped_by", "")
+        assert "remote" in reason.lower() and "fail" in reason.lower(), reason
+        # Restart the server and resume: nothing that finished is lost or recomputed, and the
+        # result equals a local run.
+        monkeypatch.setattr(RemoteBackend, "request", original)
+        ndif_server.ensure()
+        spec = capture.CaptureSpec(grid="tiny", layers=(0, 2))
+        resumed = capture.run(remote, grid, spec, progress=False, previous=ds)
+        assert resumed.attrs["completed"] == 1
+        local = capture.run(load_model(str(tmp_path / "fresh"), dtype="float32"), grid, spec, progress=False)
+        np.testing.assert_allclose(resumed.resid.values, local.resid.values, atol=1e-5, rtol=0)
