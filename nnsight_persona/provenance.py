@@ -23,8 +23,9 @@ def git_commit() -> str:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
+        # Outputs written into the checkout (artifacts/, runs/) do not make the code dirty.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!artifacts", ":!runs"],
             cwd=root, capture_output=True, text=True, timeout=5,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
