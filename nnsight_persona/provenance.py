@@ -56,9 +56,3 @@ def provenance_attrs(loaded, experiment: str, spec: dict) -> dict:
         "completed": 0,
     }
 
-
-def stopped_by(ds, reason: str):
-    """Record why an unfinished run stopped (attrs['stopped_by']); a finished run has none."""
-    if reason:
-        ds.attrs["stopped_by"] = reason
-    return ds

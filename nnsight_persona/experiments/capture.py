@@ -16,10 +16,11 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
-from ..errors import RemoteFailure, SelectionError
+from ..errors import SelectionError
 from ..grids import CONDITIONS, Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
-from ..provenance import provenance_attrs, stopped_by
+from ..provenance import provenance_attrs
+from ..stopping import stoppable
 from ..tracing import greedy_continuations, read_residuals
 
 
@@ -84,9 +85,8 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
     continuation = np.zeros((len(cells), spec.n_continuation), dtype=np.int64)
     if previous is not None:
         resid[:] = previous.resid.isel(model=0).values
-    completed, stopped = False, ""
     partial = lambda: _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, False)
-    try:
+    with stoppable() as stop:
         xy = [prompts[(c.label, "XY")] for c in cells]
         # Greedy and deterministic: regenerating on resume gives the same tokens.
         continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
@@ -107,12 +107,7 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
                 resid[:, :, i, j, :] = got[:, k]
             if checkpoint is not None:
                 checkpoint(partial)
-        completed = True
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-    except RemoteFailure as exc:
-        stopped = str(exc)
-    return stopped_by(_dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed), stopped)
+    return stop.mark(_dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, stop.finished))
 
 
 def _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, completed) -> xr.Dataset:

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Write, group_by_layer
-from ..errors import RemoteFailure, SelectionError
+from ..errors import SelectionError
 from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
-from ..provenance import provenance_attrs, stopped_by
+from ..provenance import provenance_attrs
+from ..stopping import stoppable
 from ..tracing import read_residuals, window_kl
 from ..vectors import ORDER, stacked, vector
 from . import capture as capture_exp
@@ -165,8 +166,7 @@ def run(
         rows = [r for r in rows if not _done(r, kl, kl_site, conditions, spec, site_positions)]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx,
                                pidx, prompts, False)
-    completed, stopped = False, ""
-    try:
+    with stoppable() as stop:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="inject", disable=not progress):
             chunk = [rows[k] for k in rng]
             cell_ids = sorted({r[0] for r in chunk})
@@ -198,12 +198,7 @@ def run(
                     kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
             if checkpoint is not None:
                 checkpoint(partial)
-        completed = True
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-    except RemoteFailure as exc:
-        stopped = str(exc)
-    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, completed), stopped)
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, stop.finished))
 
 
 def _done(row, kl, kl_site, conditions, spec, site_positions) -> bool:

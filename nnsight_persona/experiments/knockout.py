@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Knockout
-from ..errors import RemoteFailure, SelectionError
+from ..errors import SelectionError
 from ..grids import Grid
 from ..prompts import Prompt, render_prompt
-from ..provenance import provenance_attrs, stopped_by
+from ..provenance import provenance_attrs
+from ..stopping import stoppable
 from ..scoring import markers_found
 from ..tracing import generate_with_edit, window_kl
 from . import capture as capture_exp
@@ -120,8 +121,7 @@ def run(
             texts[:] = previous.text.isel(model=0).values
         rows = [(ci, bi, k) for ci, bi, k in rows if np.isnan(kl[bi, ci, k])]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, False)
-    completed, stopped = False, ""
-    try:
+    with stoppable() as stop:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="knockout", disable=not progress):
             chunk = [rows[k] for k in rng]
             cell_ids = sorted({r[0] for r in chunk})
@@ -143,12 +143,7 @@ def run(
                 kl[bi, ci, k] = value
             if checkpoint is not None:
                 checkpoint(partial)
-        completed = True
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-    except RemoteFailure as exc:
-        stopped = str(exc)
-    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, completed), stopped)
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, stop.finished))
 
 
 def _knockout(batch, row_keys, prompts, keys, spec, conditions, n_layers) -> Knockout:

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import GenerationEdit
-from ..errors import RemoteFailure, SelectionError
+from ..errors import SelectionError
 from ..grids import Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, render_prompt
-from ..provenance import provenance_attrs, stopped_by
+from ..provenance import provenance_attrs
+from ..stopping import stoppable
 from ..scoring import marker_counts
 from ..tracing import generate_with_edit
 from ..vectors import stacked, vector
@@ -118,8 +119,7 @@ def run(
         rows = [r for r in rows if not done[r[0], conditions.index(r[1])]]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False)
     step = GENERATED_POSITIONS[spec.position] + 1 if spec.position in GENERATED_POSITIONS else 0
-    completed, stopped = False, ""
-    try:
+    with stoppable() as stop:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="markers", disable=not progress):
             chunk = [rows[k] for k in rng]
             batch = left_pad([p.ids for _, _, p in chunk], loaded.pad_id)
@@ -131,12 +131,7 @@ def run(
                 done[ci, ki] = True
             if checkpoint is not None:
                 checkpoint(partial)
-        completed = True
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-    except RemoteFailure as exc:
-        stopped = str(exc)
-    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, texts, done, completed), stopped)
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, texts, done, stop.finished))
 
 
 def _edit(chunk, batch, vectors, spec, step) -> GenerationEdit | None:

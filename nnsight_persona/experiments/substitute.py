@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Write, group_by_layer
-from ..errors import RemoteFailure, SelectionError
+from ..errors import SelectionError
 from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
-from ..provenance import provenance_attrs, stopped_by
+from ..provenance import provenance_attrs
+from ..stopping import stoppable
 from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
 from ..vectors import random_directions, stacked, vector
 from . import capture as capture_exp
@@ -109,18 +110,12 @@ def run(
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
     ctx = _Sweep(loaded, spec, layers, len(positions), conditions, h, direction, probe, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
-    completed, stopped = False, ""
-    try:
+    with stoppable() as stop:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
         # and its KV cache reused by every patch. Remotely the cache would have to travel, so whole
         # sequences are run instead (the same numbers; tests check both).
         (_sweep_with_prefix_cache if spec.prefix_cache and not loaded.remote else _sweep_whole)(ctx, len(cells), progress)
-        completed = True
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-    except RemoteFailure as exc:
-        stopped = str(exc)
-    return stopped_by(_dataset(loaded, grid, spec, cells, conditions, kl, completed), stopped)
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, kl, stop.finished))
 
 
 @dataclass
