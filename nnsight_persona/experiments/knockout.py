@@ -97,13 +97,12 @@ def run(
     cells = grid.select_cells(list(spec.cells))
     labels = [c.label for c in cells]
     conditions = [c for c in CONDITIONS if c in spec.conditions]
-    if capture_ds is None:
-        capture_ds = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
-            grid=spec.grid, layers=(0,), positions=("p_last",), cells=tuple(labels), batch_size=spec.batch_size),
-            progress=progress)
-    capture_exp.check_capture(capture_ds, loaded, [], [], cells)
-    continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
     prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
+    if capture_ds is None:  # only the clean continuations are needed: no residuals
+        continuation = capture_exp.clean_continuations(loaded, prompts, spec.n_eval + 2, spec.batch_size, progress)
+    else:
+        capture_exp.check_capture(capture_ds, loaded, [], [], cells)
+        continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
     keys = {}
     for ci, p in enumerate(prompts):
         persona = list(range(*p.persona_span))
