@@ -282,8 +282,9 @@ def knockout(common, bands, queries, conditions, heads, n_tokens):
     write_result(ds, out)
 
 
-# What `reproduce` runs per model: grid -> cells of the behavioural, injection and knockout
-# experiments (None: every cell; long-persona grids only run injection and knockout).
+# What `reproduce` runs per model: grid -> the cells of its markers, inject and knockout runs (None:
+# every cell). Every grid gets capture, decompose and substitute (and markers if it has markers);
+# long-persona grids also get inject and knockout.
 PAPER_LONG_CELLS = [f"{p}__{t}" for p in ("engineer", "counselor", "founder", "teacher", "journalist", "doctor",
                                           "lawyer", "chef") for t in ("arch", "plan", "proposal")]
 REPRODUCE_GRIDS = {
