@@ -208,6 +208,26 @@ def window_kl(
 
 
 @retried
+def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
+    """Several window_kl batches in one request: one nnsight session holding a trace per job
+    (batch, writes, window_cols, reference_rows). Remotely that is one round trip, not one per
+    batch; the results are the same."""
+    blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
+    with loaded.lm.session(remote=loaded.remote):
+        results = list().save()
+        for batch, writes, window_cols, reference_rows in jobs:
+            rows = torch.arange(batch.input_ids.shape[0])[:, None]
+            with loaded.lm.trace(**batch.inputs()):
+                apply_edits(blocks, loaded.adapter, writes, None)
+                logits = lm_head.output
+                logp = logits[rows, window_cols].float().log_softmax(-1)
+                ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
+                results.append((ref.exp() * (ref - logp)).sum(-1).sum(-1).save())
+    return list(results)
+
+
+@retried
 def prefix_cache(loaded, batch: Batch, prefix: int, cache=None, start: int = 0):
     """The KV cache of the first `prefix` columns of a left-padded batch. Given the `cache` of its
     first `start` columns, only the columns in between are run (and that cache object is extended)."""

@@ -97,5 +97,6 @@ def test_cli_reports_backend_and_traffic(tiny_dirs, tiny_grid_file, tmp_path):
     assert result.exit_code == 0, result.output
     ds = load_dataset(out)
     assert ds.attrs["backend"] == "local simulation of the remote path"
-    # One request per batch: the capture (1 generation + 16 rows / 8) and 24 patches / 8.
-    assert ds.attrs["remote_requests"] == 3 + 3 and ds.attrs["remote_bytes_sent"] > 0
+    # The capture: 1 generation and 16 rows / 8 = 2 batches, one request each; the sweep: 24 patches
+    # / 8 = 3 batches travelling together in one session, one request.
+    assert ds.attrs["remote_requests"] == 3 + 1 and ds.attrs["remote_bytes_sent"] > 0

@@ -26,7 +26,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl
+from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl, window_kl_session
 from ..vectors import random_directions, stacked, vector
 from . import capture as capture_exp
 
@@ -45,6 +45,7 @@ class SubstituteSpec:
     batch_size: int = 32
     seed: int = 0
     prefix_cache: bool = True  # reuse each prefix's KV cache (local runs)
+    batches_per_request: int = 8  # whole-sequence batches sent together in one session (remote runs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,24 +150,37 @@ class _Sweep:
 
 
 def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
-    """Each batch row is a whole teacher-forced sequence; one unedited row per cell per batch."""
+    """Each batch row is a whole teacher-forced sequence; one unedited row per cell per batch.
+    `batches_per_request` batches travel together in one nnsight session (one remote round trip)."""
     patches = ctx.patches(range(n_cells))
-    n_eval = ctx.spec.n_eval
-    for rng in tqdm(list(chunked(len(patches), ctx.spec.batch_size)), desc="substitute", disable=not progress):
-        chunk = [patches[k] for k in rng]
-        cell_ids = sorted({p[0] for p in chunk})
-        clean_row = {ci: r for r, ci in enumerate(cell_ids)}
-        batch = left_pad([ctx.seqs[ci] for ci in cell_ids] + [ctx.seqs[p[0]] for p in chunk], ctx.loaded.pad_id)
-        writes, windows = [], [batch.pad[r] + ctx.probe[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
-        for r, patch in enumerate(chunk, start=len(cell_ids)):
-            col = int(batch.pad[r]) + ctx.probe[(patch[0], patch[2])]
-            writes.append(ctx.write(r, patch, col))
-            windows.append(col + torch.arange(n_eval))
-        refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
-        got = window_kl(ctx.loaded, batch, group_by_layer(writes), torch.stack(windows), refs)
-        for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
-            ctx.kl[li, pi, ci, ki] = value
+    chunks = [[patches[k] for k in rng] for rng in chunked(len(patches), ctx.spec.batch_size)]
+    per_request = max(1, ctx.spec.batches_per_request)
+    bar = tqdm(total=len(chunks), desc="substitute", disable=not progress)
+    for start in range(0, len(chunks), per_request):
+        group = chunks[start : start + per_request]
+        jobs = [_whole_job(ctx, chunk) for chunk in group]
+        results = window_kl_session(ctx.loaded, [job for job, _ in jobs])
+        for (_, n_clean), chunk, got in zip(jobs, group, results):
+            for (ci, li, pi, ki), value in zip(chunk, got[n_clean:].tolist()):
+                ctx.kl[li, pi, ci, ki] = value
         ctx.checkpoint()
+        bar.update(len(group))
+    bar.close()
+
+
+def _whole_job(ctx: _Sweep, chunk) -> tuple:
+    """(batch, writes, window_cols, reference_rows) for a chunk of patches, and its clean rows."""
+    n_eval = ctx.spec.n_eval
+    cell_ids = sorted({p[0] for p in chunk})
+    clean_row = {ci: r for r, ci in enumerate(cell_ids)}
+    batch = left_pad([ctx.seqs[ci] for ci in cell_ids] + [ctx.seqs[p[0]] for p in chunk], ctx.loaded.pad_id)
+    writes, windows = [], [batch.pad[r] + ctx.probe[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
+    for r, patch in enumerate(chunk, start=len(cell_ids)):
+        col = int(batch.pad[r]) + ctx.probe[(patch[0], patch[2])]
+        writes.append(ctx.write(r, patch, col))
+        windows.append(col + torch.arange(n_eval))
+    refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
+    return (batch, group_by_layer(writes), torch.stack(windows), refs), len(cell_ids)
 
 
 def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
