@@ -32,7 +32,7 @@ def spec_of(ds: xr.Dataset) -> dict:
 
 
 # Spec fields that change how a run is chunked, not what it computes.
-_NOT_RESULT_FIELDS = {"batch_size"}
+_NOT_RESULT_FIELDS = {"batch_size", "batches_per_request"}
 
 
 def same_computation(ds: xr.Dataset, experiment: str, spec: dict) -> bool:

@@ -210,16 +210,16 @@ def window_kl(
 @retried
 def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
     """Several window_kl batches in one request: one nnsight session holding a trace per job
-    (batch, writes, window_cols, reference_rows). Remotely that is one round trip, not one per
-    batch; the results are the same."""
+    (batch, writes, window_cols, reference_rows, knockout). Remotely that is one round trip, not
+    one per batch; the results are the same."""
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     with loaded.lm.session(remote=loaded.remote):
         results = list().save()
-        for batch, writes, window_cols, reference_rows in jobs:
+        for batch, writes, window_cols, reference_rows, knockout in jobs:
             rows = torch.arange(batch.input_ids.shape[0])[:, None]
             with loaded.lm.trace(**batch.inputs()):
-                apply_edits(blocks, loaded.adapter, writes, None)
+                apply_edits(blocks, loaded.adapter, writes, knockout)
                 logits = lm_head.output
                 logp = logits[rows, window_cols].float().log_softmax(-1)
                 ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)

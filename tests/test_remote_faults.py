@@ -100,3 +100,16 @@ def test_cli_reports_backend_and_traffic(tiny_dirs, tiny_grid_file, tmp_path):
     # The capture: 1 generation and 16 rows / 8 = 2 batches, one request each; the sweep: 24 patches
     # / 8 = 3 batches travelling together in one session, one request.
     assert ds.attrs["remote_requests"] == 3 + 1 and ds.attrs["remote_bytes_sent"] > 0
+
+
+def test_the_api_key_is_never_written(tiny_dirs, tiny_grid_file, tmp_path, monkeypatch):
+    secret = "ndif-key-that-must-not-leak-1234"
+    monkeypatch.setenv("NDIF_API_KEY", secret)
+    out = tmp_path / "cap.nc"
+    result = CliRunner().invoke(main, ["capture", "--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file),
+                                       "--layers", "1", "--ndif-host", "local", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+    assert secret.encode() not in out.read_bytes()
+    bad = CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "missing"), "--remote"])
+    assert bad.exit_code != 0 and secret not in bad.output

@@ -13,8 +13,8 @@ CASES = [
     (capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
     (substitute, "window_kl", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
     (markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
-    (inject, "window_kl", lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6), "kl"),
-    (knockout, "window_kl", lambda: knockout.KnockoutSpec(grid="tiny", bands=((0, 2), (0, 4)), n_tokens=4, batch_size=4), "kl"),
+    (inject, "window_kl_session", lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6, batches_per_request=2), "kl"),
+    (knockout, "generate_with_edit", lambda: knockout.KnockoutSpec(grid="tiny", bands=((0, 2), (0, 4)), n_tokens=4, batch_size=4), "kl"),
 ]
 
 

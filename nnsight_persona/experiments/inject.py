@@ -32,7 +32,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import read_residuals, window_kl
+from ..tracing import read_residuals, window_kl_session
 from ..vectors import ORDER, stacked, vector
 from . import capture as capture_exp
 
@@ -72,6 +72,7 @@ class InjectSpec:
     n_eval: int = 10
     filler: str = " ."
     batch_size: int = 32
+    batches_per_request: int = 8  # batches sent together in one nnsight session
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,36 +167,44 @@ def run(
         rows = [r for r in rows if not _done(r, kl, kl_site, conditions, spec, site_positions)]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx,
                                pidx, prompts, False)
+    def job(chunk):
+        """(batch, writes, window_cols, reference_rows, knockout) for a chunk, and its clean rows."""
+        cell_ids = sorted({r[0] for r in chunk})
+        seqs = [list(prompts[ci]["target"].ids) + suffix[ci] for ci in cell_ids]
+        seqs += [list(prompts[r[0]][r[1]].ids) + suffix[r[0]] for r in chunk]
+        batch = left_pad(seqs, loaded.pad_id)
+        width = batch.input_ids.shape[1]
+        edits = []
+        for r, (ci, kind, what, _, writes) in enumerate(chunk, start=len(cell_ids)):
+            prompt = prompts[ci][kind]
+            for L, p, vec in writes:
+                col = int(batch.pad[r]) + prompt.position(p)
+                edits.append(Write(row=r, layer=L, col=col, value=vec))
+                if own is not None and what == "kl":  # the site ablation stays a single write
+                    delta = vec - own[(ci, kind)][L]
+                    for later in range(col + 1, width):
+                        edits.append(Write(row=r, layer=L, col=later, value=delta))
+        windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
+        refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
+        return (batch, _layer_writes(edits, own is not None), windows, refs, None), len(cell_ids)
+
+    chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
+    per_request = max(1, spec.batches_per_request)
     with stoppable() as stop:
-        for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="inject", disable=not progress):
-            chunk = [rows[k] for k in rng]
-            cell_ids = sorted({r[0] for r in chunk})
-            seqs = [list(prompts[ci]["target"].ids) + suffix[ci] for ci in cell_ids]
-            seqs += [list(prompts[r[0]][r[1]].ids) + suffix[r[0]] for r in chunk]
-            batch = left_pad(seqs, loaded.pad_id)
-            width = batch.input_ids.shape[1]
-            edits = []
-            for r, (ci, kind, what, _, writes) in enumerate(chunk, start=len(cell_ids)):
-                prompt = prompts[ci][kind]
-                for L, p, vec in writes:
-                    col = int(batch.pad[r]) + prompt.position(p)
-                    edits.append(Write(row=r, layer=L, col=col, value=vec))
-                    if own is not None and what == "kl":  # the site ablation stays a single write
-                        delta = vec - own[(ci, kind)][L]
-                        for later in range(col + 1, width):
-                            edits.append(Write(row=r, layer=L, col=later, value=delta))
-            windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
-            refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
-            got = window_kl(loaded, batch, _layer_writes(edits, own is not None), windows, refs)
-            for (ci, _, what, index, _), value in zip(chunk, got[len(cell_ids):].tolist()):
-                if what == "kl":
-                    cond, si = index
-                    targets = range(len(spec.layer_sets)) if si is None else [si]
-                    for s in targets:
-                        kl[s, ci, conditions.index(cond)] = value
-                else:
-                    cond, L, p = index
-                    kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
+        for start in tqdm(range(0, len(chunks), per_request), desc="inject", disable=not progress):
+            group = chunks[start : start + per_request]
+            jobs = [job(chunk) for chunk in group]
+            results = window_kl_session(loaded, [j for j, _ in jobs])  # one round trip for the group
+            for chunk, (_, n_clean), got in zip(group, jobs, results):
+                for (ci, _, what, index, _), value in zip(chunk, got[n_clean:].tolist()):
+                    if what == "kl":
+                        cond, si = index
+                        targets = range(len(spec.layer_sets)) if si is None else [si]
+                        for s in targets:
+                            kl[s, ci, conditions.index(cond)] = value
+                    else:
+                        cond, L, p = index
+                        kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
             if checkpoint is not None:
                 checkpoint(partial)
     return stop.mark(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, stop.finished))

@@ -27,7 +27,7 @@ from ..prompts import Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import markers_found
-from ..tracing import generate_with_edit, window_kl
+from ..tracing import generate_with_edit, window_kl_session
 from . import capture as capture_exp
 
 CONDITIONS = ("persona", "control", "none")
@@ -73,6 +73,7 @@ class KnockoutSpec:
     n_eval: int = 10
     n_tokens: int = 80  # greedy tokens for the marker test; 0 skips it
     batch_size: int = 32
+    batches_per_request: int = 8  # KL batches sent together in one nnsight session
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,28 +121,36 @@ def run(
             texts[:] = previous.text.isel(model=0).values
         rows = [(ci, bi, k) for ci, bi, k in rows if np.isnan(kl[bi, ci, k])]
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, False)
+    def kl_job(chunk):
+        """(batch, writes, window_cols, reference_rows, knockout) for a chunk, and its clean rows."""
+        cell_ids = sorted({r[0] for r in chunk})
+        seqs = [list(prompts[ci].ids) + suffix[ci] for ci in cell_ids] + [list(prompts[r[0]].ids) + suffix[r[0]] for r in chunk]
+        batch = left_pad(seqs, loaded.pad_id)
+        knock = _knockout(batch, [None] * len(cell_ids) + chunk, prompts, keys, spec, conditions, loaded.n_layers)
+        width = batch.input_ids.shape[1]
+        windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
+        refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
+        return (batch, [], windows, refs, knock), len(cell_ids)
+
+    chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
+    per_request = max(1, spec.batches_per_request)
     with stoppable() as stop:
-        for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="knockout", disable=not progress):
-            chunk = [rows[k] for k in rng]
-            cell_ids = sorted({r[0] for r in chunk})
-            seqs = [list(prompts[ci].ids) + suffix[ci] for ci in cell_ids] + [list(prompts[r[0]].ids) + suffix[r[0]] for r in chunk]
-            batch = left_pad(seqs, loaded.pad_id)
-            knock = _knockout(batch, [None] * len(cell_ids) + chunk, prompts, keys, spec, conditions, loaded.n_layers)
-            width = batch.input_ids.shape[1]
-            windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
-            refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
-            got = window_kl(loaded, batch, [], windows, refs, knockout=knock)
-            if with_markers:
-                gen_batch = left_pad([list(prompts[r[0]].ids) for r in chunk], loaded.pad_id)
-                gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
-                tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
-                for r, (ci, bi, k) in enumerate(chunk):
-                    texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
-            # The KL marks a row done, so it is written last.
-            for (ci, bi, k), value in zip(chunk, got[len(cell_ids):].tolist()):
-                kl[bi, ci, k] = value
-            if checkpoint is not None:
-                checkpoint(partial)
+        for start in tqdm(range(0, len(chunks), per_request), desc="knockout", disable=not progress):
+            group = chunks[start : start + per_request]
+            jobs = [kl_job(chunk) for chunk in group]
+            results = window_kl_session(loaded, [j for j, _ in jobs])  # one round trip for the group
+            for chunk, (_, n_clean), got in zip(group, jobs, results):
+                if with_markers:  # generation holds the knockout at every step: one request per batch
+                    gen_batch = left_pad([list(prompts[r[0]].ids) for r in chunk], loaded.pad_id)
+                    gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
+                    tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
+                    for r, (ci, bi, k) in enumerate(chunk):
+                        texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
+                # The KL marks a row done, so it is written last.
+                for (ci, bi, k), value in zip(chunk, got[n_clean:].tolist()):
+                    kl[bi, ci, k] = value
+                if checkpoint is not None:
+                    checkpoint(partial)
     return stop.mark(_dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, stop.finished))
 
 

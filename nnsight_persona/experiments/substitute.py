@@ -169,7 +169,8 @@ def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
 
 
 def _whole_job(ctx: _Sweep, chunk) -> tuple:
-    """(batch, writes, window_cols, reference_rows) for a chunk of patches, and its clean rows."""
+    """(batch, writes, window_cols, reference_rows, knockout) for a chunk of patches, and its
+    number of clean rows."""
     n_eval = ctx.spec.n_eval
     cell_ids = sorted({p[0] for p in chunk})
     clean_row = {ci: r for r, ci in enumerate(cell_ids)}
@@ -180,7 +181,7 @@ def _whole_job(ctx: _Sweep, chunk) -> tuple:
         writes.append(ctx.write(r, patch, col))
         windows.append(col + torch.arange(n_eval))
     refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
-    return (batch, group_by_layer(writes), torch.stack(windows), refs), len(cell_ids)
+    return (batch, group_by_layer(writes), torch.stack(windows), refs, None), len(cell_ids)
 
 
 def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
