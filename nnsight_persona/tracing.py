@@ -227,6 +227,23 @@ def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
     return list(results)
 
 
+def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, progress: bool):
+    """For each chunk of rows, in order: (chunk, KL values of its non-reference rows). `make_job`
+    turns a chunk into ((batch, writes, window_cols, reference_rows, knockout), n_reference_rows);
+    `per_request` chunks travel together in one session (one remote round trip)."""
+    from tqdm.auto import tqdm
+
+    per_request = max(1, per_request)
+    with tqdm(total=len(chunks), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(chunks), per_request):
+            group = chunks[start : start + per_request]
+            jobs = [make_job(chunk) for chunk in group]
+            results = window_kl_session(loaded, [job for job, _ in jobs])
+            for chunk, (_, n_reference), got in zip(group, jobs, results):
+                yield chunk, got[n_reference:].tolist()
+                bar.update()
+
+
 @retried
 def prefix_cache(loaded, batch: Batch, prefix: int, cache=None, start: int = 0):
     """The KV cache of the first `prefix` columns of a left-padded batch. Given the `cache` of its

@@ -4,26 +4,30 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from nnsight_persona import tracing
 from nnsight_persona.cli import main
 from nnsight_persona.experiments import capture, inject, knockout, markers, substitute
 from nnsight_persona.grids import load_grid
 from nnsight_persona.store import Checkpoint, load_dataset, resumable, save_dataset
 
+# (experiment, where its traced call is looked up, that call, spec, result variable)
 CASES = [
-    (capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
-    (substitute, "window_kl", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
-    (markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
-    (inject, "window_kl_session", lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6, batches_per_request=2), "kl"),
-    (knockout, "generate_with_edit", lambda: knockout.KnockoutSpec(grid="tiny", bands=((0, 2), (0, 4)), n_tokens=4, batch_size=4), "kl"),
+    (capture, capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
+    (substitute, substitute, "window_kl", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
+    (markers, markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
+    (inject, tracing, "window_kl_session", lambda: inject.InjectSpec(
+        grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6, batches_per_request=2), "kl"),
+    (knockout, knockout, "generate_with_edit", lambda: knockout.KnockoutSpec(
+        grid="tiny", bands=((0, 2), (0, 4)), n_tokens=4, batch_size=4), "kl"),
 ]
 
 
-@pytest.mark.parametrize("module, traced, make_spec, variable", CASES, ids=[c[0].__name__.split(".")[-1] for c in CASES])
-def test_interrupt_then_resume_equals_an_uninterrupted_run(loaded_models, tiny_grid_file, monkeypatch, module, traced, make_spec, variable):
+@pytest.mark.parametrize("module, where, traced, make_spec, variable", CASES, ids=[c[0].__name__.split(".")[-1] for c in CASES])
+def test_interrupt_then_resume_equals_an_uninterrupted_run(loaded_models, tiny_grid_file, monkeypatch, module, where, traced, make_spec, variable):
     loaded = loaded_models["llama"]
     grid = load_grid(tiny_grid_file)
     full = module.run(loaded, grid, make_spec(), progress=False)
-    real = getattr(module, traced)
+    real = getattr(where, traced)
     calls = {"n": 0}
 
     def counting(*args, **kwargs):
@@ -33,7 +37,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(loaded_models, tiny_g
         return real(*args, **kwargs)
 
     limit = 10**9
-    monkeypatch.setattr(module, traced, counting)
+    monkeypatch.setattr(where, traced, counting)
     module.run(loaded, grid, make_spec(), progress=False)
     total_calls, calls["n"], limit = calls["n"], 0, 2
     partial = module.run(loaded, grid, make_spec(), progress=False)

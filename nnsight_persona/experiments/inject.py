@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Write, group_by_layer
@@ -32,7 +31,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import read_residuals, window_kl_session
+from ..tracing import kl_in_sessions, read_residuals
 from ..vectors import ORDER, stacked, vector
 from . import capture as capture_exp
 
@@ -189,22 +188,16 @@ def run(
         return (batch, _layer_writes(edits, own is not None), windows, refs, None), len(cell_ids)
 
     chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
-    per_request = max(1, spec.batches_per_request)
     with stoppable() as stop:
-        for start in tqdm(range(0, len(chunks), per_request), desc="inject", disable=not progress):
-            group = chunks[start : start + per_request]
-            jobs = [job(chunk) for chunk in group]
-            results = window_kl_session(loaded, [j for j, _ in jobs])  # one round trip for the group
-            for chunk, (_, n_clean), got in zip(group, jobs, results):
-                for (ci, _, what, index, _), value in zip(chunk, got[n_clean:].tolist()):
-                    if what == "kl":
-                        cond, si = index
-                        targets = range(len(spec.layer_sets)) if si is None else [si]
-                        for s in targets:
-                            kl[s, ci, conditions.index(cond)] = value
-                    else:
-                        cond, L, p = index
-                        kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
+        for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress):
+            for (ci, _, what, index, _), value in zip(chunk, values):
+                if what == "kl":
+                    cond, si = index
+                    for s in range(len(spec.layer_sets)) if si is None else [si]:
+                        kl[s, ci, conditions.index(cond)] = value
+                else:
+                    cond, L, p = index
+                    kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
             if checkpoint is not None:
                 checkpoint(partial)
     return stop.mark(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, stop.finished))

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad
 from ..edits import Knockout
@@ -27,7 +26,7 @@ from ..prompts import Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import markers_found
-from ..tracing import generate_with_edit, window_kl_session
+from ..tracing import generate_with_edit, kl_in_sessions
 from . import capture as capture_exp
 
 CONDITIONS = ("persona", "control", "none")
@@ -133,24 +132,19 @@ def run(
         return (batch, [], windows, refs, knock), len(cell_ids)
 
     chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
-    per_request = max(1, spec.batches_per_request)
     with stoppable() as stop:
-        for start in tqdm(range(0, len(chunks), per_request), desc="knockout", disable=not progress):
-            group = chunks[start : start + per_request]
-            jobs = [kl_job(chunk) for chunk in group]
-            results = window_kl_session(loaded, [j for j, _ in jobs])  # one round trip for the group
-            for chunk, (_, n_clean), got in zip(group, jobs, results):
-                if with_markers:  # generation holds the knockout at every step: one request per batch
-                    gen_batch = left_pad([list(prompts[r[0]].ids) for r in chunk], loaded.pad_id)
-                    gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
-                    tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
-                    for r, (ci, bi, k) in enumerate(chunk):
-                        texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
-                # The KL marks a row done, so it is written last.
-                for (ci, bi, k), value in zip(chunk, got[n_clean:].tolist()):
-                    kl[bi, ci, k] = value
-                if checkpoint is not None:
-                    checkpoint(partial)
+        for chunk, values in kl_in_sessions(loaded, chunks, kl_job, spec.batches_per_request, "knockout", progress):
+            if with_markers:  # generation holds the knockout at every step: one request per batch
+                gen_batch = left_pad([list(prompts[r[0]].ids) for r in chunk], loaded.pad_id)
+                gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
+                tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
+                for r, (ci, bi, k) in enumerate(chunk):
+                    texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
+            # The KL marks a row done, so it is written last.
+            for (ci, bi, k), value in zip(chunk, values):
+                kl[bi, ci, k] = value
+            if checkpoint is not None:
+                checkpoint(partial)
     return stop.mark(_dataset(loaded, grid, spec, cells, conditions, kl, texts if with_markers else None, keys, stop.finished))
 
 

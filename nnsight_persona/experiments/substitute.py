@@ -26,7 +26,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import prefix_cache, select_rows, suffix_batch, window_kl, window_kl_session
+from ..tracing import kl_in_sessions, prefix_cache, select_rows, suffix_batch, window_kl
 from ..vectors import random_directions, stacked, vector
 from . import capture as capture_exp
 
@@ -154,18 +154,11 @@ def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     `batches_per_request` batches travel together in one nnsight session (one remote round trip)."""
     patches = ctx.patches(range(n_cells))
     chunks = [[patches[k] for k in rng] for rng in chunked(len(patches), ctx.spec.batch_size)]
-    per_request = max(1, ctx.spec.batches_per_request)
-    bar = tqdm(total=len(chunks), desc="substitute", disable=not progress)
-    for start in range(0, len(chunks), per_request):
-        group = chunks[start : start + per_request]
-        jobs = [_whole_job(ctx, chunk) for chunk in group]
-        results = window_kl_session(ctx.loaded, [job for job, _ in jobs])
-        for (_, n_clean), chunk, got in zip(jobs, group, results):
-            for (ci, li, pi, ki), value in zip(chunk, got[n_clean:].tolist()):
-                ctx.kl[li, pi, ci, ki] = value
+    make_job = lambda chunk: _whole_job(ctx, chunk)
+    for chunk, values in kl_in_sessions(ctx.loaded, chunks, make_job, ctx.spec.batches_per_request, "substitute", progress):
+        for (ci, li, pi, ki), value in zip(chunk, values):
+            ctx.kl[li, pi, ci, ki] = value
         ctx.checkpoint()
-        bar.update(len(group))
-    bar.close()
 
 
 def _whole_job(ctx: _Sweep, chunk) -> tuple:
