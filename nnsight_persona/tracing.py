@@ -168,6 +168,16 @@ def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None, knockout=
     return torch.stack(tokens, dim=1)
 
 
+def decode_answer(loaded, ids: list[int]) -> str:
+    """Text of greedy tokens from generate_with_edit, cut at the first end-of-turn token (where
+    plain greedy decoding would have stopped)."""
+    for i, token in enumerate(ids):
+        if token in loaded.eos_ids:
+            ids = ids[:i]
+            break
+    return loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def _step_writes(edit, step: int) -> list:
     """The residual writes a GenerationEdit makes at one generation step."""
     if edit is None or step < edit.step:

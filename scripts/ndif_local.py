@@ -47,6 +47,7 @@ S3_PORT = 9000
 RAY_PORT = 6385
 RAY_CLIENT_PORT = 10001
 RAY_DASHBOARD_PORT = 8265
+PORTS = (API_PORT, REDIS_PORT, S3_PORT, RAY_PORT, RAY_CLIENT_PORT, RAY_DASHBOARD_PORT)  # all on HOST
 API_URL = f"http://{HOST}:{API_PORT}"
 MARKER = "NDIF_LOCAL_SERVER_OF"  # set only in the environment of the processes `start` spawns
 
@@ -245,8 +246,7 @@ def start(args) -> int:
     if _get("/ping")[0] == 200:
         log(f"already running at {API_URL}")
         return 0
-    busy = [p for p in (API_PORT, REDIS_PORT, S3_PORT, RAY_PORT, RAY_CLIENT_PORT, RAY_DASHBOARD_PORT)
-            if _port_busy(p)]
+    busy = [p for p in PORTS if _port_busy(p)]
     if busy:
         log(f"ports already in use on {HOST}: {busy}; stop whatever holds them (or `stop`) first")
         return 1
@@ -418,8 +418,7 @@ def stop(args) -> int:
     if left:
         log(f"could not stop: {sorted(left)}")
         return 1
-    busy = [p for p in (API_PORT, REDIS_PORT, S3_PORT, RAY_PORT, RAY_CLIENT_PORT, RAY_DASHBOARD_PORT)
-            if _port_busy(p)]
+    busy = [p for p in PORTS if _port_busy(p)]
     if busy:
         log(f"stopped ours, but something still listens on {busy}")
         return 1

@@ -26,7 +26,7 @@ from ..prompts import Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import markers_found
-from ..tracing import generate_with_edit, kl_in_sessions
+from ..tracing import decode_answer, generate_with_edit, kl_in_sessions
 from . import capture as capture_exp
 
 CONDITIONS = ("persona", "control", "none")
@@ -139,7 +139,7 @@ def run(
                 gen_knock = _knockout(gen_batch, chunk, prompts, keys, spec, conditions, loaded.n_layers)
                 tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
                 for r, (ci, bi, k) in enumerate(chunk):
-                    texts[bi, ci, k] = _decode(loaded, tokens[r].tolist())
+                    texts[bi, ci, k] = decode_answer(loaded, tokens[r].tolist())
             # The KL marks a row done, so it is written last.
             for (ci, bi, k), value in zip(chunk, values):
                 kl[bi, ci, k] = value
@@ -168,14 +168,6 @@ def _knockout(batch, row_keys, prompts, keys, spec, conditions, n_layers) -> Kno
         start, end = spec.bands[bi]
         active[r, start:end] = True
     return Knockout(keys=key_mask, queries=query_mask, active=active, generated=True, heads=spec.heads)
-
-
-def _decode(loaded, ids: list[int]) -> str:
-    for i, t in enumerate(ids):
-        if t in loaded.eos_ids:
-            ids = ids[:i]
-            break
-    return loaded.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _check(spec: KnockoutSpec, loaded) -> None:

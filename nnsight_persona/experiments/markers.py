@@ -27,7 +27,7 @@ from ..prompts import GENERATED_POSITIONS, POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import marker_counts
-from ..tracing import generate_with_edit
+from ..tracing import decode_answer, generate_with_edit
 from ..vectors import stacked, vector
 from . import capture as capture_exp
 
@@ -127,7 +127,7 @@ def run(
             tokens = generate_with_edit(loaded, batch, spec.n_tokens, edit)
             for r, (ci, cond, _) in enumerate(chunk):
                 ki = conditions.index(cond)
-                texts[ci, ki] = tok.decode(_until_eos(tokens[r].tolist(), loaded.eos_ids), skip_special_tokens=True)
+                texts[ci, ki] = decode_answer(loaded, tokens[r].tolist())
                 done[ci, ki] = True
             if checkpoint is not None:
                 checkpoint(partial)
@@ -148,13 +148,6 @@ def _edit(chunk, batch, vectors, spec, step) -> GenerationEdit | None:
     if spec.patch_steps == "all":
         deltas = values - torch.from_numpy(np.stack([vectors["clean"][ci] for _, ci, _, _ in edited]))
     return GenerationEdit(layer=spec.layer, step=step, rows=rows, cols=cols, values=values, deltas=deltas)
-
-
-def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[:i]
-    return ids
 
 
 def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed) -> xr.Dataset:
