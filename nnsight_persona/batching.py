@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,3 +44,11 @@ def chunked(n: int, size: int) -> Iterator[range]:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, n, size):
         yield range(start, min(start + size, n))
+
+
+def length_ordered(items: Sequence[T], length: Callable[[T], int]) -> list[T]:
+    """`items` from shortest to longest (ties keep their order). Consecutive chunks of the result
+    hold sequences of similar length, so a left-padded batch runs few pad tokens: a persona
+    prompt can be 8x the length of its bare (BB) prompt, and mixing them in one batch pads
+    every short row to the longest."""
+    return sorted(items, key=length)

@@ -86,5 +86,29 @@ def test_interrupted_capture_is_marked_incomplete(loaded_models, tiny_grid_file,
     monkeypatch.setattr(capture, "read_residuals", flaky)
     ds = _capture(loaded, load_grid(tiny_grid_file), batch_size=4)
     assert ds.attrs["completed"] == 0
-    assert not np.isnan(ds.resid.values[0, :, :, 0]).any()  # the first chunk (cell 0) was kept
-    assert np.isnan(ds.resid.values[0, :, :, -1]).all()
+    # Rows are (cell, condition) prompts: the first chunk's 4 are kept whole, every other row is empty.
+    missing = np.isnan(ds.resid.values[0]).all(axis=(0, 1, -1))
+    assert (missing == np.isnan(ds.resid.values[0]).any(axis=(0, 1, -1))).all()
+    assert (~missing).sum() == 4 and missing.sum() == missing.size - 4
+
+
+def test_capture_batches_prompts_of_similar_length(loaded_models, tiny_grid_file, monkeypatch):
+    """Rows are batched shortest first, so a pass pads each row only to its neighbours' length:
+    the token-forwards of the capture passes equal those of length-sorted chunks, fewer than
+    the grid's (cell, condition) order would run."""
+    loaded = loaded_models["llama"]
+    grid = load_grid(tiny_grid_file)
+    widths = []
+    real = capture.read_residuals
+
+    def counted(loaded_, batch, *args, **kwargs):
+        widths.append(tuple(batch.input_ids.shape))
+        return real(loaded_, batch, *args, **kwargs)
+
+    monkeypatch.setattr(capture, "read_residuals", counted)
+    ds = _capture(loaded, grid, batch_size=4)
+    lengths = [len(loaded.tokenizer(str(t), add_special_tokens=False).input_ids) + 2
+               for t in ds.prompt_text.values[0].ravel()]  # + the teacher-forced g1, g2
+    cost = lambda ls: sum(len(ls[k:k + 4]) * max(ls[k:k + 4]) for k in range(0, len(ls), 4))
+    assert sum(r * w for r, w in widths) == cost(sorted(lengths))
+    assert cost(sorted(lengths)) < cost(lengths)

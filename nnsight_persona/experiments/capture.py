@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ..batching import chunked, left_pad
+from ..batching import chunked, left_pad, length_ordered
 from ..errors import SelectionError
 from ..grids import CONDITIONS, Grid
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
@@ -66,9 +66,11 @@ def render_cell_prompts(loaded, grid: Grid, cells) -> dict[tuple[str, str], Prom
 def clean_continuations(loaded, prompts: list[Prompt], n_tokens: int, batch_size: int, progress: bool = True) -> np.ndarray:
     """Greedy continuations [len(prompts), n_tokens], batched."""
     out = np.zeros((len(prompts), n_tokens), dtype=np.int64)
-    for rng in tqdm(list(chunked(len(prompts), batch_size)), desc="clean continuations", disable=not progress):
-        batch = left_pad([prompts[i].ids for i in rng], loaded.pad_id)
-        out[rng.start:rng.stop] = greedy_continuations(loaded, batch, n_tokens).numpy()
+    order = length_ordered(range(len(prompts)), lambda i: len(prompts[i].ids))
+    for rng in tqdm(list(chunked(len(order), batch_size)), desc="clean continuations", disable=not progress):
+        index = [order[k] for k in rng]
+        batch = left_pad([prompts[i].ids for i in index], loaded.pad_id)
+        out[index] = greedy_continuations(loaded, batch, n_tokens).numpy()
     return out
 
 
@@ -91,6 +93,7 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
         # Greedy and deterministic: regenerating on resume gives the same tokens.
         continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
         rows = [(i, j) for i in range(len(cells)) for j in range(len(CONDITIONS)) if np.isnan(resid[0, 0, i, j, 0])]
+        rows = length_ordered(rows, lambda r: len(prompts[(cells[r[0]].label, CONDITIONS[r[1]])].ids))
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="capture", disable=not progress):
             chunk = [rows[k] for k in rng]
             seqs, sites = [], []

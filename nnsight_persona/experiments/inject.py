@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..batching import chunked, left_pad
+from ..batching import chunked, left_pad, length_ordered
 from ..edits import Write, group_by_layer
 from ..errors import SelectionError
 from ..grids import Grid
@@ -187,6 +187,7 @@ def run(
         refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
         return (batch, _layer_writes(edits, own is not None), windows, refs, None), len(cell_ids)
 
+    rows = length_ordered(rows, lambda r: len(prompts[r[0]]["target"].ids))  # a cell's rows stay together
     chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
     with stoppable() as stop:
         for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress):

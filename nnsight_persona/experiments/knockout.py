@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..batching import chunked, left_pad
+from ..batching import chunked, left_pad, length_ordered
 from ..edits import Knockout
 from ..errors import SelectionError
 from ..grids import Grid
@@ -131,6 +131,7 @@ def run(
         refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
         return (batch, [], windows, refs, knock), len(cell_ids)
 
+    rows = length_ordered(rows, lambda r: len(prompts[r[0]].ids))  # a cell's rows stay together
     chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
     with stoppable() as stop:
         for chunk, values in kl_in_sessions(loaded, chunks, kl_job, spec.batches_per_request, "knockout", progress):

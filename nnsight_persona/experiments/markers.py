@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ..batching import chunked, left_pad
+from ..batching import chunked, left_pad, length_ordered
 from ..edits import GenerationEdit
 from ..errors import SelectionError
 from ..grids import Grid
@@ -117,6 +117,7 @@ def run(
         texts[:] = previous.text.isel(model=0).values
         done[:] = previous.generated.isel(model=0).values.astype(bool)
         rows = [r for r in rows if not done[r[0], conditions.index(r[1])]]
+    rows = length_ordered(rows, lambda r: len(r[2].ids))
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False)
     step = GENERATED_POSITIONS[spec.position] + 1 if spec.position in GENERATED_POSITIONS else 0
     with stoppable() as stop:

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ..batching import chunked, left_pad
+from ..batching import chunked, left_pad, length_ordered
 from ..edits import Write, group_by_layer
 from ..errors import SelectionError
 from ..grids import Grid
@@ -141,6 +141,10 @@ class _Sweep:
                 for pi in (positions if positions is not None else range(self.n_positions))
                 for ki in range(len(self.conditions)) if np.isnan(self.kl[li, pi, ci, ki])]
 
+    def cells_by_length(self, n_cells: int) -> list[int]:
+        """Cell indices, shortest sequence first: cells batched together need little padding."""
+        return length_ordered(range(n_cells), lambda ci: len(self.seqs[ci]))
+
     def write(self, row, patch, col) -> Write:
         """The write of one patch; its vector is computed here, not stored for every patch."""
         ci, li, pi, ki = patch
@@ -152,7 +156,7 @@ class _Sweep:
 def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     """Each batch row is a whole teacher-forced sequence; one unedited row per cell per batch.
     `batches_per_request` batches travel together in one nnsight session (one remote round trip)."""
-    patches = ctx.patches(range(n_cells))
+    patches = ctx.patches(ctx.cells_by_length(n_cells))
     chunks = [[patches[k] for k in rng] for rng in chunked(len(patches), ctx.spec.batch_size)]
     make_job = lambda chunk: _whole_job(ctx, chunk)
     for chunk, values in kl_in_sessions(ctx.loaded, chunks, make_job, ctx.spec.batches_per_request, "substitute", progress):
@@ -186,7 +190,9 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     KV cache selected per row; the probe is the suffix's first column."""
     n_eval, loaded = ctx.spec.n_eval, ctx.loaded
     work = []
-    for cell_chunk in chunked(n_cells, ctx.spec.batch_size):
+    order = ctx.cells_by_length(n_cells)
+    for rng in chunked(n_cells, ctx.spec.batch_size):
+        cell_chunk = [order[k] for k in rng]
         batch = left_pad([ctx.seqs[ci] for ci in cell_chunk], loaded.pad_id)
         groups: dict[int, list] = {}  # prefix length (columns) -> (cell, position index)
         for local, ci in enumerate(cell_chunk):
