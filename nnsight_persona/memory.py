@@ -8,6 +8,8 @@ estimate's slack and the allocator's fragmentation have room.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -43,3 +45,23 @@ def free_bytes(device) -> int:
 def auto_batch_size(config, dtype: str, seq_len: int, free: int, fraction: float = 0.5, cap: int = 256) -> int:
     """Rows per forward pass that fit in `fraction` of `free` bytes (at least 1, at most `cap`)."""
     return max(1, min(cap, int(fraction * free) // max(1, row_bytes(config, dtype, seq_len))))
+
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_in_use() -> int | None:
+    """Bytes the C allocator has handed out and not yet taken back (glibc's mallinfo2: heap blocks
+    in use plus mmapped blocks), or None where that is unknown (not glibc). Unlike the resident
+    size it does not count memory the allocator keeps after a free, so it shows what a run holds."""
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)

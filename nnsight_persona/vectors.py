@@ -23,6 +23,14 @@ def stacked(resid: xr.DataArray) -> np.ndarray:
     return resid.sel(condition=list(ORDER)).transpose(*other, "condition", "hidden").values.astype(np.float32, copy=False)
 
 
+def site_residuals(capture_ds: xr.Dataset, layers, positions, cells) -> np.ndarray:
+    """A capture's residuals at the chosen sites as one float32 array [layer, position, cell,
+    4 (BB, XB, BY, XY), hidden]. The only copy of them an experiment needs to hold: a sweep that
+    kept the selected DataArray beside it would hold the capture twice over."""
+    picked = capture_ds.resid.isel(model=0).sel(layer=list(layers), position=list(positions), cell=list(cells))
+    return stacked(picked.transpose("layer", "position", "cell", "condition", "hidden"))
+
+
 def random_directions(shape: tuple, seed: int) -> np.ndarray:
     """Unit vectors [..., hidden] from a generator seeded by `seed`."""
     direction = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

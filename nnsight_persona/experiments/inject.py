@@ -32,7 +32,7 @@ from ..prompts import POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..tracing import kl_in_sessions, read_residuals
-from ..vectors import ORDER, stacked, vector
+from ..vectors import ORDER, site_residuals, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("host", "oracle", "cached", "cached_rescaled", "lm_host", "lm_oracle", "lm_cached")
@@ -117,8 +117,7 @@ def run(
             grid=spec.grid, layers=tuple(all_layers), positions=tuple(positions), cells=tuple(labels),
             batch_size=spec.batch_size), progress=progress)
     capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
-    h = capture_ds.resid.isel(model=0).sel(cell=labels, layer=all_layers, position=positions)
-    h4 = stacked(h.transpose("layer", "position", "cell", "condition", "hidden"))
+    h4 = site_residuals(capture_ds, all_layers, positions, labels)
     hv = {c: torch.from_numpy(h4[..., i, :]) for i, c in enumerate(ORDER)}  # [layer, position, cell, hidden]
     cached, oracle = torch.from_numpy(vector(h4, "additive")), hv["XY"]
     rescaled = cached * (oracle.norm(dim=-1, keepdim=True) / cached.norm(dim=-1, keepdim=True).clamp_min(1e-12))

@@ -28,7 +28,7 @@ from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import marker_counts
 from ..tracing import decode_answer, generate_with_edit
-from ..vectors import stacked, vector
+from ..vectors import site_residuals, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("clean", "additive", "remove_persona", "bare")
@@ -79,7 +79,7 @@ def check_spec(spec: MarkersSpec, grid: Grid, n_layers: int) -> None:
 
 def edit_vectors(capture_ds: xr.Dataset, layer: int, position: str, cells) -> dict[str, np.ndarray]:
     """Replacement vectors [cell, hidden] for the edited conditions, and the clean h_XY."""
-    h = stacked(capture_ds.resid.isel(model=0).sel(layer=layer, position=position, cell=[c.label for c in cells]))
+    h = site_residuals(capture_ds, [layer], [position], [c.label for c in cells])[0, 0]
     return {"additive": vector(h, "additive"), "remove_persona": vector(h, "remove_persona"), "clean": vector(h, "oracle")}
 
 

@@ -27,7 +27,7 @@ from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..tracing import kl_in_sessions, prefix_cache, select_rows, suffix_batch, window_kl
-from ..vectors import random_directions, stacked, vector
+from ..vectors import random_directions, site_residuals, stacked, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
@@ -85,10 +85,7 @@ def run(
         )
         capture_ds = capture_exp.run(loaded, grid, cap_spec, progress=progress)
     capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
-    resid = capture_ds.resid.isel(model=0).sel(
-        layer=list(spec.layers), position=list(spec.positions), cell=[c.label for c in cells]
-    )
-    h = stacked(resid.transpose("layer", "position", "cell", "condition", "hidden"))
+    h = site_residuals(capture_ds, spec.layers, spec.positions, [c.label for c in cells])
     direction = random_directions(h.shape[:-2] + h.shape[-1:], spec.seed) if "random" in conditions else None
     continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
 
