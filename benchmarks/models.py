@@ -45,19 +45,21 @@ def resolve(model: str) -> str:
 
 
 def scaled_grid(n_personas: int, n_tasks: int, directory: Path) -> str:
-    """A grid of n_personas x n_tasks cells built from the xu2026 stimuli (cycled and numbered)."""
+    """A grid of n_personas x n_tasks cells that repeats the first 4 personas x 3 tasks of the
+    xu2026 long grid verbatim under new labels. Every size then has the same mix of prompt lengths
+    (12, 48 and 192 cells are that block 1, 4 and 16 times), so time and memory per cell compare
+    like with like: a grid whose larger sizes brought longer prompts would confound the two."""
     import yaml
 
     from nnsight_persona.grids import load_grid
 
     base = load_grid("xu2026-long")
-    personas = list(base.personas.values())
-    tasks = list(base.tasks.values())
+    personas = list(base.personas.values())[:4]
+    tasks = list(base.tasks.values())[:3]
     data = {
         "baseline": {"persona": base.baseline_persona, "task": base.baseline_task},
-        "personas": {f"p{i}": personas[i % len(personas)] + ("" if i < len(personas) else f" (number {i})")
-                     for i in range(n_personas)},
-        "tasks": {f"t{i}": tasks[i % len(tasks)] + ("" if i < len(tasks) else f" Variant {i}.") for i in range(n_tasks)},
+        "personas": {f"p{i}": personas[i % len(personas)] for i in range(n_personas)},
+        "tasks": {f"t{i}": tasks[i % len(tasks)] for i in range(n_tasks)},
     }
     path = directory / f"grid-{n_personas}x{n_tasks}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

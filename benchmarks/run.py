@@ -132,9 +132,11 @@ def main(argv=None):
     o2.add_argument("grid")
     o2.add_argument("layers")
     o2.add_argument("batch_size", type=int)
+    o2.add_argument("--probe", action="store_true")
     s = sub.add_parser("scaling")
     s.add_argument("--model", default="toy")
     s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
     if args.command == "one":
@@ -143,7 +145,7 @@ def main(argv=None):
     if args.command == "one-scaling":
         from benchmarks.scaling import one_scaling
 
-        print(json.dumps(one_scaling(args.model, args.grid, args.layers, args.batch_size)))
+        print(json.dumps(one_scaling(args.model, args.grid, args.layers, args.batch_size, args.probe)))
         return
     if args.command == "protocol":
         result = protocol_bench(args.model, args.grid, args.batch_size, args.repeats)
@@ -154,7 +156,7 @@ def main(argv=None):
     else:
         from benchmarks.scaling import scaling_bench
 
-        result = scaling_bench(args.model, args.batch_size)
+        result = scaling_bench(args.model, args.batch_size, args.repeats)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.command}-{Path(args.model).name}.json"
     path.write_text(json.dumps(result, indent=1))

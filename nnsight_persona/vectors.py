@@ -20,14 +20,26 @@ NAMES = ("additive", "oracle", "baseline", "persona_only", "task_only", "remove_
 def stacked(resid: xr.DataArray) -> np.ndarray:
     """One model's resid as float32 [..., 4, hidden], conditions in the order BB, XB, BY, XY."""
     other = [d for d in resid.dims if d not in ("condition", "hidden")]
-    return resid.sel(condition=list(ORDER)).transpose(*other, "condition", "hidden").values.astype(np.float32, copy=False)
+    ordered = _selected(resid, "condition", ORDER).transpose(*other, "condition", "hidden")
+    return ordered.values.astype(np.float32, copy=False)
+
+
+def _selected(da: xr.DataArray, dim: str, labels) -> xr.DataArray:
+    """da.sel({dim: labels}), or da itself where labels are the whole coordinate in order (a
+    selection by list copies the data; the common case, a sweep over everything captured, then
+    reads the capture in place)."""
+    labels = list(labels)
+    return da if da[dim].values.tolist() == labels else da.sel({dim: labels})
 
 
 def site_residuals(capture_ds: xr.Dataset, layers, positions, cells) -> np.ndarray:
     """A capture's residuals at the chosen sites as one float32 array [layer, position, cell,
-    4 (BB, XB, BY, XY), hidden]. The only copy of them an experiment needs to hold: a sweep that
-    kept the selected DataArray beside it would hold the capture twice over."""
-    picked = capture_ds.resid.isel(model=0).sel(layer=list(layers), position=list(positions), cell=list(cells))
+    4 (BB, XB, BY, XY), hidden]: a view of the capture when the sites are all of it, in its order,
+    else one copy. A sweep that kept a selected DataArray beside it would hold the capture twice
+    over."""
+    picked = capture_ds.resid.isel(model=0)
+    for dim, labels in (("layer", layers), ("position", positions), ("cell", cells)):
+        picked = _selected(picked, dim, labels)
     return stacked(picked.transpose("layer", "position", "cell", "condition", "hidden"))
 
 

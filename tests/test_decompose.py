@@ -9,6 +9,7 @@ import xarray as xr
 from nnsight_persona.analysis import decompose, delta_vectors, format_table, summarize
 from nnsight_persona.errors import PersonaError, SelectionError
 from nnsight_persona.store import load_dataset, save_dataset, spec_of
+from nnsight_persona.vectors import site_residuals
 
 PERSONAS, TASKS = ["yoda", "marx", "buffett"], ["haiku", "policy"]
 POSITIONS = ["p_user_last", "p_last", "g1", "g2"]
@@ -172,3 +173,25 @@ def test_format_table_aligns_and_rounds():
     lines = text.splitlines()
     assert lines[0].split() == ["layer", "x"] and "0.123" in lines[2] and "nan" in lines[3]
     assert len({len(line) for line in lines[:3]}) == 1
+
+
+def test_site_residuals_read_the_capture_in_place_or_select_the_sites():
+    cap = make_capture()
+    resid = cap.resid.isel(model=0)
+    whole = site_residuals(cap, resid.layer.values, resid.position.values, resid.cell.values)
+    assert np.shares_memory(whole, cap.resid.values)  # no copy of the whole capture
+    np.testing.assert_array_equal(whole, resid.transpose("layer", "position", "cell", "condition", "hidden").values)
+    cells = ["marx__policy", "yoda__haiku"]
+    some = site_residuals(cap, [3, 1], ["g1"], cells)
+    assert not np.shares_memory(some, cap.resid.values) and some.shape == (2, 1, 2, 4, 16)
+    for i, layer in enumerate([3, 1]):
+        for k, cell in enumerate(cells):
+            for j, cond in enumerate(["BB", "XB", "BY", "XY"]):
+                np.testing.assert_array_equal(some[i, 0, k, j], resid.sel(layer=layer, position="g1", cell=cell, condition=cond).values)
+    shuffled = cap.sel(condition=["XY", "BB", "BY", "XB"])  # stored in another order: read by name
+    np.testing.assert_array_equal(site_residuals(shuffled, [0], ["g2"], cells)[0, 0], some_at(cap, 0, "g2", cells))
+
+
+def some_at(cap, layer, position, cells):
+    r = cap.resid.isel(model=0).sel(layer=layer, position=position)
+    return np.stack([np.stack([r.sel(cell=c, condition=k).values for k in ["BB", "XB", "BY", "XY"]]) for c in cells])
