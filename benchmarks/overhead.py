@@ -20,13 +20,14 @@ def raw_window_kl(loaded, batch, writes, window_cols, reference_rows, knockout=N
     for w in writes:
         def pre_hook(module, args, kwargs, w=w):
             hs = (args[0] if args else kwargs["hidden_states"]).clone()
-            hs[w.rows, w.cols] = w.values.to(hs.dtype)
+            hs[w.rows, w.cols] = w.values.to(hs.device, hs.dtype)
             return ((hs,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hs})
 
         handles.append(blocks[w.layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
         extra = {} if past_key_values is None else {"past_key_values": past_key_values}
-        logits = model(**batch.inputs(), **extra).logits
+        inputs = {k: v.to(model.device) for k, v in batch.inputs().items()}  # as nnsight does
+        logits = model(**inputs, **extra).logits
     finally:
         for h in handles:
             h.remove()

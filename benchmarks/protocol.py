@@ -67,6 +67,8 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # where ours goes too (load_model's 'auto')
+    ids = lambda seq: torch.tensor([seq], device=model.device)
     grid = load_grid(grid_name)
     layers = paper_layers(model.config.num_hidden_layers)
     blocks = model.model.layers
@@ -76,19 +78,19 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
     for ci, cell in enumerate(grid.cells):
         prompts = {c: render_prompt(tok, grid.user_text(cell, c), grid.persona_text(cell, c)) for c in CONDITIONS}
         xy = list(prompts["XY"].ids)
-        out = model.generate(torch.tensor([xy]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=pad)
+        out = model.generate(ids(xy), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=pad)
         clean = out[0, len(xy):].tolist()
         h = {}
         if shared_capture:
             for c, p in prompts.items():
-                states = model(torch.tensor([list(p.ids) + clean[:2]]), output_hidden_states=True).hidden_states
+                states = model(ids(list(p.ids) + clean[:2]), output_hidden_states=True).hidden_states
                 h[c] = {(L, pos): states[L][0, p.position(pos)] for L in layers for pos in POSITIONS}
         else:
             for c, p in prompts.items():
                 h[c] = {(L, pos): _read_one(model, list(p.ids) + clean[:2], L, p.position(pos))
                         for L in layers for pos in POSITIONS}
         seq = xy + clean[:11]
-        clean_logp = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
+        clean_logp = model(ids(seq)).logits[0].float().log_softmax(-1)
         for li, L in enumerate(layers):
             for pi, pos in enumerate(POSITIONS):
                 vec = h["BB"][(L, pos)] + (h["XB"][(L, pos)] - h["BB"][(L, pos)]) + (h["BY"][(L, pos)] - h["BB"][(L, pos)])
@@ -103,7 +105,7 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
 
                 handle = blocks[L].register_forward_pre_hook(pre_hook, with_kwargs=True)
                 try:
-                    logp = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
+                    logp = model(ids(seq)).logits[0].float().log_softmax(-1)
                 finally:
                     handle.remove()
                 ref = clean_logp[probe : probe + 10]
@@ -121,7 +123,7 @@ def _read_one(model, ids, layer, pos):
 
     handle = model.model.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        model(torch.tensor([ids]))
+        model(torch.tensor([ids], device=model.device))
     finally:
         handle.remove()
     return seen["h"]

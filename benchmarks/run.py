@@ -4,6 +4,7 @@
     python -m benchmarks.run protocol --model random100m
     python -m benchmarks.run overhead --model random100m     # nnsight vs raw torch hooks, same batches
     python -m benchmarks.run scaling --model toy             # 12 / 48 / 192 cells
+    python -m benchmarks.run retention --model toy           # what the resident size holds after runs
 
 Each measured method runs in a fresh subprocess (so peak memory is its own); results are written
 as JSON under benchmarks/results/.
@@ -137,6 +138,9 @@ def main(argv=None):
     s.add_argument("--model", default="toy")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=3)
+    t = sub.add_parser("retention")
+    t.add_argument("--model", default="toy")
+    t.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
 
     if args.command == "one":
@@ -153,6 +157,10 @@ def main(argv=None):
         from benchmarks.overhead import overhead_bench
 
         result = overhead_bench(args.model, args.grid, args.batch_size, args.repeats)
+    elif args.command == "retention":
+        from benchmarks.retention import retention_bench
+
+        result = retention_bench(args.model, args.batch_size)
     else:
         from benchmarks.scaling import scaling_bench
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .cli_common import (
+    DEVICE_OPTION,
     Common,
     batch_size_option,
     clean_errors,
@@ -51,7 +52,7 @@ def _setup(common: Common, positions: str | None = None):
         grid = load_grid(grid_name)
     position_list = parse_positions(positions or common.positions)
     cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
-    loaded = load_model(model_spec, dtype=common.dtype, remote=common.remote_target)
+    loaded = load_model(model_spec, dtype=common.dtype, remote=common.remote_target, device=common.device)
     if common.batch_size == "auto":
         common.batch_size = _auto_batch_size(loaded, grid, cell_list)
     return grid, grid_name, position_list, cell_list, loaded, capture_ds
@@ -297,6 +298,7 @@ LONG_GRIDS = {"toy-long", "xu2026-long"}
 @main.command()
 @click.option("--model", "model_spec", default="toy", show_default=True, help="Model to reproduce on.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
+@DEVICE_OPTION
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where datasets and figures go [default: artifacts/<model>].")
 @click.option("--batch-size", default="auto", show_default=True, callback=batch_size_option,
@@ -305,7 +307,7 @@ LONG_GRIDS = {"toy-long", "xu2026-long"}
               help="Run these grids (every experiment, every cell) instead of the model's default plan.")
 @click.option("--progress/--no-progress", default=True)
 @clean_errors
-def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
+def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress):
     """The main job: every experiment on the model's grids, datasets and figures under artifacts/.
 
     On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
@@ -322,7 +324,7 @@ def reproduce(model_spec, dtype, out_dir, batch_size, grids, progress):
     from .selection import paper_layers
     from .store import save_dataset
 
-    loaded = load_model(model_spec, dtype=dtype)
+    loaded = load_model(model_spec, dtype=dtype, device=device)
     out_dir = out_dir or Path("artifacts") / re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec)
     for grid_name in grids:
         load_grid(grid_name)  # fail fast on a bad grid

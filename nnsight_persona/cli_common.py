@@ -22,6 +22,7 @@ class Common:
     layers: str
     positions: str
     dtype: str | None
+    device: str
     cells: str | None
     batch_size: int | str
     out: Path | None
@@ -57,6 +58,12 @@ def batch_size_option(ctx, param, value):
     return number
 
 
+DEVICE_OPTION = click.option(
+    "--device", default="auto", show_default=True,
+    help="Where the weights go: 'auto' (a GPU if there is one, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. "
+         "Ignored with --remote.")
+
+
 def experiment_options(default_layers: str, positions: str = "all"):
     """The options every experiment command shares, passed to the command as `common`."""
 
@@ -73,6 +80,7 @@ def experiment_options(default_layers: str, positions: str = "all"):
                          help="Comma list of p_user_last, p_last, g1, g2."),
             click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                          help="Model dtype [default: per family: Gemma-2 float32, Qwen-2 bfloat16, else float32]."),
+            DEVICE_OPTION,
             click.option("--cells", default=None, help="Comma list of cell labels (persona__task); default every cell."),
             click.option("--batch-size", default="auto", show_default=True, callback=batch_size_option,
                          help="Rows per forward pass, or 'auto': as many as fit in half the free GPU memory "

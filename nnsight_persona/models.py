@@ -63,12 +63,31 @@ def resolve_model_path(spec: str) -> str:
     return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
 
 
+def resolve_device(device: str | None) -> str:
+    """'auto' or None -> 'cuda' where a GPU is visible, else 'cpu'; anything else must name a
+    torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise ModelError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA device(s) visible)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} is not available here")
+    return device
+
+
 def load_model(
     spec: str = "toy",
     dtype: str | None = None,
     attn: str = "eager",
     revision: str | None = None,
     remote: bool | str = False,
+    device: str | None = "auto",
 ) -> LoadedModel:
     """Load `spec` ("toy", a hub id or a local directory) as an nnsight TransformersModel.
 
@@ -76,6 +95,9 @@ def load_model(
     `remote`: False runs here; "local" runs nnsight's local simulation of the remote path; True or
     an NDIF host URL sends traces to NDIF, and then the weights are not loaded here (the model is
     built on the meta device, only its config and tokenizer are read).
+    `device`: where the weights go when they are loaded here ('auto': a GPU if there is one).
+    Experiments build their batches and edits on the CPU; nnsight moves a trace's inputs to the
+    model's device, and the trace helpers move edit values to each site's device.
     """
     import torch
     from nnsight.modeling.transformers import TransformersModel
@@ -103,6 +125,8 @@ def load_model(
     tokenizer.padding_side = "left"
     family = getattr(config, "model_type", "?")
     dtype = dtype or DEFAULT_DTYPE.get(family, "float32")
+    local = remote in (False, "local")
+    placement = {"device_map": resolve_device(device)} if local and resolve_device(device) != "cpu" else {}
     lm = TransformersModel(
         path,
         task="text-generation",
@@ -110,7 +134,8 @@ def load_model(
         attn_implementation=attn,
         dtype=getattr(torch, dtype),
         revision=revision,
-        dispatch=remote in (False, "local"),
+        dispatch=local,
+        **placement,
     )
     if remote in (False, "local"):
         lm._module.requires_grad_(False)

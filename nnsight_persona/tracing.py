@@ -11,13 +11,14 @@ from .errors import RemoteFailure
 from .sites import module_at
 
 
-def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int):
+def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int, device=None):
     """A NEW attention mask with `blocked` [rows, q, k] removed (never edit the model's mask in
     place: some families share one mask object across layers). Handles the additive float masks
-    of eager attention, the boolean masks of sdpa, and sdpa's None (plain causal)."""
+    of eager attention, the boolean masks of sdpa, and sdpa's None (plain causal, built on
+    `device`, the queries' device)."""
     rows, q_len, k_len = blocked.shape
     if mask is None:
-        causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
         mask = causal[None, None].expand(rows, 1, q_len, k_len)
     block = blocked[:, None].to(mask.device)
     if heads is not None:
@@ -40,7 +41,8 @@ def knock_out(blocks, adapter, knockout, block_index: int, total_len: int | None
     else:
         mask = kwargs["attention_mask"]
     q_len, k_len = args[1].shape[-2], args[2].shape[-2]
-    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index, total_len), knockout.heads, args[1].shape[1])
+    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index, total_len), knockout.heads, args[1].shape[1],
+                       args[1].device)
     if len(args) > 4:
         kernel.inputs = ((*args[:4], new, *args[5:]), kwargs)
     else:
@@ -55,10 +57,11 @@ def apply_edits(blocks, adapter, writes=(), knockout=None, total_len: int | None
     for layer in sorted({w.layer for w in writes} | knocked):
         for w in (w for w in writes if w.layer == layer):
             site = residual_site(blocks, layer)
+            # Edit values are built on the CPU; the site lives where the model does.
             if w.add:
-                site[w.rows, w.cols] += w.values.to(site.dtype)
+                site[w.rows, w.cols] += w.values.to(site.device, site.dtype)
             else:
-                site[w.rows, w.cols] = w.values.to(site.dtype)
+                site[w.rows, w.cols] = w.values.to(site.device, site.dtype)
         if layer in knocked:
             knock_out(blocks, adapter, knockout, layer, total_len)
 
@@ -124,7 +127,7 @@ def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor,
         for layer in layers:
             picked.append(residual_site(blocks, layer)[rows, cols].float())
         out = torch.stack(picked).save()
-    return out
+    return out.cpu()
 
 
 def greedy_config(loaded, n_tokens: int):
@@ -145,7 +148,7 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens), remote=loaded.remote) as tracer:
         out = tracer.result.save()
-    return out[:, batch.input_ids.shape[1]:]
+    return out[:, batch.input_ids.shape[1]:].cpu()
 
 
 @retried
@@ -165,7 +168,7 @@ def generate_with_edit(loaded, batch: Batch, n_tokens: int, edit=None, knockout=
         for step in tracer.iter[0:n_tokens]:
             apply_edits(blocks, loaded.adapter, _step_writes(edit, step), knockout, width + step)
             tokens.append(lm_head.output[:, -1].argmax(-1))
-    return torch.stack(tokens, dim=1)
+    return torch.stack(tokens, dim=1).cpu()
 
 
 def decode_answer(loaded, ids: list[int]) -> str:
