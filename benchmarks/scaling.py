@@ -2,8 +2,8 @@
 
 Memory is measured two ways in each fresh process: the resident high-water mark (what the
 operating system saw, allocator retention included) and the live C heap (tensors and arrays the
-run holds, `malloc_in_use`) sampled after every module of every forward pass and after every
-batch. The first is what a user's machine must have; the second is what the run itself keeps, and
+run holds, `malloc_in_use`) sampled after every batch and, in one extra probed run per size, inside
+every forward pass (`LiveHeapProbe`). The first is what a user's machine must have; the second is what the run itself keeps, and
 is the one that says whether memory grows with cells.
 """
 

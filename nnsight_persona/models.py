@@ -126,7 +126,8 @@ def load_model(
     family = getattr(config, "model_type", "?")
     dtype = dtype or DEFAULT_DTYPE.get(family, "float32")
     local = remote in (False, "local")
-    placement = {"device_map": resolve_device(device)} if local and resolve_device(device) != "cpu" else {}
+    target = resolve_device(device) if local else "cpu"
+    placement = {} if target == "cpu" else {"device_map": target}
     lm = TransformersModel(
         path,
         task="text-generation",
@@ -137,7 +138,7 @@ def load_model(
         dispatch=local,
         **placement,
     )
-    if remote in (False, "local"):
+    if local:
         lm._module.requires_grad_(False)
         lm._module.eval()
     else:
