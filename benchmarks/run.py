@@ -138,10 +138,13 @@ def main(argv=None):
     s.add_argument("--model", default="toy")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--sizes", default="4x3,8x6,16x12", help="grids as PERSONASxTASKS, comma-separated")
+    s.add_argument("--layers", default="paper,all", help="comma list of paper, all")
     t = sub.add_parser("retention")
     t.add_argument("--model", default="toy")
     t.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    name = args.command  # the results file: benchmarks/results/<name>-<model>.json
 
     if args.command == "one":
         print(json.dumps(one(args.method, args.model, args.grid, args.batch_size, args.out)))
@@ -164,9 +167,12 @@ def main(argv=None):
     else:
         from benchmarks.scaling import scaling_bench
 
-        result = scaling_bench(args.model, args.batch_size, args.repeats)
+        sizes = [tuple(int(n) for n in size.split("x")) for size in args.sizes.split(",")]
+        if args.sizes != s.get_default("sizes"):
+            name = f"scaling-{args.sizes}"
+        result = scaling_bench(args.model, args.batch_size, args.repeats, sizes, tuple(args.layers.split(",")))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{args.command}-{Path(args.model).name}.json"
+    path = RESULTS / f"{name}-{Path(args.model).name}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     print(f"wrote {path}")

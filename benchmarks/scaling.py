@@ -16,22 +16,24 @@ from pathlib import Path
 SIZES = ((4, 3), (8, 6), (16, 12))
 
 
-def scaling_bench(model: str, batch_size: int, repeats: int = 3) -> dict:
+def scaling_bench(model: str, batch_size: int, repeats: int = 3, sizes=SIZES, layer_choices=("paper", "all")) -> dict:
+    """Per size and layer choice: `repeats` timed runs (medians) and one probed run for the live
+    heap. `repeats=0` makes the probed run alone (its wall time is then the probe-slowed one)."""
     from benchmarks.models import scaled_grid
     from benchmarks.run import _subprocess, machine
 
     tmp = Path(tempfile.mkdtemp())
     rows = []
-    for n_personas, n_tasks in SIZES:
+    for n_personas, n_tasks in sizes:
         grid = scaled_grid(n_personas, n_tasks, tmp)
-        for layers in ("paper", "all"):
-            runs = [_subprocess(["one-scaling", model, grid, layers, str(batch_size)]) for _ in range(repeats)]
+        for layers in layer_choices:
+            # One run with the live-heap probe; it slows the run, so the timed runs are apart.
+            probed = _subprocess(["one-scaling", model, grid, layers, str(batch_size), "--probe"])
+            runs = [_subprocess(["one-scaling", model, grid, layers, str(batch_size)]) for _ in range(repeats)] or [probed]
             r = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "patches"}
-            r.update(cells=n_personas * n_tasks, layers=layers, patches=runs[0]["patches"],
+            r.update(cells=n_personas * n_tasks, layers=layers, patches=runs[0]["patches"], timed_runs=repeats,
                      wall_s_all=[run["wall_s"] for run in runs], peak_rss_mib_all=[run["peak_rss_mib"] for run in runs])
             r["wall_s_per_cell"] = r["wall_s"] / r["cells"]
-            # One more run with the live-heap probe (it slows the run, so it is timed apart).
-            probed = _subprocess(["one-scaling", model, grid, layers, str(batch_size), "--probe"])
             r.update({key: value for key, value in probed.items() if key.startswith("live_")})
             rows.append(r)
     return {"benchmark": "scaling", "model": model, "batch_size": batch_size, "repeats": repeats,
