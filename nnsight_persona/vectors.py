@@ -10,6 +10,8 @@ capture's residuals, not a copy per condition.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import xarray as xr
 
@@ -43,10 +45,13 @@ def site_residuals(capture_ds: xr.Dataset, layers, positions, cells) -> np.ndarr
     return stacked(picked.transpose("layer", "position", "cell", "condition", "hidden"))
 
 
-def random_directions(shape: tuple, seed: int) -> np.ndarray:
-    """Unit vectors [..., hidden] from a generator seeded by `seed`."""
-    direction = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+def random_direction(seed: int, layer: int, position: str, cell: str, hidden: int) -> np.ndarray:
+    """The random control's unit vector [hidden] at one site, from a generator seeded by `seed`
+    and the site's names: the same whichever other sites, cells or batches a run covers, and
+    drawn when a patch is written, so a sweep holds no array of them."""
+    key = [seed, int(layer), zlib.crc32(position.encode()), zlib.crc32(cell.encode())]
+    direction = np.random.default_rng(key).standard_normal(hidden).astype(np.float32)
+    return direction / np.linalg.norm(direction)
 
 
 def vector(h: np.ndarray, name: str, direction: np.ndarray | None = None) -> np.ndarray:

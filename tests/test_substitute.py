@@ -110,3 +110,20 @@ def test_prefix_cache_equals_whole_sequences(loaded_models, family, tiny_grid_fi
     whole = _run(loaded, grid, batch_size=7, prefix_cache=False)
     np.testing.assert_allclose(cached.kl.values, whole.kl.values, atol=1e-5, rtol=1e-4)
     assert cached.kl.notnull().all()
+
+
+def test_random_control_of_a_site_does_not_depend_on_the_other_sites(loaded_models, tiny_grid_file):
+    """Each site's random direction is seeded by the site, so a run over one cell and one layer
+    gives that cell the KL a run over every cell and layer gives it."""
+    loaded = loaded_models["llama"]
+    grid = load_grid(tiny_grid_file)
+    everything = _run(loaded, grid, conditions=("random",)).isel(model=0)
+    cell = grid.cells[-1].label
+    alone = substitute.run(loaded, grid, substitute.SubstituteSpec(grid="tiny", layers=(2,), conditions=("random",),
+                                                                   cells=(cell,), positions=("g1",)), progress=False)
+    got = float(alone.kl.isel(model=0).sel(cell=cell, layer=2, position="g1", condition="random"))
+    assert got == pytest.approx(float(everything.kl.sel(cell=cell, layer=2, position="g1", condition="random")), abs=1e-5)
+    assert got > 1e-4  # a real perturbation, not a no-op
+    other = substitute.SubstituteSpec(grid="tiny", layers=(2,), conditions=("random",), cells=(cell,), positions=("g1",), seed=1)
+    assert float(substitute.run(loaded, grid, other, progress=False).kl.isel(model=0).sel(
+        cell=cell, layer=2, position="g1", condition="random")) != pytest.approx(got, abs=1e-6)

@@ -27,7 +27,7 @@ from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..tracing import kl_in_sessions, prefix_cache, select_rows, suffix_batch, window_kl
-from ..vectors import random_directions, site_residuals, stacked, vector
+from ..vectors import random_direction, site_residuals, stacked, vector
 from . import capture as capture_exp
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
@@ -60,11 +60,12 @@ def check_conditions(conditions) -> tuple[str, ...]:
 
 def condition_vectors(resid: xr.DataArray, conditions, seed: int) -> xr.DataArray:
     """Replacement vectors (layer, position, cell, condition, hidden) from a capture's `resid`
-    (one model). The random direction is drawn per site from a generator seeded by `seed`."""
+    (one model). The random direction is drawn per site (`vectors.random_direction`)."""
     h = stacked(resid.transpose("layer", "position", "cell", "condition", "hidden"))
-    direction = random_directions(h.shape[:-2] + h.shape[-1:], seed)
-    values = np.stack([vector(h, c, direction) for c in conditions], axis=-2)
     coords = {d: resid[d].values for d in ("layer", "position", "cell")}
+    direction = np.stack([np.stack([np.stack([random_direction(seed, L, p, c, h.shape[-1]) for c in coords["cell"]])
+                                    for p in coords["position"]]) for L in coords["layer"]])
+    values = np.stack([vector(h, c, direction) for c in conditions], axis=-2)
     return xr.DataArray(values, dims=("layer", "position", "cell", "condition", "hidden"),
                         coords={**coords, "condition": list(conditions)})
 
@@ -86,7 +87,6 @@ def run(
         capture_ds = capture_exp.run(loaded, grid, cap_spec, progress=progress)
     capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
     h = site_residuals(capture_ds, spec.layers, spec.positions, [c.label for c in cells])
-    direction = random_directions(h.shape[:-2] + h.shape[-1:], spec.seed) if "random" in conditions else None
     continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
 
     layers, positions = list(spec.layers), list(spec.positions)
@@ -106,7 +106,7 @@ def run(
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
-    ctx = _Sweep(loaded, spec, layers, len(positions), conditions, h, direction, probe, seqs, kl,
+    ctx = _Sweep(loaded, spec, layers, positions, [c.label for c in cells], conditions, h, probe, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
     with stoppable() as stop:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
@@ -123,10 +123,10 @@ class _Sweep:
     loaded: object
     spec: SubstituteSpec
     layers: list
-    n_positions: int
+    positions: list
+    cells: list  # labels
     conditions: tuple
     h: np.ndarray  # the capture's residuals [layer, position, cell, 4 (BB, XB, BY, XY), hidden]
-    direction: np.ndarray | None  # the random control's unit directions [layer, position, cell, hidden]
     probe: dict  # (cell, position index) -> token index of the probe
     seqs: list  # per cell: the teacher-forced XY sequence
     kl: np.ndarray  # [layer, position, cell, condition], filled in place
@@ -135,7 +135,7 @@ class _Sweep:
     def patches(self, cells, positions=None):
         """The patches still to make (a resumed run skips those with a result)."""
         return [(ci, li, pi, ki) for ci in cells for li in range(len(self.layers))
-                for pi in (positions if positions is not None else range(self.n_positions))
+                for pi in (positions if positions is not None else range(len(self.positions)))
                 for ki in range(len(self.conditions)) if np.isnan(self.kl[li, pi, ci, ki])]
 
     def cells_by_length(self, n_cells: int) -> list[int]:
@@ -145,8 +145,10 @@ class _Sweep:
     def write(self, row, patch, col) -> Write:
         """The write of one patch; its vector is computed here, not stored for every patch."""
         ci, li, pi, ki = patch
-        direction = None if self.direction is None else self.direction[li, pi, ci]
-        value = vector(self.h[li, pi, ci], self.conditions[ki], direction)
+        name = self.conditions[ki]
+        direction = (random_direction(self.spec.seed, self.layers[li], self.positions[pi], self.cells[ci], self.h.shape[-1])
+                     if name == "random" else None)
+        value = vector(self.h[li, pi, ci], name, direction)
         return Write(row=row, layer=self.layers[li], col=col, value=torch.from_numpy(value))
 
 
@@ -193,7 +195,7 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
         batch = left_pad([ctx.seqs[ci] for ci in cell_chunk], loaded.pad_id)
         groups: dict[int, list] = {}  # prefix length (columns) -> (cell, position index)
         for local, ci in enumerate(cell_chunk):
-            for pi in range(ctx.n_positions):
+            for pi in range(len(ctx.positions)):
                 groups.setdefault(int(batch.pad[local]) + ctx.probe[(ci, pi)], []).append((ci, pi))
         for prefix, members in sorted(groups.items()):
             patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
