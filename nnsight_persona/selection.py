@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .errors import SelectionError
-from .prompts import POSITIONS
+from .prompts import ALL_POSITIONS, POSITIONS
 
 PAPER_LAYER_FRACTIONS = (0.25, 0.40, 0.55, 0.70, 0.85)
 
@@ -54,10 +54,12 @@ def _parse_layer_part(part: str, whole: str, n_layers: int) -> list[int]:
         ) from None
 
 
-def parse_positions(value: str | Sequence[str] | None, allowed: Sequence[str] = POSITIONS) -> list[str]:
-    """A comma list (or sequence) of named positions, kept in the canonical order."""
+def parse_positions(value: str | Sequence[str] | None, allowed: Sequence[str] = ALL_POSITIONS,
+                    default: Sequence[str] = POSITIONS) -> list[str]:
+    """A comma list (or sequence) of named positions, kept in the canonical (token) order. 'all'
+    or None: the paper's four (p_user_last, p_last, g1, g2); p_user_text_last only when named."""
     if value is None or value == "all":
-        return list(allowed)
+        return [p for p in allowed if p in default]
     names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
     bad = [n for n in names if n not in allowed]
     if bad or not names:

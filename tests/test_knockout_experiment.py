@@ -44,7 +44,7 @@ def test_control_has_as_many_keys_outside_the_persona(loaded_models, tiny_grid_f
         control = knockout.control_positions(p, n)
         assert not set(control) & set(range(*p.persona_span))
         assert 0 not in control and p.p_last not in control
-        assert len(control) == min(n, p.p_user_last + 1 - p.persona_span[1] + p.persona_span[0] - 1)
+        assert len(control) == min(n, p.p_user_text_last + 1 - p.persona_span[1] + p.persona_span[0] - 1)
 
 
 def test_marker_generation_without_knockout_is_the_clean_generation(loaded_models, tiny_grid_file):

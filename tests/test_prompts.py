@@ -13,10 +13,19 @@ def test_named_positions_and_persona_span(loaded_models, family):
             persona = grid.persona_text(cell, cond)
             p = render_prompt(tok, grid.user_text(cell, cond), persona)
             assert p.ids == tuple(tok(p.text, add_special_tokens=False).input_ids)
-            # p_user_last is the token holding the user turn's final character, and later tokens
-            # (end of turn, generation header) hold none of the user text.
-            assert tok.decode(p.ids[: p.p_user_last + 1]).endswith(grid.user_text(cell, cond).strip()[-3:])
-            assert p.p_user_last < p.p_last == len(p.ids) - 1
+            # p_user_last is the paper's: the last token of the template rendered without the
+            # generation prompt, tokenized on its own (as the paper's code does).
+            messages = [{"role": "user", "content": grid.user_text(cell, cond)}]
+            closed = tok.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+            closed_ids = tok(closed, add_special_tokens=False).input_ids
+            assert p.p_user_last == len(closed_ids) - 1
+            assert p.ids[: len(closed_ids)] == tuple(closed_ids)
+            # p_user_text_last holds the user text's final character; later tokens hold none of it.
+            assert tok.decode(p.ids[: p.p_user_text_last + 1]).endswith(grid.user_text(cell, cond).strip()[-3:])
+            assert not tok.decode(p.ids[p.p_user_text_last + 1 :]).strip().endswith(grid.user_text(cell, cond).strip()[-3:])
+            assert p.p_user_text_last < p.p_user_last < p.p_last == len(p.ids) - 1
+            assert p.window_start("p_user_last") == p.window_start("p_last") == p.p_last
+            assert p.window_start("g1") == p.position("g1")
             assert p.position("g1") == len(p.ids) and p.position("g2") == len(p.ids) + 1
             start, end = p.persona_span
             assert tok.decode(p.ids[start:end]).strip() == persona

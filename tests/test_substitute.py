@@ -37,6 +37,8 @@ def test_substitution_equals_hooks_reference(loaded_models, tiny_dirs, family, t
                 states = hidden_states(plain, list(p.ids) + clean[:2])
                 h[c] = [s[p.position(str(pos))] for s in states]
             probe = prompts["XY"].position(str(pos))
+            # The paper scores probes inside the prompt on the distributions from p_last on.
+            start = max(probe, len(xy) - 1)
             for layer in LAYERS:
                 dx, dy = h["XB"][layer] - h["BB"][layer], h["BY"][layer] - h["BB"][layer]
                 vectors = {
@@ -47,7 +49,7 @@ def test_substitution_equals_hooks_reference(loaded_models, tiny_dirs, family, t
                     "task_only": h["BB"][layer] + dy,
                 }
                 for cond, vec in vectors.items():
-                    expected = summed_kl(clean_logits, patched_logits(plain, seq, layer, probe, vec), probe, 10)
+                    expected = summed_kl(clean_logits, patched_logits(plain, seq, layer, probe, vec), start, 10)
                     got = float(ds.kl.sel(cell=cell.label, position=pos, layer=layer, condition=cond).item())
                     assert got == pytest.approx(expected, abs=1e-4), (cell.label, pos, layer, cond)
 

@@ -82,7 +82,7 @@ def control_positions(prompt: Prompt, n: int) -> list[int]:
     """n key positions outside the persona span: the user text after the persona (the task) first,
     then earlier prompt tokens, never the first token (an attention sink) nor p_last."""
     start, end = prompt.persona_span
-    after = list(range(end, prompt.p_user_last + 1))
+    after = list(range(end, prompt.p_user_text_last + 1))
     before = list(range(1, start))
     return (after + before)[:n]
 

@@ -2,8 +2,10 @@
 
 For each cell, layer, position and condition, the clean XY residual is replaced by the condition's
 vector (built from the capture's four conditions) and KL(clean || patched) of the next-token
-distributions is summed over the n_eval teacher-forced clean tokens after the probe position (the
-distributions at the probe position and the n_eval - 1 after it), the paper's convention.
+distributions is summed over n_eval teacher-forced clean tokens, the paper's convention: the
+distributions from the window start on (`Prompt.window_start`: the probe itself for p_last, g1,
+g2; p_last for probes inside the prompt, so p_user_last is scored on the same clean continuation
+tokens as p_last, never on predictions of template tokens).
 
 Batched: every patch of a cell runs on the same teacher-forced sequence, so many (layer, position,
 condition) patches share one forward pass, each batch carrying one unedited clean row per cell to
@@ -96,9 +98,10 @@ def run(
     # Every patch of a cell shares the cell's teacher-forced XY sequence.
     prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
     probe = {(ci, pi): prompts[ci].position(p) for ci in range(len(cells)) for pi, p in enumerate(positions)}
+    start = {(ci, pi): prompts[ci].window_start(p) for ci in range(len(cells)) for pi, p in enumerate(positions)}
     seqs = []
     for ci, p in enumerate(prompts):
-        needed = max(probe[(ci, pi)] for pi in range(len(positions))) + spec.n_eval - len(p.ids)
+        needed = max(start[(ci, pi)] for pi in range(len(positions))) + spec.n_eval - len(p.ids)
         if needed > continuation.shape[1]:
             raise SelectionError(
                 f"the capture holds {continuation.shape[1]} continuation tokens; {needed} are needed to "
@@ -106,7 +109,7 @@ def run(
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
-    ctx = _Sweep(loaded, spec, layers, positions, [c.label for c in cells], conditions, h, probe, seqs, kl,
+    ctx = _Sweep(loaded, spec, layers, positions, [c.label for c in cells], conditions, h, probe, start, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
     with stoppable() as stop:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
@@ -128,6 +131,7 @@ class _Sweep:
     conditions: tuple
     h: np.ndarray  # the capture's residuals [layer, position, cell, 4 (BB, XB, BY, XY), hidden]
     probe: dict  # (cell, position index) -> token index of the probe
+    start: dict  # (cell, position index) -> token index of the first scored distribution
     seqs: list  # per cell: the teacher-forced XY sequence
     kl: np.ndarray  # [layer, position, cell, condition], filled in place
     checkpoint: object  # called after every batch
@@ -171,11 +175,11 @@ def _whole_job(ctx: _Sweep, chunk) -> tuple:
     cell_ids = sorted({p[0] for p in chunk})
     clean_row = {ci: r for r, ci in enumerate(cell_ids)}
     batch = left_pad([ctx.seqs[ci] for ci in cell_ids] + [ctx.seqs[p[0]] for p in chunk], ctx.loaded.pad_id)
-    writes, windows = [], [batch.pad[r] + ctx.probe[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
+    writes, windows = [], [batch.pad[r] + ctx.start[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
     for r, patch in enumerate(chunk, start=len(cell_ids)):
-        col = int(batch.pad[r]) + ctx.probe[(patch[0], patch[2])]
-        writes.append(ctx.write(r, patch, col))
-        windows.append(col + torch.arange(n_eval))
+        pad = int(batch.pad[r])
+        writes.append(ctx.write(r, patch, pad + ctx.probe[(patch[0], patch[2])]))
+        windows.append(pad + ctx.start[(patch[0], patch[2])] + torch.arange(n_eval))
     refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
     return (batch, group_by_layer(writes), torch.stack(windows), refs, None), len(cell_ids)
 
@@ -193,23 +197,26 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     for rng in chunked(n_cells, ctx.spec.batch_size):
         cell_chunk = [order[k] for k in rng]
         batch = left_pad([ctx.seqs[ci] for ci in cell_chunk], loaded.pad_id)
-        groups: dict[int, list] = {}  # prefix length (columns) -> (cell, position index)
+        # (prefix length in columns, window offset from the probe) -> (cell, position index)
+        groups: dict[tuple[int, int], list] = {}
         for local, ci in enumerate(cell_chunk):
             for pi in range(len(ctx.positions)):
-                groups.setdefault(int(batch.pad[local]) + ctx.probe[(ci, pi)], []).append((ci, pi))
-        for prefix, members in sorted(groups.items()):
+                key = (int(batch.pad[local]) + ctx.probe[(ci, pi)], ctx.start[(ci, pi)] - ctx.probe[(ci, pi)])
+                groups.setdefault(key, []).append((ci, pi))
+        for (prefix, offset), members in sorted(groups.items()):
             patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
             if patches:
-                work.append((batch, list(cell_chunk), prefix, patches))
+                work.append((batch, list(cell_chunk), prefix, offset, patches))
     total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
     bar = tqdm(total=total, desc="substitute", disable=not progress)
     cache, cached_batch, cached_prefix = None, None, 0
-    for batch, cell_chunk, prefix, patches in work:
+    for batch, cell_chunk, prefix, offset, patches in work:
         # Prefixes of one cell chunk come in ascending order: extend the cache instead of
         # recomputing it (the copies handed to suffix batches are unaffected).
         if cached_batch is not batch:
             cache, cached_batch, cached_prefix = None, batch, 0
-        cache = prefix_cache(loaded, batch, prefix, cache, cached_prefix)
+        if cache is None or prefix > cached_prefix:
+            cache = prefix_cache(loaded, batch, prefix, cache, cached_prefix)
         cached_prefix = prefix
         for rng in chunked(len(patches), ctx.spec.batch_size):
             chunk = [patches[k] for k in rng]
@@ -217,7 +224,9 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             rows = [cell_chunk.index(ci) for ci in cell_ids] + [cell_chunk.index(p[0]) for p in chunk]
             suffix = suffix_batch(batch, rows, prefix)
             writes = [ctx.write(r, patch, 0) for r, patch in enumerate(chunk, start=len(cell_ids))]
-            windows = torch.arange(n_eval).repeat(len(rows), 1)
+            # The window starts `offset` columns after the probe (p_last for a probe inside the
+            # prompt); a clean row is read at the columns of the patched rows it is compared with.
+            windows = (offset + torch.arange(n_eval)).repeat(len(rows), 1)
             refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(p[0]) for p in chunk])
             got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=select_rows(cache, rows))
             for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
