@@ -35,23 +35,41 @@ def plot_command(results, out_dir, pdf):
 
 @click.command("compare")
 @click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--paper", "paper", type=click.Choice(["gemma2b", "qwen15", "qwen3b"]), default=None,
+              help="Set a model the paper does not report beside this paper model (layers matched by depth).")
+@click.option("--margin", default=10.0, show_default=True, type=click.FloatRange(min=1, min_open=True),
+              help="substitute: additivity is claimed where the additive KL beats the best control by this factor.")
 @click.option("--digits", default=4, show_default=True, type=click.IntRange(min=1, max=12),
               help="Decimals printed.")
 @clean_errors
-def compare_command(result, digits):
-    """Our medians over cells next to the paper's, for a model and grid the paper reports."""
+def compare_command(result, paper, margin, digits):
+    """Our medians over cells next to the paper's; for substitute, also the additive condition
+    against its controls (persona_only, task_only, baseline), for any model."""
+    from .analysis.additivity import additivity_rows, verdict_text
     from .analysis.compare import compare, reference_file
     from .analysis.summary import format_table
+    from .errors import PersonaError
     from .store import load_dataset, spec_of
 
     ds = load_dataset(result)
-    rows = compare(ds)
-    grid = spec_of(ds).get("grid")
+    experiment, grid = ds.attrs.get("experiment"), spec_of(ds).get("grid")
+    try:
+        rows = compare(ds, paper=paper)
+    except PersonaError as exc:
+        if experiment != "substitute":
+            raise
+        rows = []
+        click.echo(f"(no paper numbers: {exc})")
     for model_id in dict.fromkeys(row["model"] for row in rows):
-        reference = reference_file(model_id, grid, ds.attrs.get("experiment"))
-        click.echo(f"{ds.attrs.get('experiment')}: {model_id} on {grid}; paper: {reference}")
+        reference = reference_file(model_id, grid, experiment, paper)
+        click.echo(f"{experiment}: {model_id} on {grid}; paper: {reference}")
         mine = [{k: v for k, v in row.items() if k != "model"} for row in rows if row["model"] == model_id]
         click.echo(format_table(mine, digits=digits))
+    if experiment == "substitute":
+        table = additivity_rows(ds, margin)
+        click.echo(f"\nadditive against its controls (median KL over cells, nats; ratio = best control / additive):")
+        click.echo(format_table(table, digits=digits))
+        click.echo(verdict_text(table, margin))
 
 
 COMMANDS = (plot_command, compare_command)

@@ -4,7 +4,14 @@ The paper reports three models on two grids. The short grid (4 x 3 cells) is in 
 the long grid (8 x 6 cells) in its v16_* files: per position and layer, `decomposition` holds the
 cell median and IQR of each statistic and `causal` those of the additive substitution KL. Its
 behavioural test (v17, Gemma-2-2B only, long-grid personas x tasks arch/plan/proposal) holds, per
-condition, how many cells show any persona marker.
+condition, how many cells show any persona marker. Its host-injection test (Gemma-2-2B, the same 24
+cells) is in v14b_v2 (host, oracle and cached at layer 14, per cell) and v14e_multilayer (cached,
+clamped at several layer sets).
+
+A model the paper does not report (the toy, SmolLM2, any other) is compared with a paper model
+named by `paper=` (gemma2b, qwen15, qwen3b): layers are then matched by depth, through the paper's
+fractional grid (ours round(f x n) against the paper's round(f x N), for the same fraction f), and
+layer sets of the injection test are the paper's clamp sets scaled the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ MODEL_KEYS = {
     "Qwen/Qwen2.5-1.5B-Instruct": "qwen15",
     "Qwen/Qwen2.5-3B-Instruct": "qwen3b",
 }
+PAPER_N_LAYERS = {"gemma2b": 26, "qwen15": 28, "qwen3b": 36}
+INJECT_FILES = ("v14b_v2.json", "v14e_multilayer.json")
+# Our inject condition names -> the per-cell keys of v14b_v2 (layer 14 only).
+INJECT_CONDITIONS = {"host": "kl_host_clean", "oracle": "kl_oracle", "cached": "kl_cached"}
 GRID_FILES = {
     "xu2026-short": "v15_{key}_localized_positions.json",
     "xu2026-long": "v16_{key}_diverse_grid.json",
@@ -58,31 +69,56 @@ def reported_combinations() -> list[tuple[str, str]]:
     ]
 
 
-def reference_file(model_id: str, grid: str, experiment: str) -> str:
+def paper_key(model_id: str, paper: str | None = None) -> str | None:
+    """The paper's key for a model it reports, or the `paper` model named for any other."""
+    if paper is not None:
+        if paper not in PAPER_N_LAYERS:
+            raise SelectionError(f"unknown paper model {paper!r}; allowed: {sorted(PAPER_N_LAYERS)}")
+        return paper
+    return MODEL_KEYS.get(model_id)
+
+
+def reference_file(model_id: str, grid: str, experiment: str, paper: str | None = None) -> str:
     """The paper's file for this model, grid and experiment, or a PersonaError listing what exists."""
-    key = MODEL_KEYS.get(model_id)
-    if experiment == "markers":
+    key = paper_key(model_id, paper)
+    if experiment in ("markers", "inject"):
         if key == "gemma2b" and grid == "xu2026-long":
-            return MARKERS_FILE
+            return MARKERS_FILE if experiment == "markers" else " + ".join(INJECT_FILES)
         raise PersonaError(
-            f"the paper reports no marker results for model {model_id!r} on grid {grid!r}; "
-            f"it reports them only for google/gemma-2-2b-it on xu2026-long"
+            f"the paper reports no {experiment} results for model {model_id!r} on grid {grid!r}; "
+            f"it reports them only for google/gemma-2-2b-it on xu2026-long (compare another model "
+            f"with it through paper='gemma2b' / --paper gemma2b)"
         )
     name = GRID_FILES[grid].format(key=key) if key and grid in GRID_FILES else None
     if name is None or not _has_reference(name):
         listed = ", ".join(f"{m} on {g}" for m, g in reported_combinations())
         raise PersonaError(
-            f"the paper reports no results for model {model_id!r} on grid {grid!r}; it reports: {listed}"
+            f"the paper reports no results for model {model_id!r} on grid {grid!r}; it reports: {listed}. "
+            f"Another model is compared with a paper model through --paper {'|'.join(sorted(PAPER_N_LAYERS))}"
         )
     return name
 
 
-def compare(ds: xr.Dataset) -> list[dict]:
+def layer_partner(layer: int, n_layers: int, paper_n_layers: int) -> int | None:
+    """The paper model's layer at the same depth: ours is round(f x n_layers) for some fraction f
+    of the paper's grid, the partner round(f x paper_n_layers); None off the grid."""
+    from ..selection import PAPER_LAYER_FRACTIONS
+
+    clip = lambda v, n: min(max(round(v), 1), n - 1)
+    for f in PAPER_LAYER_FRACTIONS:
+        if clip(f * n_layers, n_layers) == layer:
+            return clip(f * paper_n_layers, paper_n_layers)
+    return None
+
+
+def compare(ds: xr.Dataset, paper: str | None = None) -> list[dict]:
     """Rows of our cell medians (and quartiles) next to the paper's, for every model in `ds`.
 
-    Works on decompose, substitute (condition additive) and markers datasets."""
+    Works on decompose, substitute (condition additive), markers and inject datasets. `paper`:
+    the paper model (gemma2b, qwen15, qwen3b) to set beside a model the paper does not report."""
     experiment = ds.attrs.get("experiment")
-    handlers = {"decompose": _compare_decompose, "substitute": _compare_substitute, "markers": _compare_markers}
+    handlers = {"decompose": _compare_decompose, "substitute": _compare_substitute, "markers": _compare_markers,
+                "inject": _compare_inject}
     if experiment not in handlers:
         raise PersonaError(
             f"cannot compare a dataset with attrs experiment={experiment!r}; allowed: {sorted(handlers)}"
@@ -91,19 +127,27 @@ def compare(ds: xr.Dataset) -> list[dict]:
     models = [str(m) for m in ds["model"].values] if "model" in ds.coords else [ds.attrs.get("model_id")]
     rows = []
     for model_id in models:
-        name = reference_file(model_id, grid, experiment)
+        name = reference_file(model_id, grid, experiment, paper)
         one = ds.sel(model=model_id) if "model" in ds.dims else ds
-        rows.extend(handlers[experiment](one, load_reference(name), model_id))
+        key = paper_key(model_id, paper)
+        if MODEL_KEYS.get(model_id) == key:  # the paper's own model: its own layers
+            partner = lambda L: L
+        else:
+            n_layers = int(ds.attrs["n_layers"])
+            partner = lambda L, n=n_layers, N=PAPER_N_LAYERS[key]: layer_partner(L, n, N)
+        references = [load_reference(n) for n in name.split(" + ")]
+        rows.extend(handlers[experiment](one, references[0] if len(references) == 1 else references, model_id, partner))
     return rows
 
 
-def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict) -> dict:
+def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict, paper_layer=None) -> dict:
     q25, q75 = paper["iqr"]
     return {
         "model": model_id,
         "statistic": statistic,
         "position": position,
         "layer": layer,
+        **({} if paper_layer is None or paper_layer == layer else {"paper_layer": paper_layer}),
         "n": int(ours["count"]),
         "ours_median": float(ours["median"]),
         "paper_median": float(paper["median"]),
@@ -114,10 +158,10 @@ def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict) ->
     }
 
 
-def _shared_sites(ds: xr.Dataset, table: dict, what: str) -> list[tuple[str, int]]:
-    """(position, layer) pairs both we and the paper have, in our order."""
-    ours = [(str(p), int(L)) for p in ds.position.values for L in ds.layer.values]
-    shared = [(p, L) for p, L in ours if str(L) in table.get(p, {})]
+def _shared_sites(ds: xr.Dataset, table: dict, what: str, partner) -> list[tuple[str, int, int]]:
+    """(position, our layer, the paper's layer) for sites both we and the paper have, in our order."""
+    ours = [(str(p), int(L), partner(int(L))) for p in ds.position.values for L in ds.layer.values]
+    shared = [(p, L, P) for p, L, P in ours if P is not None and str(P) in table.get(p, {})]
     if not shared:
         paper = {p: sorted(int(L) for L in layers) for p, layers in table.items()}
         raise SelectionError(
@@ -128,30 +172,30 @@ def _shared_sites(ds: xr.Dataset, table: dict, what: str) -> list[tuple[str, int
     return shared
 
 
-def _compare_decompose(ds, ref, model_id):
+def _compare_decompose(ds, ref, model_id, partner):
     table = ref["decomposition"]
     summaries = {s: summarize(ds[s]) for s in DECOMPOSITION_STATS}
     return [
-        _row(model_id, s, p, L, summaries[s].sel(position=p, layer=L), table[p][str(L)][s])
-        for p, L in _shared_sites(ds, table, "decomposition")
+        _row(model_id, s, p, L, summaries[s].sel(position=p, layer=L), table[p][str(P)][s], P)
+        for p, L, P in _shared_sites(ds, table, "decomposition", partner)
         for s in DECOMPOSITION_STATS
-        if s in table[p][str(L)]
+        if s in table[p][str(P)]
     ]
 
 
-def _compare_substitute(ds, ref, model_id):
+def _compare_substitute(ds, ref, model_id, partner):
     conditions = [str(c) for c in ds.condition.values]
     if "additive" not in conditions:
         raise SelectionError(f"the paper's causal numbers are for condition 'additive'; this dataset has {conditions}")
     summary = summarize(ds["kl"].sel(condition="additive"))
     table = ref["causal"]
     return [
-        _row(model_id, "kl additive", p, L, summary.sel(position=p, layer=L), table[p][str(L)]["summary"])
-        for p, L in _shared_sites(ds, table, "causal results")
+        _row(model_id, "kl additive", p, L, summary.sel(position=p, layer=L), table[p][str(P)]["summary"], P)
+        for p, L, P in _shared_sites(ds, table, "causal results", partner)
     ]
 
 
-def _compare_markers(ds, ref, model_id):
+def _compare_markers(ds, ref, model_id, partner):
     # Like for like: keep the paper's cells when the dataset has them all.
     paper_cells = [f"{x}__{y}" for x in ref["personas"] for y in ref["tasks"]]
     ours_cells = [str(c) for c in ds.cell.values]
@@ -181,3 +225,55 @@ def _compare_markers(ds, ref, model_id):
             f"allowed: {list(MARKER_CONDITIONS)}"
         )
     return rows
+
+
+def _compare_inject(ds, refs, model_id, partner):
+    """Host injection: host, oracle and cached at the paper's single layer (v14b_v2), and cached
+    at each clamp set (v14e_multilayer), medians over the cells both have."""
+    from ..experiments.inject import PAPER_CLAMPS, label
+
+    single, multi = refs
+    paper_cells = list(single["results"])
+    ours_cells = [str(c) for c in ds.cell.values]
+    shared = [c for c in paper_cells if c in ours_cells]
+    if not shared:
+        raise SelectionError(f"no cell in common with the paper's injection test: ours are {ours_cells[:4]}..., "
+                             f"the paper's {paper_cells[:4]}...")
+    ds = ds.sel(cell=shared)
+    our_sets = [str(s) for s in ds.layer_set.values]
+    rows = []
+    for paper_set in PAPER_CLAMPS:
+        ours_label = _scaled_label(paper_set, ds.attrs.get("n_layers"))
+        if ours_label not in our_sets:
+            continue
+        paper_label = label(paper_set)
+        conditions = list(INJECT_CONDITIONS) if paper_set == PAPER_CLAMPS[0] else ["cached"]
+        for condition in conditions:
+            if condition not in [str(c) for c in ds.condition.values]:
+                continue
+            ours = ds.kl.sel(layer_set=ours_label, condition=condition).values.astype(float)
+            if paper_set == PAPER_CLAMPS[0]:
+                paper = np.array([single["results"][c][INJECT_CONDITIONS[condition]] for c in shared])
+            else:
+                paper = np.array([multi["results"]["_".join(str(L) for L in paper_set)]["kls"][c] for c in shared])
+            rows.append({
+                "model": model_id, "condition": condition, "layer_set": ours_label,
+                **({} if paper_label == ours_label else {"paper_layer_set": paper_label}),
+                "n": int((~np.isnan(ours)).sum()),
+                "ours_median": float(np.nanmedian(ours)), "paper_median": float(np.median(paper)),
+                "ours_q25": float(np.nanpercentile(ours, 25)), "paper_q25": float(np.percentile(paper, 25)),
+                "ours_q75": float(np.nanpercentile(ours, 75)), "paper_q75": float(np.percentile(paper, 75)),
+            })
+    if not rows:
+        raise SelectionError(f"no layer set in common with the paper's clamp sets {[label(s) for s in PAPER_CLAMPS]} "
+                             f"(scaled to this model's depth); ours are {our_sets}")
+    return rows
+
+
+def _scaled_label(paper_set, n_layers) -> str:
+    """The label our inject run gives the paper's clamp set scaled to a model of n_layers."""
+    from ..experiments.inject import PAPER_N_LAYERS as INJECT_PAPER_N, label, scaled_layer_sets
+
+    if n_layers is None or int(n_layers) == INJECT_PAPER_N:
+        return label(paper_set)
+    return label(scaled_layer_sets(int(n_layers), (paper_set,))[0])
