@@ -33,6 +33,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+# Files made before p_user_last took the paper's definition lack this attr; compare refuses them.
+POSITION_CONVENTION = (
+    "p_user_last = last token of the chat template without the generation prompt (the paper's); "
+    "KL windows start at max(probe, p_last)"
+)
+
+
 def provenance_attrs(loaded, experiment: str, spec: dict) -> dict:
     """netCDF-safe attrs (str and numbers only) describing a run of `experiment` on `loaded`."""
     return {
@@ -46,6 +53,7 @@ def provenance_attrs(loaded, experiment: str, spec: dict) -> dict:
             "layer L = hidden_states[L] of transformers (0 = embeddings, L = input of block L); "
             "layer n_layers = last block output before the final norm"
         ),
+        "position_convention": POSITION_CONVENTION,
         "package_version": _version("nnsight-persona"),
         "nnsight_version": _version("nnsight"),
         "transformers_version": _version("transformers"),

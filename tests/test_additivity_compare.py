@@ -13,6 +13,7 @@ from nnsight_persona.analysis.additivity import additivity_rows
 from nnsight_persona.analysis.compare import compare, layer_partner
 from nnsight_persona.cli_analysis import compare_command
 from nnsight_persona.errors import PersonaError, SelectionError
+from nnsight_persona.provenance import POSITION_CONVENTION
 from nnsight_persona.store import save_dataset
 
 CONDITIONS = ["additive", "oracle", "baseline", "persona_only", "task_only", "random"]
@@ -20,7 +21,7 @@ CONDITIONS = ["additive", "oracle", "baseline", "persona_only", "task_only", "ra
 
 def _attrs(experiment, model_id, grid, n_layers, **spec):
     return {"experiment": experiment, "model_id": model_id, "n_layers": n_layers, "completed": 1,
-            "spec": json.dumps({"grid": grid, **spec})}
+            "spec": json.dumps({"grid": grid, **spec}), "position_convention": POSITION_CONVENTION}
 
 
 def substitute_ds(kl, layers, positions, cells, model_id="toy", grid="toy", n_layers=8):
@@ -109,3 +110,13 @@ def test_compare_inject_against_the_papers_host_injection():
     # Only the paper's 24 cells are compared, not the extra one.
     assert by[("14", "oracle")]["n"] == 24
     assert by[("14", "oracle")]["ours_median"] == pytest.approx(np.median(kl[0, 0, :24, 1]))
+
+
+def test_a_file_made_with_the_old_p_user_last_is_refused():
+    ds = substitute_ds(np.ones((1, 2, 4, 6)), [14], ["p_user_last", "p_last"], ["buffett__policy", "marx__policy", "yoda__haiku", "marx__haiku"],
+                       model_id="google/gemma-2-2b-it", grid="xu2026-short", n_layers=26)
+    assert compare(ds)  # files of this version say which definition they use
+    del ds.attrs["position_convention"]
+    with pytest.raises(SelectionError, match="before p_user_last took the paper's definition"):
+        compare(ds)
+    assert compare(ds.drop_sel(position="p_user_last"))

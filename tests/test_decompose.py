@@ -21,7 +21,7 @@ def provenance(experiment, model_id="toy", grid="toy", **spec):
         "dtype": "float32", "n_layers": 3, "layer_convention": "layer L = hidden_states[L]",
         "package_version": "0", "nnsight_version": "0", "transformers_version": "0", "torch_version": "0",
         "git_commit": "abc", "spec": json.dumps({"grid": grid, **spec}), "created": "2026-01-01T00:00:00+00:00",
-        "completed": 1,
+        "completed": 1, "position_convention": "p_user_last = the paper's",
     }
 
 

@@ -124,6 +124,12 @@ def compare(ds: xr.Dataset, paper: str | None = None) -> list[dict]:
             f"cannot compare a dataset with attrs experiment={experiment!r}; allowed: {sorted(handlers)}"
         )
     grid = spec_of(ds).get("grid")
+    if "position" in ds.dims and "p_user_last" in ds.position.values and "position_convention" not in ds.attrs:
+        raise SelectionError(
+            "this file was made before p_user_last took the paper's definition (the last token of the "
+            "template without the generation prompt) and its KL window started at the probe: rerun it, "
+            "or compare the other positions (ds.drop_sel(position='p_user_last'))"
+        )
     models = [str(m) for m in ds["model"].values] if "model" in ds.coords else [ds.attrs.get("model_id")]
     rows = []
     for model_id in models:
