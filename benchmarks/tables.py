@@ -1,0 +1,86 @@
+"""Markdown tables made from benchmarks/results/*.json, for the generated blocks of
+docs/performance.md (see nnsight_persona/docblocks.py): the docs quote no typed timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nnsight_persona.analysis.tables import markdown
+
+METHOD_NAMES = {
+    "ours": "ours",
+    "reference": "reference (one pass per patch)",
+    "reference_shared_capture": "reference, shared capture",
+    "ours_unbatched": "ours, batch size 1",
+}
+
+
+def _load(path: str) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _mib(value: float) -> str:
+    return f"{value:,.0f} MiB"
+
+
+def protocol_table(*paths: str) -> str:
+    """Wall time, passes, token-forwards, peak memory and KL agreement of each method, per model,
+    and the ratios measured in the same run."""
+    rows = []
+    for path in paths:
+        d = _load(path)
+        floor = d.get("necessary_token_forwards")
+        for key, name in METHOD_NAMES.items():
+            m = d["methods"].get(key)
+            if m is None:
+                continue
+            diff = d["max_abs_kl_difference_vs_reference"].get(key)
+            speed = d["methods"]["ours"]["wall_s_median"]
+            rows.append([
+                d["model"] if key == "ours" else "", name, f"{m['wall_s_median']:.1f} s",
+                "1.0x" if key == "ours" else f"{m['wall_s_median'] / speed:.1f}x",
+                f"{m['forward_passes']:,}", f"{m['token_forwards']:,}",
+                f"{m['token_forwards'] / floor:.2f}x" if floor else "n/a",
+                _mib(m["peak_rss_mib_median"]), "(itself)" if key == "reference" else f"{diff:.1e}",
+            ])
+    return markdown(["model", "method", "wall time", "time / ours", "forward passes", "token-forwards",
+                     "token-forwards / floor", "peak RSS", "max \\|KL - reference\\|"], rows)
+
+
+def overhead_table(path: str) -> str:
+    d = _load(path)
+    w = d["wall_s_median"]
+    return markdown(["model", "nnsight traces", "raw torch hooks", "ratio", "max \\|KL difference\\|"],
+                    [[d["model"], f"{w['nnsight']:.1f} s", f"{w['raw_hooks']:.1f} s", f"{d['nnsight_over_raw']:.2f}x",
+                      f"{d['max_abs_kl_difference']:.1e}"]])
+
+
+def scaling_table(*paths: str) -> str:
+    rows = []
+    for path in paths:
+        for r in _load(path)["runs"]:
+            rss = r["peak_rss_mib_all"]
+            rows.append([
+                r["cells"], r["layers"], f"{r['wall_s']:.1f} s", f"{r['wall_s_per_cell']:.3f} s", f"{r['saved_mib']:.1f} MiB",
+                f"{r['peak_rss_mib']:.0f} ({min(rss):.0f}-{max(rss):.0f}) MiB" if len(rss) > 1 else _mib(r["peak_rss_mib"]),
+                f"{r['live_peak_mib']:.1f} MiB", f"{r['live_sweep_first_mib']:.1f} -> {r['live_sweep_last_mib']:.1f} MiB",
+                f"{r['live_sweep_first_mib'] - r['saved_mib']:.1f} / {r['live_peak_mib'] - r['saved_mib']:.1f} MiB",
+            ])
+    return markdown(["cells", "layers", "wall time", "per cell", "saved data", "peak RSS (runs)", "live peak",
+                     "live between batches", "live beyond saved data (between / peak)"], rows)
+
+
+def retention_table(path: str) -> str:
+    runs = _load(path)["runs"]
+    return markdown(["run", "cells", "high-water", "resident", "resident after malloc_trim", "live heap"],
+                    [[i + 1, r["cells"], _mib(r["high_water_mib"]), _mib(r["resident_mib"]),
+                      _mib(r["resident_after_trim_mib"]), f"{r['live_heap_mib']:.1f} MiB"] for i, r in enumerate(runs)])
+
+
+GENERATORS = {
+    "bench-protocol": protocol_table,
+    "bench-overhead": overhead_table,
+    "bench-scaling": scaling_table,
+    "bench-retention": retention_table,
+}

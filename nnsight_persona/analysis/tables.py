@@ -1,0 +1,150 @@
+"""Markdown tables made from result files, for the docs' generated blocks (see docblocks.py).
+
+Each function takes a file path (and options as strings, since they come from a block's spec) and
+returns a Markdown table of medians over cells. The docs quote these tables; a test checks that
+they still equal what the committed files give.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..store import load_dataset
+from .additivity import CONTROLS, DEFAULT_MARGIN, additivity_rows
+
+
+def number(value, digits: int = 3) -> str:
+    """Significant digits for values that span orders of magnitude (KLs), plain otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    value = float(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** 4 or abs(value) < 10 ** -4:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(v if isinstance(v, str) else number(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _one_model(ds):
+    return ds.isel(model=0) if "model" in ds.dims else ds
+
+
+def additivity_table(path: str, positions: str = "", margin: str = str(DEFAULT_MARGIN)) -> str:
+    """Median KL of the additive vector and of every control per (position, layer), and whether the
+    additive vector beats the best control by the margin."""
+    ds = load_dataset(path)
+    rows = additivity_rows(ds, float(margin))
+    wanted = positions.split(",") if positions else None
+    present = [c for c in ("additive", *CONTROLS, "random") if c in [str(v) for v in ds.condition.values]]
+    out = []
+    for r in rows:
+        if wanted and r["position"] not in wanted:
+            continue
+        extra = [_median(ds, r, "random")] if "random" in present else []
+        out.append([r["position"], r["layer"], *[r[c] for c in present if c in r], *extra, r["best_control"],
+                    f"{r['ratio']:.1f}x", r["additive_holds"]])
+    header = ["position", "layer", *present, "best control", "ratio", f"additive by >= {float(margin):g}x"]
+    return markdown(header, out)
+
+
+def _median(ds, row, condition):
+    values = ds.kl.sel(model=row["model"], position=row["position"], layer=row["layer"], condition=condition).values
+    return float(np.nanmedian(values))
+
+
+def decompose_table(path: str, positions: str = "p_last") -> str:
+    """Medians over cells of the decomposition statistics per (position, layer)."""
+    ds = _one_model(load_dataset(path))
+    rows = []
+    for position in positions.split(","):
+        for layer in ds.layer.values:
+            site = ds.sel(position=position, layer=layer)
+            rows.append([position, int(layer), *[float(np.nanmedian(site[s].values)) for s in ("cos_xy_sum", "cos_x_y", "inter_over_xy")]])
+    return markdown(["position", "layer", "cos(ΔXY, ΔX+ΔY)", "cos(ΔX, ΔY)", "\\|Inter\\| / \\|ΔXY\\|"], rows)
+
+
+def markers_table(path: str) -> str:
+    """Cells with any own-persona marker, per condition."""
+    ds = _one_model(load_dataset(path))
+    rows = []
+    for condition in ds.condition.values:
+        flags = ds.any_marker.sel(condition=condition).values.astype(float)
+        rows.append([str(condition), f"{int(np.nansum(flags))}/{int((~np.isnan(flags)).sum())}"])
+    return markdown(["condition", "cells with markers"], rows)
+
+
+def inject_table(path: str) -> str:
+    """Median summed KL to the target per layer set and condition, and the oracle's gap closed."""
+    ds = _one_model(load_dataset(path))
+    conditions = [str(c) for c in ds.condition.values]
+    rows = []
+    for layer_set in ds.layer_set.values:
+        site = ds.sel(layer_set=layer_set)
+        rows.append([str(layer_set), *[float(np.nanmedian(site.kl.sel(condition=c).values)) for c in conditions]])
+    return markdown(["layer set", *conditions], rows)
+
+
+def inject_sites_table(path: str, condition: str = "oracle") -> str:
+    """Median KL with the injection at other sites (the injection-site ablation)."""
+    ds = _one_model(load_dataset(path))
+    positions = [str(p) for p in ds.site_position.values]
+    rows = [[int(L), *[float(np.nanmedian(ds.kl_site.sel(site_layer=L, site_position=p, site_condition=condition).values))
+                       for p in positions]] for L in ds.site_layer.values]
+    return markdown(["layer", *positions], rows)
+
+
+def inject_norms_table(path: str) -> str:
+    """Median residual norms at p_last: clean h_XY, the host's, and the cached vector's."""
+    ds = _one_model(load_dataset(path))
+    rows = [[int(L), *[float(np.nanmedian(ds[v].sel(layer=L).values)) for v in ("norm_clean", "norm_host", "norm_injected")]]
+            for L in ds.layer.values]
+    return markdown(["layer", "\\|h_XY\\|", "\\|h_host\\|", "\\|cached\\|"], rows)
+
+
+def knockout_table(path: str, variable: str = "kl") -> str:
+    """Median of `variable` over cells per band (columns) and condition (rows); for marker flags,
+    the count of cells with markers."""
+    ds = _one_model(load_dataset(path))
+    bands = [str(b) for b in ds.band.values]
+    rows = []
+    for condition in ds.condition.values:
+        one = ds[variable].sel(condition=condition)
+        if variable == "any_marker":
+            cells = [f"{int(np.nansum(one.sel(band=b).values))}/{int(one.sel(band=b).notnull().sum())}" for b in bands]
+        else:
+            cells = [float(np.nanmedian(one.sel(band=b).values)) for b in bands]
+        rows.append([str(condition), *cells])
+    return markdown(["condition \\ band", *bands], rows)
+
+
+def compare_table(path: str, paper: str = "") -> str:
+    """compare's rows (ours next to the paper's medians) as a Markdown table."""
+    from .compare import compare
+
+    rows = compare(load_dataset(path), paper=paper or None)
+    columns = [c for c in rows[0] if c != "model"]
+    return markdown(columns, [[row.get(c, "") for c in columns] for row in rows])
+
+
+GENERATORS = {
+    "additivity": additivity_table,
+    "decompose": decompose_table,
+    "markers": markers_table,
+    "inject": inject_table,
+    "inject-sites": inject_sites_table,
+    "inject-norms": inject_norms_table,
+    "knockout": knockout_table,
+    "compare": compare_table,
+}

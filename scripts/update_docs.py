@@ -1,0 +1,47 @@
+"""Rewrite the generated blocks of README.md and docs/*.md from the files they quote.
+
+    python scripts/update_docs.py          # rewrite in place
+    python scripts/update_docs.py --check  # list stale blocks, exit 1 if any (what the test runs)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tables import GENERATORS as BENCHMARK_GENERATORS  # noqa: E402
+from nnsight_persona.analysis.tables import GENERATORS as RESULT_GENERATORS  # noqa: E402
+from nnsight_persona.docblocks import refresh, stale  # noqa: E402
+
+GENERATORS = {**RESULT_GENERATORS, **BENCHMARK_GENERATORS}
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def main(argv: list[str]) -> int:
+    import os
+
+    os.chdir(ROOT)  # block arguments are paths relative to the repository root
+    check = "--check" in argv
+    bad = []
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        if check:
+            bad += [f"{doc.relative_to(ROOT)}: {spec}" for spec in stale(text, GENERATORS)]
+        else:
+            new = refresh(text, GENERATORS)
+            if new != text:
+                doc.write_text(new, encoding="utf-8")
+                print(f"updated {doc.relative_to(ROOT)}")
+    for line in bad:
+        print(f"stale: {line}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

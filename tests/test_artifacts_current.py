@@ -1,0 +1,114 @@
+"""The committed results are what the current code computes.
+
+Each committed folder under artifacts/ has a MANIFEST.json (commit, command, file hashes); its
+files must be the ones hashed. Then one cell of every experiment in artifacts/toy/ is recomputed
+with the current code, with the spec recorded in the committed file, and compared with the file:
+a change to a computation that was not followed by `reproduce` fails here.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnsight_persona.manifest import file_hashes, read_manifest
+from nnsight_persona.store import load_dataset, spec_of
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = sorted(p for p in (ROOT / "artifacts").iterdir() if p.is_dir())
+TOY = ROOT / "artifacts" / "toy"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_manifest_matches_the_files(folder):
+    manifest = read_manifest(folder)
+    assert manifest["command"].startswith("nnsight-persona reproduce")
+    assert manifest["git_commit"] and manifest["git_commit"] != "unknown"
+    assert manifest["files"] == file_hashes(folder), "files changed after the manifest was written"
+    assert any(name.endswith(".nc") for name in manifest["files"])
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from nnsight_persona.models import load_model
+
+    return load_model("toy", device="cpu")
+
+
+def _spec(cls, ds, **override):
+    """The experiment spec recorded in a committed file, as its dataclass (lists back to tuples)."""
+    recorded = spec_of(ds)
+    as_tuple = lambda v: tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
+    kwargs = {f.name: as_tuple(recorded[f.name]) for f in dataclasses.fields(cls) if f.name in recorded}
+    return cls(**{**kwargs, **override})
+
+
+def _grid(ds):
+    from nnsight_persona.grids import grid_from_dict
+
+    spec = spec_of(ds)
+    return grid_from_dict(spec["grid_definition"], name=spec["grid"]) if "grid_definition" in spec else None
+
+
+def _committed(name):
+    path = TOY / name
+    if not path.exists():
+        pytest.skip(f"{name} is not among the committed toy results")
+    return load_dataset(path)
+
+
+def _first_cell(ds):
+    return str(ds.cell.values[0])
+
+
+def test_capture_and_substitute_recompute_to_the_committed_numbers(toy):
+    from nnsight_persona.experiments import capture, substitute
+
+    committed = _committed("substitute-toy.nc")
+    cell = _first_cell(committed)
+    grid = _grid(committed)
+    spec = _spec(substitute.SubstituteSpec, committed, cells=(cell,))
+    ds = substitute.run(toy, grid, spec, progress=False)
+    got = ds.kl.isel(model=0).values
+    want = committed.kl.isel(model=0).sel(cell=[cell]).values
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    cap_committed = _committed("capture-toy.nc")
+    cap = capture.run(toy, grid, _spec(capture.CaptureSpec, cap_committed, cells=(cell,)), progress=False)
+    np.testing.assert_allclose(cap.resid.isel(model=0).values,
+                               cap_committed.resid.isel(model=0).sel(cell=[cell]).values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(cap.continuation_ids.values, cap_committed.continuation_ids.sel(cell=[cell]).values)
+
+
+def test_decompose_is_the_committed_capture_decomposed():
+    from nnsight_persona.analysis import decompose
+
+    committed = _committed("decompose-toy.nc")
+    fresh = decompose(_committed("capture-toy.nc"))
+    for name in ("cos_xy_sum", "cos_x_y", "inter_over_xy"):
+        np.testing.assert_allclose(fresh[name].values, committed[name].values, rtol=1e-5, atol=1e-6)
+
+
+def test_markers_recompute_to_the_committed_texts(toy):
+    from nnsight_persona.experiments import markers
+
+    committed = _committed("markers-toy.nc")
+    cell = _first_cell(committed)
+    ds = markers.run(toy, _grid(committed), _spec(markers.MarkersSpec, committed, cells=(cell,)), progress=False)
+    assert ds.text.isel(model=0).values.tolist() == committed.text.isel(model=0).sel(cell=[cell]).values.tolist()
+
+
+def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
+    from nnsight_persona.experiments import inject, knockout
+
+    for name, module, cls in (("inject-toy-long.nc", inject, inject.InjectSpec),
+                              ("knockout-toy-long.nc", knockout, knockout.KnockoutSpec)):
+        committed = _committed(name)
+        cell = _first_cell(committed)
+        ds = module.run(toy, _grid(committed), _spec(cls, committed, cells=(cell,)), progress=False)
+        for variable in ("kl", "kl_site"):
+            if variable in committed:
+                np.testing.assert_allclose(ds[variable].isel(model=0).values,
+                                           committed[variable].isel(model=0).sel(cell=[cell]).values,
+                                           rtol=1e-3, atol=1e-4, err_msg=f"{name}: {variable}")
