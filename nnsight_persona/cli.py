@@ -365,6 +365,9 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress):
             spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(loaded.n_layers)),
                                              cells=cells, batch_size=batch_size)
             keep(knockout_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"knockout-{grid_name}")
+    from .manifest import write_manifest
+
+    click.echo(f"wrote {write_manifest(out_dir)}")
 
 
 RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "plot")

@@ -184,6 +184,22 @@ def test_quick_heldout_evaluation_meets_thresholds(shipped, one_thread):
     assert not score(examples, ["the sky is grey."] * len(examples))["passed"]
 
 
+def test_the_toy_recalls_names_and_does_not_copy_novel_ones(shipped, one_thread):
+    """docs/toy-model.md says the toy recalls trained names and copies no novel one: keep it true."""
+    from nnsight_persona.toy.evaluate import NOVEL_SLOTS, generate, novel_examples
+
+    model, tokenizer = shipped
+    corpus_text = " ".join(e.user + " " + e.answer for e in generate_corpus(400, seed=0)).lower()
+    for slot, values in NOVEL_SLOTS.items():
+        assert not [v for v in values if f" {v}" in corpus_text], slot
+    examples = novel_examples(("name",), n=12)
+    assert all(e.slots["name"] in NOVEL_SLOTS["name"] and e.slots["name"] in e.user for e in examples)
+    answers = generate(model, tokenizer, [e.user for e in examples])
+    copied = sum(contains_marker(a, [e.slots["name"]]) for e, a in zip(examples, answers))
+    recalled = sum(any(contains_marker(a, [n]) for n in C.NAMES) for a in answers)
+    assert copied <= 1 and recalled >= 10, (copied, recalled, answers[:3])
+
+
 # --- trainer and CLI -----------------------------------------------------------
 def test_trainer_smoke_writes_a_loadable_folder(tmp_path, one_thread):
     from click.testing import CliRunner

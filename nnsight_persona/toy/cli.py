@@ -52,14 +52,16 @@ def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, l
               help="Also write the metrics (and generated samples) to this JSON file.")
 @click.option("--check", is_flag=True, help="Exit with status 1 when a threshold is missed.")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
+@click.option("--novel", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also measure copying of names, cities and items absent from the corpus, on N prompts per case.")
 def evaluate(model_dir: Path, n: int, seed: int, batch_size: int, json_path: Path | None, check: bool,
-             threads: int) -> None:
+             threads: int, novel: int) -> None:
     """Greedy-generate on held-out prompts and print marker / leak / copy metrics."""
     from .evaluate import THRESHOLDS
     from .evaluate import evaluate as run_eval
 
     metrics = run_eval(model_dir, n=n, seed=seed, batch_size=batch_size, return_samples=json_path is not None,
-                       threads=threads)
+                       threads=threads, novel=novel)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         if key == "samples":

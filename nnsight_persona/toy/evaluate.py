@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..scoring import contains_marker
@@ -81,14 +82,72 @@ def score(examples: list[Example], answers: list[str]) -> dict:
     return metrics
 
 
+# Slot values that never occur in the training corpus (toy/content.py): whether the model COPIES a
+# value from the persona text, rather than recalls one of the names it was trained on.
+NOVEL_SLOTS = {
+    "name": ["anouk", "bjorn", "chidi", "dagny", "emeka", "farida", "goran", "hilde", "ilkay", "jurgen"],
+    "city": ["tromso", "arequipa", "gdansk", "mombasa", "tartu", "ghent", "oaxaca", "sapporo", "izmir", "bilbao"],
+    "item": ["abacus", "trowel", "ukulele", "kazoo", "ladle", "barometer", "quill", "sextant", "bellows", "hourglass"],
+}
+
+
+def novel_examples(novel: tuple[str, ...], n: int = 60, seed: int = 2) -> list[Example]:
+    """Long-persona prompts whose `novel` slots (a subset of name, city, item) hold values absent
+    from the corpus; the other slots are drawn from the training lists."""
+    import random
+
+    from . import content as C
+    from .corpus import make_long
+
+    known = {"name": C.NAMES, "city": C.CITIES, "item": C.ITEMS}
+    corpus_words = set(re.findall(r"[a-z]+", " ".join(_strings(vars(C)))))
+    for slot in novel:
+        clash = set(NOVEL_SLOTS[slot]) & corpus_words
+        if clash:
+            raise ValueError(f"novel {slot} values {sorted(clash)} occur in the toy's corpus text")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        values = {s: rng.choice(NOVEL_SLOTS[s] if s in novel else known[s]) for s in ("name", "city", "item")}
+        out.append(make_long(rng, rng.choice(list(C.PROFESSIONS)), rng.choice(list(C.TASKS)), values["name"],
+                             values["city"], values["item"], rng.randrange(len(C.LONG_TEMPLATES))))
+    return out
+
+
+def novel_copy_rates(model, tokenizer, n: int = 60, batch_size: int = 48) -> dict:
+    """Copy rate of each slot when its value is novel (one slot novel at a time), and of all three
+    together when all are novel; plus the persona-marker rate of those answers."""
+    rates = {}
+    for novel in (("name",), ("city",), ("item",), ("name", "city", "item")):
+        examples = novel_examples(novel, n)
+        answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)
+        key = "+".join(novel)
+        rates[f"novel_{key}_copied"] = _rate([all(contains_marker(a, [e.slots[s]]) for s in novel)
+                                              for e, a in zip(examples, answers)])
+        rates[f"novel_{key}_marker_rate"] = _rate([contains_marker(a, e.markers) for e, a in zip(examples, answers)])
+    return rates
+
+
+def _strings(value) -> list[str]:
+    """Every string inside nested dicts, lists and tuples (the corpus content module's constants)."""
+    if isinstance(value, str):
+        return [value.lower()]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if not str(k).startswith("__") for s in _strings(k) + _strings(v)]
+    if isinstance(value, (list, tuple, set)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def passes(metrics: dict) -> bool:
     ok = {">=": lambda a, b: a >= b, "<": lambda a, b: a < b}
     return all(ok[op](metrics[k], v) for k, (op, v) in THRESHOLDS.items())
 
 
 def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, batch_size: int = 48,
-             return_samples: bool = False, threads: int = 2) -> dict:
-    """Generate on ``n`` held-out prompts and return the metrics dict."""
+             return_samples: bool = False, threads: int = 2, novel: int = 0) -> dict:
+    """Generate on ``n`` held-out prompts and return the metrics dict; with `novel` > 0, also the
+    copy rates of slot values absent from the corpus on that many prompts per case."""
     import torch
 
     torch.set_num_threads(threads)
@@ -96,6 +155,8 @@ def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, b
     examples = heldout_examples(n, seed=seed)
     answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)
     metrics = score(examples, answers)
+    if novel:
+        metrics.update(novel_copy_rates(model, tokenizer, novel, batch_size))
     if return_samples:
         metrics["samples"] = [
             {"kind": e.kind, "user": e.user, "answer": a} for e, a in zip(examples, answers)
