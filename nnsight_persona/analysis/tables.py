@@ -85,14 +85,14 @@ def markers_table(path: str) -> str:
     return markdown(["condition", "cells with markers"], rows)
 
 
-def inject_table(path: str) -> str:
-    """Median summed KL to the target per layer set and condition, and the oracle's gap closed."""
+def inject_table(path: str, variable: str = "kl") -> str:
+    """Median summed KL to the target (or `gap_closed`) per layer set and condition."""
     ds = _one_model(load_dataset(path))
     conditions = [str(c) for c in ds.condition.values]
     rows = []
     for layer_set in ds.layer_set.values:
         site = ds.sel(layer_set=layer_set)
-        rows.append([str(layer_set), *[float(np.nanmedian(site.kl.sel(condition=c).values)) for c in conditions]])
+        rows.append([str(layer_set), *[float(np.nanmedian(site[variable].sel(condition=c).values)) for c in conditions]])
     return markdown(["layer set", *conditions], rows)
 
 
@@ -103,6 +103,15 @@ def inject_sites_table(path: str, condition: str = "oracle") -> str:
     rows = [[int(L), *[float(np.nanmedian(ds.kl_site.sel(site_layer=L, site_position=p, site_condition=condition).values))
                        for p in positions]] for L in ds.site_layer.values]
     return markdown(["layer", *positions], rows)
+
+
+def prompt_lengths_table(path: str) -> str:
+    """Token lengths of the target, host and length-matched host prompts (min, median, max)."""
+    ds = _one_model(load_dataset(path))
+    lengths = ds.prompt_length
+    return markdown(["prompt", "min", "median", "max"],
+                    [[str(p), int(lengths.sel(prompt=p).min()), float(lengths.sel(prompt=p).median()), int(lengths.sel(prompt=p).max())]
+                     for p in ds.prompt.values])
 
 
 def inject_norms_table(path: str) -> str:
@@ -145,6 +154,7 @@ GENERATORS = {
     "inject": inject_table,
     "inject-sites": inject_sites_table,
     "inject-norms": inject_norms_table,
+    "prompt-lengths": prompt_lengths_table,
     "knockout": knockout_table,
     "compare": compare_table,
 }
