@@ -120,3 +120,19 @@ def test_a_file_made_with_the_old_p_user_last_is_refused():
     with pytest.raises(SelectionError, match="before p_user_last took the paper's definition"):
         compare(ds)
     assert compare(ds.drop_sel(position="p_user_last"))
+
+
+def test_controls_figure_draws_every_control_per_position():
+    from nnsight_persona.plots import figures_for, plot_controls
+
+    kl = np.random.default_rng(2).lognormal(size=(2, 3, 2, 6))
+    ds = substitute_ds(kl, [2, 4], ["p_user_last", "p_last", "g1"], ["a", "b"])
+    fig = plot_controls(ds)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["p_user_last", "p_last", "g1"]
+    for ax, position in zip(panels, ["p_user_last", "p_last", "g1"]):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {"additive", "persona_only", "task_only", "baseline", "random"}
+        median = np.median(kl[:, ["p_user_last", "p_last", "g1"].index(position), :, 3], axis=-1)
+        np.testing.assert_allclose(lines["persona_only"].get_ydata(), median)
+    assert "controls" in figures_for(ds)

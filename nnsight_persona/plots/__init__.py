@@ -96,6 +96,7 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, pdf: bool = False)
 
 
 # Imported here, after the helpers above that the figure modules use.
+from .controls import plot_controls  # noqa: E402
 from .decomposition import plot_decomposition  # noqa: E402
 from .inject import plot_gap_closed  # noqa: E402
 from .kl_by_layer import plot_kl_by_layer  # noqa: E402
@@ -103,7 +104,7 @@ from .knockout import plot_knockout_by_band  # noqa: E402
 from .markers import plot_markers  # noqa: E402
 
 FIGURES = {
-    "substitute": {"kl_by_layer": plot_kl_by_layer},
+    "substitute": {"kl_by_layer": plot_kl_by_layer, "controls": plot_controls},
     "decompose": {"decomposition": plot_decomposition},
     "markers": {"markers": plot_markers},
     "inject": {"gap_closed": plot_gap_closed},
@@ -126,5 +127,5 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
 
 
 __all__ = [
-    "FIGURES", "figures_for", "save_figure", "plot_decomposition", "plot_kl_by_layer", "plot_markers",
+    "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_kl_by_layer", "plot_markers",
 ]
