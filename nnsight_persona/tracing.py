@@ -257,22 +257,10 @@ def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, 
                 bar.update()
 
 
-@retried
-def prefix_cache(loaded, batch: Batch, prefix: int, cache=None, start: int = 0):
-    """The KV cache of the first `prefix` columns of a left-padded batch. Given the `cache` of its
-    first `start` columns, only the columns in between are run (and that cache object is extended)."""
-    extra = {} if cache is None else {"past_key_values": cache}
-    with loaded.lm.trace(
-        input_ids=batch.input_ids[:, start:prefix], attention_mask=batch.attention_mask[:, :prefix],
-        position_ids=batch.position_ids[:, start:prefix], use_cache=True, **extra,
-    ):
-        cache = loaded.lm.output.past_key_values.save()
-    return cache
-
-
 def select_rows(cache, rows: list[int]):
     """A cache holding the given batch rows (repeats allowed), for a suffix batch. Only the
-    selected rows are copied (a deep copy of the whole cache first would double its memory)."""
+    selected rows are copied (a deep copy of the whole cache first would double its memory); the
+    cache passed in is left as it was."""
     import copy
 
     index = torch.tensor(rows, dtype=torch.long)
@@ -281,6 +269,70 @@ def select_rows(cache, rows: list[int]):
     for layer in picked.layers:
         layer.batch_select_indices(index)  # rebinds this copy's keys/values to indexed tensors
     return picked
+
+
+def clean_pass(loaded, batch: Batch, layers: list[int], prefixes: list[int]):
+    """The unedited batch run once, in pieces split at `prefixes`: the KV cache of each prefix
+    ({prefix: cache}, each its own copy) and the clean residuals at `layers` for the columns from
+    the first prefix on, as a tensor [len(layers), rows, cols, hidden]. The pieces together cost
+    one pass over the batch. (Caches are cut by running, not by slicing a whole-sequence cache:
+    a sliding-window layer keeps only its last keys, so a slice would be wrong there.)"""
+    prefixes = sorted(set(prefixes))
+    width = batch.input_ids.shape[1]
+    every_row = list(range(batch.input_ids.shape[0]))
+    caches, parts, cache, start = {}, [], None, 0
+    for end in prefixes + ([width] if prefixes[-1] < width else []):
+        cache, resid = _extend(loaded, batch, start, end, cache, layers if start >= prefixes[0] else [])
+        if resid is not None:
+            parts.append(resid)
+        if end in prefixes:
+            caches[end] = select_rows(cache, every_row)
+        start = end
+    return caches, torch.cat(parts, dim=2)
+
+
+@retried
+def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int]):
+    """Run columns [start, end) on `cache` (that of the first `start` columns, extended in place);
+    the residuals at `layers` for these columns, or None."""
+    blocks = loaded.layers()
+    extra = {} if cache is None else {"past_key_values": cache}
+    with loaded.lm.trace(
+        input_ids=batch.input_ids[:, start:end], attention_mask=batch.attention_mask[:, :end],
+        position_ids=batch.position_ids[:, start:end], use_cache=True, **extra,
+    ):
+        picked = list().save()
+        for layer in layers:
+            picked.append(residual_site(blocks, layer).clone())
+        cache = loaded.lm.output.past_key_values.save()
+    return cache, (torch.stack([h.cpu() for h in picked]) if layers else None)
+
+
+@retried
+def window_kl_from_layer(
+    loaded, batch: Batch, layer: int, residual: torch.Tensor, window_cols: torch.Tensor,
+    reference_rows: torch.Tensor, past_key_values,
+) -> torch.Tensor:
+    """window_kl for a batch whose rows all start from the residual at `layer`: the decoder blocks
+    below `layer` are not run at all (an edit at layer L changes nothing below it), and
+    `residual` [rows, cols, hidden] (the clean residual of these columns, with each row's patch
+    written in) is what block `layer` reads. Blocks `layer` and up attend to `past_key_values`."""
+    if layer < 1:
+        raise ValueError("window_kl_from_layer starts above the embeddings (layer >= 1); write layer 0 with window_kl")
+    blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
+    rows = torch.arange(batch.input_ids.shape[0])[:, None]
+    device = next(loaded.lm._module.parameters()).device  # a local path: the weights are here
+    value = residual.to(device, loaded.torch_dtype)
+    with loaded.lm.trace(**batch.inputs(), past_key_values=past_key_values, remote=loaded.remote):
+        # Only the last skipped block's output is read (by block `layer`); the others' are unused.
+        for below in range(layer):
+            blocks[below].skip(value)
+        logits = lm_head.output
+        logp = logits[rows, window_cols].float().log_softmax(-1)
+        ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
+        kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
+    return kl
 
 
 def suffix_batch(batch: Batch, rows: list[int], prefix: int) -> Batch:

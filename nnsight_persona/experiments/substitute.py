@@ -28,7 +28,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import kl_in_sessions, prefix_cache, select_rows, suffix_batch, window_kl
+from ..tracing import clean_pass, kl_in_sessions, select_rows, suffix_batch, window_kl, window_kl_from_layer
 from ..vectors import random_direction, site_residuals, stacked, vector
 from . import capture as capture_exp
 
@@ -47,6 +47,7 @@ class SubstituteSpec:
     batch_size: int = 32
     seed: int = 0
     prefix_cache: bool = True  # reuse each prefix's KV cache (local runs)
+    skip_layers: bool = True  # with the prefix cache: run only the blocks at and above each patch's layer
     batches_per_request: int = 8  # whole-sequence batches sent together in one session (remote runs)
 
     def to_dict(self) -> dict:
@@ -185,13 +186,20 @@ def _whole_job(ctx: _Sweep, chunk) -> tuple:
 
 
 def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
-    """Run each prefix once, then only the positions from the probe on, for every patch.
+    """Run each chunk of cells once, clean; then, for every patch, only what the patch can change.
+
+    A patch at (layer L, probe column p) changes nothing before column p, at any layer, and nothing
+    below layer L, at any column. So one clean pass per chunk of cells yields the KV cache of every
+    prefix and the clean residuals of every later column; each patched row then feeds only the
+    columns from its probe on (the prefix comes from the cache) and, with `skip_layers`, runs only
+    blocks L and up: the blocks below are skipped and block L reads the clean residual with the
+    patch written in. Rows of one batch share the probe column, the window offset and the layer.
 
     Cells are left-padded together, so every sequence ends in the same column and a probe at the
     same distance from the end (the same position name, in practice) sits in the same column for
-    all cells: one prefix pass serves all of them. Rows then feed only the suffix, with the prefix's
-    KV cache selected per row; the probe is the suffix's first column."""
+    all cells; the probe is the suffix's first column."""
     n_eval, loaded = ctx.spec.n_eval, ctx.loaded
+    sweep_layers = sorted(set(ctx.layers))
     work = []
     order = ctx.cells_by_length(n_cells)
     for rng in chunked(n_cells, ctx.spec.batch_size):
@@ -203,21 +211,20 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             for pi in range(len(ctx.positions)):
                 key = (int(batch.pad[local]) + ctx.probe[(ci, pi)], ctx.start[(ci, pi)] - ctx.probe[(ci, pi)])
                 groups.setdefault(key, []).append((ci, pi))
+        prefixes = sorted({prefix for prefix, _ in groups})
         for (prefix, offset), members in sorted(groups.items()):
             patches = [p for ci, pi in members for p in ctx.patches([ci], [pi])]
-            if patches:
-                work.append((batch, list(cell_chunk), prefix, offset, patches))
+            by_layer = {li: [p for p in patches if p[1] == li] for li in range(len(ctx.layers))} if ctx.spec.skip_layers else {None: patches}
+            for li, same in by_layer.items():
+                if same:
+                    work.append((batch, list(cell_chunk), prefixes, prefix, offset, li, same))
     total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
     bar = tqdm(total=total, desc="substitute", disable=not progress)
-    cache, cached_batch, cached_prefix = None, None, 0
-    for batch, cell_chunk, prefix, offset, patches in work:
-        # Prefixes of one cell chunk come in ascending order: extend the cache instead of
-        # recomputing it (the copies handed to suffix batches are unaffected).
-        if cached_batch is not batch:
-            cache, cached_batch, cached_prefix = None, batch, 0
-        if cache is None or prefix > cached_prefix:
-            cache = prefix_cache(loaded, batch, prefix, cache, cached_prefix)
-        cached_prefix = prefix
+    cached_batch = None
+    for batch, cell_chunk, prefixes, prefix, offset, li, patches in work:
+        if cached_batch is not batch:  # one clean pass per chunk of cells
+            caches, clean = clean_pass(loaded, batch, sweep_layers, prefixes)
+            cached_batch = batch
         for rng in chunked(len(patches), ctx.spec.batch_size):
             chunk = [patches[k] for k in rng]
             cell_ids = sorted({p[0] for p in chunk})
@@ -228,9 +235,17 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             # prompt); a clean row is read at the columns of the patched rows it is compared with.
             windows = (offset + torch.arange(n_eval)).repeat(len(rows), 1)
             refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(p[0]) for p in chunk])
-            got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=select_rows(cache, rows))
-            for (ci, li, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
-                ctx.kl[li, pi, ci, ki] = value
+            past = select_rows(caches[prefix], rows)
+            layer = ctx.layers[li] if li is not None else 0
+            if layer >= 1:
+                residual = clean[sweep_layers.index(layer), rows, prefix - prefixes[0]:].clone()
+                for w in writes:
+                    residual[w.row, 0] = w.value.to(residual.dtype)
+                got = window_kl_from_layer(loaded, suffix, layer, residual, windows, refs, past)
+            else:  # the embeddings (layer 0), or every layer run (skip_layers off)
+                got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=past)
+            for (ci, li_, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
+                ctx.kl[li_, pi, ci, ki] = value
             ctx.checkpoint()
             bar.update()
     bar.close()
