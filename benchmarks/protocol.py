@@ -8,7 +8,12 @@
 - ``reference_shared_capture``: a stronger plain loop that reads every layer and position of a
   condition in one pass (4 capture passes per cell), then one patched pass per (position, layer).
 Each returns the summed KL array [layer, position, cell] of the additive substitution and counts of
-forward passes and token-forwards (rows x width of every pass).
+forward passes, token-forwards (rows x width of every pass) and token-layer-forwards (rows x width
+of every decoder block that ran; a block ours skips below a patch's layer does not count).
+
+`layers`: "paper" (the fractional grid) or "all" (0 .. n_layers - 1: the embeddings and every
+block's input; the reference patches with a pre-hook on block L, so the last block's output, which
+no block reads, is left out).
 """
 
 from __future__ import annotations
@@ -37,43 +42,69 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def run_ours(model_dir: str, grid_name: str, batch_size: int):
+class BlockCounter:
+    """Token positions each decoder block processes, summed over blocks (its MLP's input: a block
+    skipped through nnsight returns its replacement without running its MLP)."""
+
+    def __init__(self, model):
+        self.token_layers = 0
+        self.handles = [block.mlp.register_forward_hook(self._count) for block in model.model.layers]
+
+    def _count(self, module, args, output):
+        self.token_layers += int(args[0].shape[0] * args[0].shape[1])
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def sweep_layers(n_layers: int, layers: str) -> list[int]:
+    from nnsight_persona.selection import paper_layers
+
+    if layers == "paper":
+        return paper_layers(n_layers)
+    if layers == "all":
+        return list(range(n_layers))
+    raise ValueError(f"layers must be 'paper' or 'all', not {layers!r}")
+
+
+def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "paper", skip_layers: bool = True):
     from nnsight_persona.analysis.decompose import decompose
     from nnsight_persona.experiments import capture, substitute
     from nnsight_persona.grids import load_grid
     from nnsight_persona.models import load_model
-    from nnsight_persona.selection import paper_layers
 
     loaded = load_model(model_dir, dtype="float32")
     grid = load_grid(grid_name)
-    layers = tuple(paper_layers(loaded.n_layers))
-    counter = ForwardCounter(loaded.lm._module)
+    layers = tuple(sweep_layers(loaded.n_layers, layers))
+    counter, blocks = ForwardCounter(loaded.lm._module), BlockCounter(loaded.lm._module)
     cap = capture.run(loaded, grid, capture.CaptureSpec(grid=grid_name, layers=layers, batch_size=batch_size), progress=False)
     decompose(cap)
-    spec = substitute.SubstituteSpec(grid=grid_name, layers=layers, conditions=(CONDITION,), batch_size=batch_size)
+    spec = substitute.SubstituteSpec(grid=grid_name, layers=layers, conditions=(CONDITION,), batch_size=batch_size,
+                                     skip_layers=skip_layers)
     ds = substitute.run(loaded, grid, spec, capture_ds=cap, progress=False)
     counter.close()
+    blocks.close()
     kl = torch.from_numpy(ds.kl.isel(model=0).sel(condition=CONDITION).values)
-    return kl, counter.passes, counter.tokens
+    return kl, counter.passes, counter.tokens, blocks.token_layers
 
 
 @torch.no_grad()
-def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
+def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False, layers: str = "paper"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nnsight_persona.grids import CONDITIONS, load_grid
     from nnsight_persona.prompts import POSITIONS, render_prompt
-    from nnsight_persona.selection import paper_layers
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # where ours goes too (load_model's 'auto')
     ids = lambda seq: torch.tensor([seq], device=model.device)
     grid = load_grid(grid_name)
-    layers = paper_layers(model.config.num_hidden_layers)
+    layers = sweep_layers(model.config.num_hidden_layers, layers)
     blocks = model.model.layers
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    counter = ForwardCounter(model)
+    counter, block_counter = ForwardCounter(model), BlockCounter(model)
     kl = torch.zeros(len(layers), len(POSITIONS), len(grid.cells), dtype=torch.float64)
     for ci, cell in enumerate(grid.cells):
         prompts = {c: render_prompt(tok, grid.user_text(cell, c), grid.persona_text(cell, c)) for c in CONDITIONS}
@@ -108,10 +139,12 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False):
                     logp = model(ids(seq)).logits[0].float().log_softmax(-1)
                 finally:
                     handle.remove()
-                ref = clean_logp[probe : probe + 10]
-                kl[li, pi, ci] = float((ref.exp() * (ref - logp[probe : probe + 10])).sum())
+                start = max(probe, len(xy) - 1)  # the paper scores probes in the prompt from p_last on
+                ref = clean_logp[start : start + 10]
+                kl[li, pi, ci] = float((ref.exp() * (ref - logp[start : start + 10])).sum())
     counter.close()
-    return kl, counter.passes, counter.tokens
+    block_counter.close()
+    return kl, counter.passes, counter.tokens, block_counter.token_layers
 
 
 def _read_one(model, ids, layer, pos):
@@ -129,23 +162,29 @@ def _read_one(model, ids, layer, pos):
     return seen["h"]
 
 
-def necessary_token_forwards(model_dir: str, grid_name: str) -> int:
-    """The floor of the substitution sweep: every patch recomputes only the positions from its
-    probe to the end of the evaluation window (the prefix KV cache computed once per prompt)."""
+def necessary_work(model_dir: str, grid_name: str, layers: str = "paper") -> dict:
+    """The floor of the substitution sweep, two ways. Token-forwards: every patch recomputes only
+    the positions from its probe to the end of the evaluation window (each prompt's prefix KV cache
+    computed once), plus one clean pass per cell. Token-layer-forwards: the same, with each patch's
+    suffix run only through the blocks at and above its layer (a patch at layer L changes nothing
+    below L), and the clean pass through every block."""
     from transformers import AutoConfig, AutoTokenizer
 
     from nnsight_persona.grids import load_grid
     from nnsight_persona.prompts import POSITIONS, render_prompt
-    from nnsight_persona.selection import paper_layers
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     n_layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
     grid = load_grid(grid_name)
-    total = 0
+    chosen = sweep_layers(n_layers, layers)
+    tokens = token_layers = 0
     for cell in grid.cells:
         p = render_prompt(tok, grid.user_text(cell, "XY"), grid.persona_text(cell, "XY"))
         end = len(p.ids) + 11  # the teacher-forced sequence: prompt + 11 continuation tokens
-        total += len(p.ids) + 11  # the clean pass, once
+        tokens += end  # the clean pass, once
+        token_layers += end * n_layers
         for pos in POSITIONS:
-            total += len(paper_layers(n_layers)) * (end - p.position(pos))
-    return total
+            suffix = end - p.position(pos)
+            tokens += len(chosen) * suffix
+            token_layers += sum(suffix * (n_layers - L) for L in chosen)
+    return {"token_forwards": tokens, "token_layer_forwards": token_layers}

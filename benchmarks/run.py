@@ -49,7 +49,10 @@ def machine() -> dict:
     }
 
 
-def one(method: str, model: str, grid: str, batch_size: int, out: str) -> dict:
+METHODS = ("ours", "reference", "reference_shared_capture", "ours_unbatched", "ours_every_block")
+
+
+def one(method: str, model: str, grid: str, batch_size: int, out: str, layers: str = "paper") -> dict:
     """Run one method in this process; write its KL array to `out`; return timings."""
     import torch
 
@@ -59,13 +62,16 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str) -> dict:
     model_dir = resolve(model)
     start = time.perf_counter()
     if method.startswith("reference"):
-        kl, passes, tokens = protocol.run_reference(model_dir, grid, shared_capture=method == "reference_shared_capture")
+        kl, passes, tokens, token_layers = protocol.run_reference(
+            model_dir, grid, shared_capture=method == "reference_shared_capture", layers=layers)
     else:
-        kl, passes, tokens = protocol.run_ours(model_dir, grid, batch_size if method == "ours" else 1)
+        kl, passes, tokens, token_layers = protocol.run_ours(
+            model_dir, grid, 1 if method == "ours_unbatched" else batch_size, layers, skip_layers=method != "ours_every_block")
     wall = time.perf_counter() - start
     torch.save(kl, out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"method": method, "wall_s": wall, "forward_passes": passes, "token_forwards": tokens, "peak_rss_mib": peak}
+    return {"method": method, "wall_s": wall, "forward_passes": passes, "token_forwards": tokens,
+            "token_layer_forwards": token_layers, "peak_rss_mib": peak}
 
 
 def _subprocess(args: list[str]) -> dict:
@@ -73,17 +79,19 @@ def _subprocess(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def protocol_bench(model: str, grid: str, batch_size: int, repeats: int) -> dict:
+def protocol_bench(model: str, grid: str, batch_size: int, repeats: int, layers: str = "paper",
+                   methods: tuple[str, ...] = METHODS) -> dict:
     import torch
 
     from benchmarks.models import resolve
-    from benchmarks.protocol import necessary_token_forwards
+    from benchmarks.protocol import necessary_work
 
     tmp = Path(tempfile.mkdtemp())
-    runs = {m: [] for m in ("ours", "reference", "reference_shared_capture", "ours_unbatched")}
+    runs = {m: [] for m in methods}
     for r in range(repeats):
         for method in runs:
-            runs[method].append(_subprocess(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt")]))
+            runs[method].append(_subprocess(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt"),
+                                             "--layers", layers]))
     kl = {m: torch.load(tmp / f"{m}.pt") for m in runs}
     agree = {m: float((kl[m] - kl["reference"]).abs().max()) for m in runs if m != "reference"}
     summary = {
@@ -92,20 +100,23 @@ def protocol_bench(model: str, grid: str, batch_size: int, repeats: int) -> dict
             "wall_s_all": [r["wall_s"] for r in rs],
             "forward_passes": rs[0]["forward_passes"],
             "token_forwards": rs[0]["token_forwards"],
+            "token_layer_forwards": rs[0]["token_layer_forwards"],
             "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in rs),
         }
         for m, rs in runs.items()
     }
-    floor = necessary_token_forwards(resolve(model), grid)
+    floor = necessary_work(resolve(model), grid, layers)
+    ours = summary["ours"]["wall_s_median"]
     return {
-        "benchmark": "protocol", "model": model, "grid": grid, "batch_size": batch_size, "repeats": repeats,
-        "machine": machine(), "methods": summary,
+        "benchmark": "protocol", "model": model, "grid": grid, "layers": layers, "batch_size": batch_size,
+        "repeats": repeats, "machine": machine(), "methods": summary,
         "max_abs_kl_difference_vs_reference": agree,
-        "speedup_vs_reference": summary["reference"]["wall_s_median"] / summary["ours"]["wall_s_median"],
-        "speedup_vs_reference_shared_capture": summary["reference_shared_capture"]["wall_s_median"] / summary["ours"]["wall_s_median"],
-        "speedup_vs_unbatched": summary["ours_unbatched"]["wall_s_median"] / summary["ours"]["wall_s_median"],
-        "necessary_token_forwards": floor,
-        "token_forwards_over_floor": {m: s["token_forwards"] / floor for m, s in summary.items()},
+        "speedup": {m: s["wall_s_median"] / ours for m, s in summary.items() if m != "ours"},
+        "necessary_token_forwards": floor["token_forwards"],
+        "necessary_token_layer_forwards": floor["token_layer_forwards"],
+        "token_forwards_over_floor": {m: s["token_forwards"] / floor["token_forwards"] for m, s in summary.items()},
+        "token_layer_forwards_over_floor": {m: s["token_layer_forwards"] / floor["token_layer_forwards"]
+                                            for m, s in summary.items()},
     }
 
 
@@ -117,12 +128,15 @@ def main(argv=None):
     p.add_argument("--grid", default="xu2026-short")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--layers", choices=["paper", "all"], default="paper")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     o = sub.add_parser("one")
-    o.add_argument("method", choices=["ours", "reference", "reference_shared_capture", "ours_unbatched"])
+    o.add_argument("method", choices=list(METHODS))
     o.add_argument("model")
     o.add_argument("grid")
     o.add_argument("batch_size", type=int)
     o.add_argument("out")
+    o.add_argument("--layers", choices=["paper", "all"], default="paper")
     h = sub.add_parser("overhead")
     h.add_argument("--model", default="random100m")
     h.add_argument("--grid", default="xu2026-short")
@@ -147,7 +161,7 @@ def main(argv=None):
     name = args.command  # the results file: benchmarks/results/<name>-<model>.json
 
     if args.command == "one":
-        print(json.dumps(one(args.method, args.model, args.grid, args.batch_size, args.out)))
+        print(json.dumps(one(args.method, args.model, args.grid, args.batch_size, args.out, args.layers)))
         return
     if args.command == "one-scaling":
         from benchmarks.scaling import one_scaling
@@ -155,7 +169,12 @@ def main(argv=None):
         print(json.dumps(one_scaling(args.model, args.grid, args.layers, args.batch_size, args.probe)))
         return
     if args.command == "protocol":
-        result = protocol_bench(args.model, args.grid, args.batch_size, args.repeats)
+        methods = tuple(args.methods.split(","))
+        if "ours" not in methods or "reference" not in methods:
+            parser.error("--methods must include ours and reference (the ratios are against them)")
+        result = protocol_bench(args.model, args.grid, args.batch_size, args.repeats, args.layers, methods)
+        if args.layers != "paper":
+            name = f"protocol-{args.layers}"
     elif args.command == "overhead":
         from benchmarks.overhead import overhead_bench
 

@@ -13,6 +13,7 @@ METHOD_NAMES = {
     "reference": "reference (one pass per patch)",
     "reference_shared_capture": "reference, shared capture",
     "ours_unbatched": "ours, batch size 1",
+    "ours_every_block": "ours, every block run",
 }
 
 
@@ -25,27 +26,29 @@ def _mib(value: float) -> str:
 
 
 def protocol_table(*paths: str) -> str:
-    """Wall time, passes, token-forwards, peak memory and KL agreement of each method, per model,
-    and the ratios measured in the same run."""
+    """Wall time, passes, token-forwards and token-layer-forwards (each against its floor), peak
+    memory and KL agreement of each method, per model, and the time ratios measured in one run."""
     rows = []
     for path in paths:
         d = _load(path)
-        floor = d.get("necessary_token_forwards")
+        floor, layer_floor = d.get("necessary_token_forwards"), d.get("necessary_token_layer_forwards")
+        speed = d["methods"]["ours"]["wall_s_median"]
         for key, name in METHOD_NAMES.items():
             m = d["methods"].get(key)
             if m is None:
                 continue
             diff = d["max_abs_kl_difference_vs_reference"].get(key)
-            speed = d["methods"]["ours"]["wall_s_median"]
+            layer_work = m.get("token_layer_forwards")
             rows.append([
-                d["model"] if key == "ours" else "", name, f"{m['wall_s_median']:.1f} s",
-                "1.0x" if key == "ours" else f"{m['wall_s_median'] / speed:.1f}x",
-                f"{m['forward_passes']:,}", f"{m['token_forwards']:,}",
-                f"{m['token_forwards'] / floor:.2f}x" if floor else "n/a",
+                f"{d['model']} ({d.get('layers', 'paper')} layers)" if key == "ours" else "", name,
+                f"{m['wall_s_median']:.1f} s", "1.0x" if key == "ours" else f"{m['wall_s_median'] / speed:.1f}x",
+                f"{m['forward_passes']:,}", f"{m['token_forwards']:,} ({m['token_forwards'] / floor:.2f}x)",
+                f"{layer_work:,} ({layer_work / layer_floor:.2f}x)" if layer_work and layer_floor else "not measured",
                 _mib(m["peak_rss_mib_median"]), "(itself)" if key == "reference" else f"{diff:.1e}",
             ])
-    return markdown(["model", "method", "wall time", "time / ours", "forward passes", "token-forwards",
-                     "token-forwards / floor", "peak RSS", "max \\|KL - reference\\|"], rows)
+    return markdown(["model", "method", "wall time", "time / ours", "forward passes",
+                     "token-forwards (/ floor)", "token-layer-forwards (/ floor)", "peak RSS",
+                     "max \\|KL - reference\\|"], rows)
 
 
 def overhead_table(path: str) -> str:

@@ -273,29 +273,33 @@ def select_rows(cache, rows: list[int]):
 
 def clean_pass(loaded, batch: Batch, layers: list[int], prefixes: list[int]):
     """The unedited batch run once, in pieces split at `prefixes`: the KV cache of each prefix
-    ({prefix: cache}, each its own copy) and the clean residuals at `layers` for the columns from
-    the first prefix on, as a tensor [len(layers), rows, cols, hidden]. The pieces together cost
+    ({prefix: cache}, each its own copy), the clean residuals at `layers` for the columns from the
+    first prefix on ([len(layers), rows, cols, hidden], model dtype) and the clean next-token
+    log-probabilities of those columns ([rows, cols, vocab], float32). The pieces together cost
     one pass over the batch. (Caches are cut by running, not by slicing a whole-sequence cache:
     a sliding-window layer keeps only its last keys, so a slice would be wrong there.)"""
     prefixes = sorted(set(prefixes))
     width = batch.input_ids.shape[1]
     every_row = list(range(batch.input_ids.shape[0]))
-    caches, parts, cache, start = {}, [], None, 0
+    caches, resid, logp, cache, start = {}, [], [], None, 0
     for end in prefixes + ([width] if prefixes[-1] < width else []):
-        cache, resid = _extend(loaded, batch, start, end, cache, layers if start >= prefixes[0] else [])
-        if resid is not None:
-            parts.append(resid)
+        read = start >= prefixes[0]
+        cache, r, lp = _extend(loaded, batch, start, end, cache, layers if read else [], read)
+        if read:
+            resid.append(r)
+            logp.append(lp)
         if end in prefixes:
             caches[end] = select_rows(cache, every_row)
         start = end
-    return caches, torch.cat(parts, dim=2)
+    return caches, torch.cat(resid, dim=2), torch.cat(logp, dim=1)
 
 
 @retried
-def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int]):
+def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int], read: bool):
     """Run columns [start, end) on `cache` (that of the first `start` columns, extended in place);
-    the residuals at `layers` for these columns, or None."""
+    with `read`, the residuals at `layers` and the log-probabilities of these columns."""
     blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     extra = {} if cache is None else {"past_key_values": cache}
     with loaded.lm.trace(
         input_ids=batch.input_ids[:, start:end], attention_mask=batch.attention_mask[:, :end],
@@ -304,35 +308,41 @@ def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int]
         picked = list().save()
         for layer in layers:
             picked.append(residual_site(blocks, layer).clone())
+        if read:
+            logp = lm_head.output.float().log_softmax(-1).save()
         cache = loaded.lm.output.past_key_values.save()
-    return cache, (torch.stack([h.cpu() for h in picked]) if layers else None)
+    if not read:
+        return cache, None, None
+    return cache, torch.stack([h.cpu() for h in picked]) if layers else None, logp.cpu()
 
 
 @retried
-def window_kl_from_layer(
-    loaded, batch: Batch, layer: int, residual: torch.Tensor, window_cols: torch.Tensor,
-    reference_rows: torch.Tensor, past_key_values,
+def window_kl_against(
+    loaded, batch: Batch, window_cols: torch.Tensor, reference_logp: torch.Tensor, past_key_values,
+    writes=(), layer: int = 0, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """window_kl for a batch whose rows all start from the residual at `layer`: the decoder blocks
-    below `layer` are not run at all (an edit at layer L changes nothing below it), and
-    `residual` [rows, cols, hidden] (the clean residual of these columns, with each row's patch
-    written in) is what block `layer` reads. Blocks `layer` and up attend to `past_key_values`."""
-    if layer < 1:
-        raise ValueError("window_kl_from_layer starts above the embeddings (layer >= 1); write layer 0 with window_kl")
+    """KL(reference || row) summed over each row's window, against given reference
+    log-probabilities [rows, W, vocab] (the clean run's, from `clean_pass`), so no unedited row
+    rides along in the batch. Edits: `writes` (LayerWrites), or, with `layer` >= 1, a start from
+    that layer: the decoder blocks below it are not run at all (an edit at layer L changes nothing
+    below it) and `residual` [rows, cols, hidden] (the clean residual with each row's patch
+    written in) is what block `layer` reads. Every row attends to `past_key_values`."""
     blocks = loaded.layers()
     lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
     device = next(loaded.lm._module.parameters()).device  # a local path: the weights are here
-    value = residual.to(device, loaded.torch_dtype)
+    value = residual.to(device, loaded.torch_dtype) if layer >= 1 else None
+    ref = reference_logp.to(device)
     with loaded.lm.trace(**batch.inputs(), past_key_values=past_key_values, remote=loaded.remote):
-        # Only the last skipped block's output is read (by block `layer`); the others' are unused.
-        for below in range(layer):
-            blocks[below].skip(value)
-        logits = lm_head.output
-        logp = logits[rows, window_cols].float().log_softmax(-1)
-        ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
+        if layer >= 1:
+            # Only the last skipped block's output is read (by block `layer`); the others' are unused.
+            for below in range(layer):
+                blocks[below].skip(value)
+        else:
+            apply_edits(blocks, loaded.adapter, writes)
+        logp = lm_head.output[rows, window_cols].float().log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
-    return kl
+    return kl.cpu()
 
 
 def suffix_batch(batch: Batch, rows: list[int], prefix: int) -> Batch:

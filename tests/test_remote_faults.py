@@ -56,7 +56,7 @@ def test_local_errors_are_not_retried():
 
 def test_a_failed_remote_run_keeps_its_finished_part(tiny_dirs, tiny_grid_file, tmp_path, monkeypatch):
     out = tmp_path / "sub.nc"
-    real = substitute.window_kl_from_layer
+    real = substitute.window_kl_against
     calls = {"n": 0}
 
     def failing(*a, **k):
@@ -65,7 +65,7 @@ def test_a_failed_remote_run_keeps_its_finished_part(tiny_dirs, tiny_grid_file, 
             raise RemoteFailure("the remote run failed 4 times (RemoteError: 503 Service Unavailable)")
         return real(*a, **k)
 
-    monkeypatch.setattr(substitute, "window_kl_from_layer", failing)
+    monkeypatch.setattr(substitute, "window_kl_against", failing)
     args = ["substitute", "--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--layers", "1,3",
             "--batch-size", "4", "--out", str(out), "--no-progress"]
     result = CliRunner().invoke(main, args)

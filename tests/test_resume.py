@@ -13,7 +13,7 @@ from nnsight_persona.store import Checkpoint, load_dataset, resumable, save_data
 # (experiment, where its traced call is looked up, that call, spec, result variable)
 CASES = [
     (capture, capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
-    (substitute, substitute, "window_kl_from_layer", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
+    (substitute, substitute, "window_kl_against", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
     (markers, markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
     (inject, tracing, "window_kl_session", lambda: inject.InjectSpec(
         grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6, batches_per_request=2), "kl"),
@@ -86,7 +86,7 @@ def test_cli_keeps_an_interrupted_run_and_resumes_it(tiny_dirs, tiny_grid_file, 
     out = tmp_path / "sub.nc"
     args = ["substitute", "--model", str(tiny_dirs["qwen2"]), "--dtype", "float32", "--grid", str(tiny_grid_file),
             "--layers", "1,3", "--batch-size", "4", "--out", str(out), "--no-progress"]
-    real = substitute.window_kl_from_layer
+    real = substitute.window_kl_against
     calls = {"n": 0}
 
     def interrupted(*a, **k):
@@ -95,12 +95,12 @@ def test_cli_keeps_an_interrupted_run_and_resumes_it(tiny_dirs, tiny_grid_file, 
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(substitute, "window_kl_from_layer", interrupted)
+    monkeypatch.setattr(substitute, "window_kl_against", interrupted)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 130 and "kept the finished part" in result.output
     partial = load_dataset(out)
     assert partial.attrs["completed"] == 0 and partial.kl.isnull().any() and partial.kl.notnull().any()
-    monkeypatch.setattr(substitute, "window_kl_from_layer", real)
+    monkeypatch.setattr(substitute, "window_kl_against", real)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "resuming the unfinished run" in result.output
     fresh = tmp_path / "fresh.nc"

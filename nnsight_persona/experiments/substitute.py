@@ -28,7 +28,7 @@ from ..grids import Grid
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import clean_pass, kl_in_sessions, select_rows, suffix_batch, window_kl, window_kl_from_layer
+from ..tracing import clean_pass, kl_in_sessions, select_rows, suffix_batch, window_kl_against
 from ..vectors import random_direction, site_residuals, stacked, vector
 from . import capture as capture_exp
 
@@ -223,28 +223,27 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     cached_batch = None
     for batch, cell_chunk, prefixes, prefix, offset, li, patches in work:
         if cached_batch is not batch:  # one clean pass per chunk of cells
-            caches, clean = clean_pass(loaded, batch, sweep_layers, prefixes)
+            caches, clean, clean_logp = clean_pass(loaded, batch, sweep_layers, prefixes)
             cached_batch = batch
+        # The window starts `offset` columns after the probe (p_last for a probe inside the prompt).
+        window = prefix - prefixes[0] + offset + torch.arange(n_eval)
         for rng in chunked(len(patches), ctx.spec.batch_size):
             chunk = [patches[k] for k in rng]
-            cell_ids = sorted({p[0] for p in chunk})
-            rows = [cell_chunk.index(ci) for ci in cell_ids] + [cell_chunk.index(p[0]) for p in chunk]
+            rows = [cell_chunk.index(p[0]) for p in chunk]
             suffix = suffix_batch(batch, rows, prefix)
-            writes = [ctx.write(r, patch, 0) for r, patch in enumerate(chunk, start=len(cell_ids))]
-            # The window starts `offset` columns after the probe (p_last for a probe inside the
-            # prompt); a clean row is read at the columns of the patched rows it is compared with.
+            writes = [ctx.write(r, patch, 0) for r, patch in enumerate(chunk)]
             windows = (offset + torch.arange(n_eval)).repeat(len(rows), 1)
-            refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(p[0]) for p in chunk])
+            reference = clean_logp[rows][:, window]
             past = select_rows(caches[prefix], rows)
             layer = ctx.layers[li] if li is not None else 0
             if layer >= 1:
                 residual = clean[sweep_layers.index(layer), rows, prefix - prefixes[0]:].clone()
                 for w in writes:
                     residual[w.row, 0] = w.value.to(residual.dtype)
-                got = window_kl_from_layer(loaded, suffix, layer, residual, windows, refs, past)
-            else:  # the embeddings (layer 0), or every layer run (skip_layers off)
-                got = window_kl(loaded, suffix, group_by_layer(writes), windows, refs, past_key_values=past)
-            for (ci, li_, pi, ki), value in zip(chunk, got[len(cell_ids):].tolist()):
+                got = window_kl_against(loaded, suffix, windows, reference, past, layer=layer, residual=residual)
+            else:  # the embeddings (layer 0), or every block run (skip_layers off)
+                got = window_kl_against(loaded, suffix, windows, reference, past, writes=group_by_layer(writes))
+            for (ci, li_, pi, ki), value in zip(chunk, got.tolist()):
                 ctx.kl[li_, pi, ci, ki] = value
             ctx.checkpoint()
             bar.update()
