@@ -74,12 +74,21 @@ def toy_plain(toy_dir):
     return load_plain(toy_dir)
 
 
-@pytest.fixture(scope="session")
-def toy_grid_raw():
-    """The bundled toy grid as plain YAML (what the references build their prompts from)."""
+def bundled_grid_raw(name: str) -> dict:
+    """A bundled grid as plain YAML (what the references build their prompts from)."""
     import yaml
 
-    return yaml.safe_load((Path(__file__).parents[1] / "nnsight_persona" / "grids" / "toy.yaml").read_text())
+    return yaml.safe_load((Path(__file__).parents[1] / "nnsight_persona" / "grids" / f"{name}.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def toy_grid_raw():
+    return bundled_grid_raw("toy")
+
+
+@pytest.fixture(scope="session")
+def toy_long_grid_raw():
+    return bundled_grid_raw("toy-long")
 
 
 TINY_GRID = (
