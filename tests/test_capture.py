@@ -24,6 +24,29 @@ def test_test_models_are_tiny(loaded_models, sharp_models):
         assert loaded.n_layers == 4 and loaded.hidden_size == 32
 
 
+def test_sharp_models_are_sharp(sharp_plain, loaded_models, tiny_dirs, tiny_grid_raw):
+    """The sharp test models move next-token distributions by nats when the persona changes (the
+    default tiny ones by ~1e-3, where KL(p || q) and KL(q || p) cannot be told apart)."""
+    from reference import load_plain
+
+    def persona_kls(plain, tok):
+        out = []
+        for cell in ("yoda__haiku", "engineer__book"):
+            p = {c: chat_prompt(tok, t) for c, t in user_texts(tiny_grid_raw, *cell.split("__")).items()}
+            with torch.no_grad():
+                a = plain(torch.tensor([p["XY"]["ids"]])).logits[0, -1].log_softmax(-1)
+                b = plain(torch.tensor([p["BY"]["ids"]])).logits[0, -1].log_softmax(-1)
+            out.append((float((a.exp() * (a - b)).sum()), float((b.exp() * (b - a)).sum())))
+        return out
+
+    for family, plain in sharp_plain.items():
+        kls = persona_kls(plain, loaded_models[family].tokenizer)
+        assert max(k for k, _ in kls) > 0.5, (family, kls)
+        assert max(abs(k - r) for k, r in kls) > 0.05, (family, kls)
+    dull = persona_kls(load_plain(tiny_dirs["llama"]), loaded_models["llama"].tokenizer)
+    assert max(k for k, _ in dull) < 0.05
+
+
 def check_against_reference(loaded, plain, grid, raw, cells, n_continuation=4):
     """The capture of `cells` equals, at every layer and position, the residuals of plain
     transformers run on one unpadded prompt at a time, at positions found by their definitions."""
