@@ -197,3 +197,22 @@ def replacement(h: dict, name: str) -> torch.Tensor:
         "task_only": h["BB"] + dy,
         "remove_persona": h["XY"] - dx,
     }[name]
+
+
+class Mismatches:
+    """Collects (what, expected, got) where got is not within rel/abs of expected, so a failing
+    check reports how many values were off and the worst of them, not just the first."""
+
+    def __init__(self, rel=1e-4, abs_=1e-4):
+        self.rel, self.abs, self.bad, self.n = rel, abs_, [], 0
+
+    def check(self, what, expected: float, got: float) -> None:
+        self.n += 1
+        if not abs(got - expected) <= max(self.abs, self.rel * abs(expected)):
+            self.bad.append((abs(got - expected), what, expected, got))
+
+    def assert_none(self) -> None:
+        if self.bad:
+            _, what, expected, got = max(self.bad, key=lambda b: b[0])
+            raise AssertionError(f"{len(self.bad)} of {self.n} values differ from the reference; "
+                                 f"worst: {what}: expected {expected:.6g}, got {got:.6g}")
