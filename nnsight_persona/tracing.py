@@ -207,12 +207,11 @@ def window_kl(
     are right-aligned by left padding). Only the per-row sums leave the trace; logits never do.
     """
     blocks = loaded.layers()
-    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
     extra = {} if past_key_values is None else {"past_key_values": past_key_values}
     with loaded.lm.trace(**batch.inputs(), **extra, remote=loaded.remote):
         apply_edits(blocks, loaded.adapter, writes, knockout)
-        logits = lm_head.output
+        logits = loaded.lm.output.logits  # the model's logits: after Gemma-2's final soft-capping
         logp = logits[rows, window_cols].float().log_softmax(-1)
         # The reference row is read at the same columns: rows of one batch share its padding.
         ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
@@ -226,14 +225,13 @@ def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
     (batch, writes, window_cols, reference_rows, knockout). Remotely that is one round trip, not
     one per batch; the results are the same."""
     blocks = loaded.layers()
-    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     with loaded.lm.session(remote=loaded.remote):
         results = list().save()
         for batch, writes, window_cols, reference_rows, knockout in jobs:
             rows = torch.arange(batch.input_ids.shape[0])[:, None]
             with loaded.lm.trace(**batch.inputs()):
                 apply_edits(blocks, loaded.adapter, writes, knockout)
-                logits = lm_head.output
+                logits = loaded.lm.output.logits  # after any final soft-capping, as lm_head's output is not
                 logp = logits[rows, window_cols].float().log_softmax(-1)
                 ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
                 results.append((ref.exp() * (ref - logp)).sum(-1).sum(-1).save())

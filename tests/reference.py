@@ -157,3 +157,62 @@ def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_fr
     finally:
         for h in handles:
             h.remove()
+
+
+# --- prompts, positions and vectors, written out without the package ---------------------------
+CONDITIONS = ("BB", "XB", "BY", "XY")
+
+
+def user_texts(grid: dict, persona: str, task: str) -> dict[str, str]:
+    """The four user turns of cell (persona, task) from a grid's raw mapping (the YAML as loaded):
+    B is the baseline persona or task, X the cell's persona, Y the cell's task."""
+    template = grid.get("prompt_template", "As {persona}, {task}")
+    who = {"B": grid["baseline"]["persona"], "X": grid["personas"][persona]}
+    what = {"B": grid["baseline"]["task"], "Y": grid["tasks"][task]}
+    return {c: template.format(persona=who[c[0]], task=what[c[1]]) for c in CONDITIONS}
+
+
+def chat_prompt(tok, user_text: str) -> dict:
+    """Token ids of one user turn through the chat template (generation prompt included), and the
+    positions by their definitions: p_last = the last prompt token; p_user_last = the last token of
+    the same template rendered without the generation prompt (found by tokenizing that prefix)."""
+    messages = [{"role": "user", "content": user_text}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    closed = tok.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    ids = tok(text, add_special_tokens=False).input_ids
+    closed_ids = tok(closed, add_special_tokens=False).input_ids
+    assert ids[: len(closed_ids)] == closed_ids, "the closed turn does not tokenize as a prefix"
+    n = len(ids)
+    return {"ids": ids, "p_user_last": len(closed_ids) - 1, "p_last": n - 1, "g1": n, "g2": n + 1}
+
+
+def replacement(h: dict, name: str) -> torch.Tensor:
+    """A replacement vector from residuals h[condition] at one site (the paper's definitions)."""
+    dx, dy = h["XB"] - h["BB"], h["BY"] - h["BB"]
+    return {
+        "additive": h["BB"] + dx + dy,
+        "oracle": h["XY"],
+        "baseline": h["BB"],
+        "persona_only": h["BB"] + dx,
+        "task_only": h["BB"] + dy,
+        "remove_persona": h["XY"] - dx,
+    }[name]
+
+
+class Mismatches:
+    """Collects (what, expected, got) where got is not within rel/abs of expected, so a failing
+    check reports how many values were off and the worst of them, not just the first."""
+
+    def __init__(self, rel=1e-4, abs_=1e-4):
+        self.rel, self.abs, self.bad, self.n = rel, abs_, [], 0
+
+    def check(self, what, expected: float, got: float) -> None:
+        self.n += 1
+        if not abs(got - expected) <= max(self.abs, self.rel * abs(expected)):
+            self.bad.append((abs(got - expected), what, expected, got))
+
+    def assert_none(self) -> None:
+        if self.bad:
+            _, what, expected, got = max(self.bad, key=lambda b: b[0])
+            raise AssertionError(f"{len(self.bad)} of {self.n} values differ from the reference; "
+                                 f"worst: {what}: expected {expected:.6g}, got {got:.6g}")

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from nnsight_persona.experiments import capture
-from nnsight_persona.grids import CONDITIONS, load_grid
+from nnsight_persona.grids import load_grid
 from nnsight_persona.store import load_dataset, save_dataset
-from reference import greedy, hidden_states, load_plain
+from reference import CONDITIONS, chat_prompt, greedy, hidden_states, user_texts
 from tiny_models import MAX_TEST_PARAMS
 
 
@@ -17,36 +17,75 @@ def _capture(loaded, grid, batch_size, n_continuation=4):
     return capture.run(loaded, grid, spec, progress=False)
 
 
-def test_test_models_are_tiny(loaded_models):
-    for loaded in loaded_models.values():
+def test_test_models_are_tiny(loaded_models, sharp_models):
+    for loaded in [*loaded_models.values(), *sharp_models.values()]:
         n = sum(p.numel() for p in loaded.lm._module.parameters())
         assert n <= MAX_TEST_PARAMS
         assert loaded.n_layers == 4 and loaded.hidden_size == 32
 
 
-def test_capture_equals_plain_transformers_per_prompt(loaded_models, tiny_dirs, family, tiny_grid_file):
-    loaded = loaded_models[family]
-    grid = load_grid(tiny_grid_file)
-    ds = _capture(loaded, grid, batch_size=16)
+def test_sharp_models_are_sharp(sharp_plain, loaded_models, tiny_dirs, tiny_grid_raw):
+    """The sharp test models move next-token distributions by nats when the persona changes (the
+    default tiny ones by ~1e-3, where KL(p || q) and KL(q || p) cannot be told apart)."""
+    from reference import load_plain
+
+    def persona_kls(plain, tok):
+        out = []
+        for cell in ("yoda__haiku", "engineer__book"):
+            p = {c: chat_prompt(tok, t) for c, t in user_texts(tiny_grid_raw, *cell.split("__")).items()}
+            with torch.no_grad():
+                a = plain(torch.tensor([p["XY"]["ids"]])).logits[0, -1].log_softmax(-1)
+                b = plain(torch.tensor([p["BY"]["ids"]])).logits[0, -1].log_softmax(-1)
+            out.append((float((a.exp() * (a - b)).sum()), float((b.exp() * (b - a)).sum())))
+        return out
+
+    for family, plain in sharp_plain.items():
+        kls = persona_kls(plain, loaded_models[family].tokenizer)
+        assert max(k for k, _ in kls) > 0.5, (family, kls)
+        assert max(abs(k - r) for k, r in kls) > 0.05, (family, kls)
+    dull = persona_kls(load_plain(tiny_dirs["llama"]), loaded_models["llama"].tokenizer)
+    assert max(k for k, _ in dull) < 0.05
+
+
+def check_against_reference(loaded, plain, grid, raw, cells, n_continuation=4):
+    """The capture of `cells` equals, at every layer and position, the residuals of plain
+    transformers run on one unpadded prompt at a time, at positions found by their definitions."""
+    spec = capture.CaptureSpec(grid=grid.name, layers=tuple(range(loaded.n_layers + 1)), cells=tuple(cells),
+                               batch_size=16, n_continuation=n_continuation)
+    ds = capture.run(loaded, grid, spec, progress=False).isel(model=0)
     assert ds.attrs["completed"] == 1
-    plain = load_plain(tiny_dirs[family])
-    lengths = set()
-    for ci, cell in enumerate(grid.cells):
-        xy_ids = loaded.tokenizer(str(ds.prompt_text.values[0, ci, 3]), add_special_tokens=False).input_ids
-        clean = greedy(plain, xy_ids, 4, loaded.pad_id)
-        assert ds.continuation_ids.values[0, ci].tolist() == clean
-        for cj, cond in enumerate(CONDITIONS):
-            ids = loaded.tokenizer(str(ds.prompt_text.values[0, ci, cj]), add_special_tokens=False).input_ids
-            lengths.add(len(ids))
-            states = hidden_states(plain, ids + clean[:2])
-            for pi, pos in enumerate(ds.position.values):
-                idx = int(ds.token_index.values[0, pi, ci, cj])
-                expected_idx = {"p_last": len(ids) - 1, "g1": len(ids), "g2": len(ids) + 1}.get(str(pos), idx)
-                assert idx == expected_idx
+    tok = loaded.tokenizer
+    lengths, seen = set(), []
+    for cell in cells:
+        persona, task = cell.split("__")
+        prompts = {c: chat_prompt(tok, text) for c, text in user_texts(raw, persona, task).items()}
+        clean = greedy(plain, prompts["XY"]["ids"], n_continuation, loaded.pad_id)
+        assert ds.continuation_ids.sel(cell=cell).values.tolist() == clean
+        for cond in CONDITIONS:
+            p = prompts[cond]
+            lengths.add(len(p["ids"]))
+            states = hidden_states(plain, p["ids"] + clean[:2])
+            for pos in ds.position.values:
+                assert int(ds.token_index.sel(position=pos, cell=cell, condition=cond)) == p[str(pos)], (cell, cond, pos)
                 for layer in ds.layer.values:
-                    got = torch.from_numpy(ds.resid.values[0, layer, pi, ci, cj])
-                    torch.testing.assert_close(got, states[layer][idx], atol=1e-5, rtol=0)
+                    got = torch.from_numpy(ds.resid.sel(layer=layer, position=pos, cell=cell, condition=cond).values)
+                    expected = states[layer][p[str(pos)]]
+                    torch.testing.assert_close(got, expected, atol=1e-5 * max(1.0, float(expected.abs().max())), rtol=1e-5)
+                    seen.append(expected)
     assert len(lengths) > 2  # the batch really mixed prompt lengths
+    return seen
+
+
+def test_capture_equals_plain_transformers_per_prompt(sharp_models, sharp_plain, family, tiny_grid_file, tiny_grid_raw):
+    grid = load_grid(tiny_grid_file)
+    check_against_reference(sharp_models[family], sharp_plain[family], grid, tiny_grid_raw, grid.cell_labels)
+
+
+def test_capture_of_the_toy_model_equals_plain_transformers(toy_model, toy_plain, toy_grid_raw):
+    grid = load_grid("toy")
+    seen = check_against_reference(toy_model, toy_plain, grid, toy_grid_raw, ["pirate__weather", "robot__story"])
+    # Residual norms of a trained model grow with depth: a layer read one off is far from the right one.
+    assert max(float(v.norm()) for v in seen) > 50
 
 
 def test_batching_never_shifts_a_position(loaded_models, family, tiny_grid_file):

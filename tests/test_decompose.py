@@ -125,13 +125,39 @@ def test_coords_attrs_and_spec():
     assert ds.layer.attrs["long_name"] == "layer (hidden_states index)"
 
 
-def test_delta_vectors_rebuild_the_additive_prediction():
-    cap = make_capture()
+def test_decomposition_of_a_toy_capture_equals_plain_transformers(toy_model, toy_plain, toy_grid_raw):
+    """decompose and delta_vectors of a real capture (the toy persona model) agree with the
+    statistics of residuals read by plain transformers, one prompt at a time."""
+    from nnsight_persona.experiments import capture
+    from nnsight_persona.grids import load_grid
+    from reference import CONDITIONS, chat_prompt, greedy, hidden_states, user_texts
+
+    cells, layers = ["pirate__weather", "robot__story"], (2, 4, 6)
+    spec = capture.CaptureSpec(grid="toy", layers=layers, cells=tuple(cells), n_continuation=2)
+    cap = capture.run(toy_model, load_grid("toy"), spec, progress=False)
+    positions = [str(p) for p in cap.position.values]
+    tok = toy_model.tokenizer
+    resid = np.zeros((1, len(layers), len(positions), len(cells), 4, toy_model.hidden_size))
+    for ci, cell in enumerate(cells):
+        p = {c: chat_prompt(tok, text) for c, text in user_texts(toy_grid_raw, *cell.split("__")).items()}
+        clean = greedy(toy_plain, p["XY"]["ids"], 2, toy_model.pad_id)
+        for k, cond in enumerate(CONDITIONS):
+            states = hidden_states(toy_plain, p[cond]["ids"] + clean)
+            for li, layer in enumerate(layers):
+                for pi, pos in enumerate(positions):
+                    resid[0, li, pi, ci, k] = states[layer][p[cond][pos]].numpy()
+    expected = numpy_reference(resid)
+    ds = decompose(cap)
+    for name, values in expected.items():
+        np.testing.assert_allclose(ds[name].values, values, rtol=1e-3, atol=1e-3, err_msg=name)
     dx, dy = delta_vectors(cap)
-    assert dx.dims == ("model", "layer", "position", "cell", "hidden")
-    bb = cap.resid.sel(condition="BB").values.astype(np.float64)
-    np.testing.assert_allclose(bb + dx.values, cap.resid.sel(condition="XB").values, atol=1e-6)
-    np.testing.assert_allclose(bb + dy.values, cap.resid.sel(condition="BY").values, atol=1e-6)
+    scale = np.abs(resid).max()
+    np.testing.assert_allclose(dx.values, resid[..., 1, :] - resid[..., 0, :], atol=1e-5 * scale)
+    np.testing.assert_allclose(dy.values, resid[..., 2, :] - resid[..., 0, :], atol=1e-5 * scale)
+    # The persona's and the task's effects are far apart: swapping or mixing them would show.
+    assert np.abs(dx.values - dy.values).max() > 100 * 1e-5 * scale
+    # The toy model is nearly additive where it carries the persona (p_last), as the paper reports.
+    assert float(ds.cos_xy_sum.sel(position="p_last").min()) > 0.5
 
 
 def test_bad_inputs_are_named():

@@ -1,14 +1,12 @@
 """The behavioural marker test: scoring rules, and generation under edits against plain hooks."""
 
 import pytest
-import torch
 
 from nnsight_persona.errors import SelectionError
-from nnsight_persona.experiments import capture, markers
+from nnsight_persona.experiments import markers
 from nnsight_persona.grids import grid_from_dict, load_grid
-from nnsight_persona.prompts import render_prompt
 from nnsight_persona.scoring import marker_counts, markers_found
-from reference import greedy_with_patch, load_plain
+from reference import CONDITIONS, chat_prompt, greedy_with_patch, hidden_states, replacement, user_texts
 
 
 def test_scoring_follows_the_papers_rules():
@@ -25,30 +23,60 @@ def test_default_layer_is_the_papers():
     assert markers.default_layer(26) == 14
 
 
-@pytest.mark.parametrize("patch_steps", ["prefill", "all"])
-def test_generation_under_edits_equals_plain_hooks(loaded_models, tiny_dirs, tiny_grid_file, patch_steps):
-    loaded = loaded_models["llama"]
-    grid = load_grid(tiny_grid_file)
-    layer = 2
-    spec = markers.MarkersSpec(grid="tiny", layer=layer, n_tokens=12, patch_steps=patch_steps, batch_size=5)
-    cap = capture.run(loaded, grid, capture.CaptureSpec(grid="tiny", layers=(layer,), positions=("p_last",)), progress=False)
-    ds = markers.run(loaded, grid, spec, capture_ds=cap, progress=False)
-    vectors = markers.edit_vectors(cap, layer, "p_last", grid.cells)
-    plain = load_plain(tiny_dirs["llama"])
-    tok = loaded.tokenizer
-    for ci, cell in enumerate(grid.cells):
-        xy = render_prompt(tok, grid.user_text(cell, "XY"), grid.persona_text(cell, "XY"))
-        bare = render_prompt(tok, grid.tasks[cell.task])
-        expected = {
-            "clean": greedy_with_patch(plain, list(xy.ids), 12, loaded.eos_ids, layer, xy.p_last),
-            "bare": greedy_with_patch(plain, list(bare.ids), 12, loaded.eos_ids, layer, bare.p_last),
-        }
+def eos_ids(tok, plain) -> set[int]:
+    ids = plain.generation_config.eos_token_id
+    return {tok.eos_token_id} | set(ids if isinstance(ids, (list, tuple)) else [ids]) - {None}
+
+
+def check_markers(loaded, plain, grid, raw, cells, layer, patch_steps, n_tokens, batch_size):
+    """Greedy texts under each condition equal plain greedy decoding with a pre-hook writing the
+    reference's own vectors (from its own hidden states); returns, per mistake the comparison
+    targets, in how many cells the mistaken vector would change the text."""
+    spec = markers.MarkersSpec(grid=grid.name, layer=layer, n_tokens=n_tokens, patch_steps=patch_steps,
+                               batch_size=batch_size, cells=tuple(cells))
+    ds = markers.run(loaded, grid, spec, progress=False).isel(model=0)
+    assert ds.attrs["completed"] == 1
+    tok, eos = loaded.tokenizer, eos_ids(loaded.tokenizer, plain)
+    power = {"remove_persona_sign": 0, "additive_sign": 0}
+    for cell in cells:
+        persona, task = cell.split("__")
+        p = {c: chat_prompt(tok, text) for c, text in user_texts(raw, persona, task).items()}
+        h = {c: hidden_states(plain, p[c]["ids"])[layer][p[c]["p_last"]] for c in CONDITIONS}
+        xy, bare = p["XY"], chat_prompt(tok, raw["tasks"][task])
+
+        def generate(value=None, ids=xy):
+            delta = value - h["XY"] if value is not None and patch_steps == "all" else None
+            return tok.decode(greedy_with_patch(plain, ids["ids"], n_tokens, eos, layer, ids["p_last"], value, delta),
+                              skip_special_tokens=True)
+
+        expected = {"clean": generate(), "bare": generate(ids=bare)}
         for cond in markers.EDITED:
-            value = torch.from_numpy(vectors[cond][ci])
-            delta = value - torch.from_numpy(vectors["clean"][ci]) if patch_steps == "all" else None
-            expected[cond] = greedy_with_patch(plain, list(xy.ids), 12, loaded.eos_ids, layer, xy.p_last, value, delta)
-        for cond, ids in expected.items():
-            assert str(ds.text.sel(cell=cell.label, condition=cond).item()) == tok.decode(ids, skip_special_tokens=True), (cell.label, cond)
+            expected[cond] = generate(replacement(h, cond))
+        for cond, text in expected.items():
+            assert str(ds.text.sel(cell=cell, condition=cond).item()) == text, (cell, cond)
+        dx, dy = h["XB"] - h["BB"], h["BY"] - h["BB"]
+        power["remove_persona_sign"] += generate(h["XY"] + dx) != expected["remove_persona"]
+        power["additive_sign"] += generate(h["BB"] + dx - dy) != expected["additive"]
+    return ds, power
+
+
+@pytest.mark.parametrize("patch_steps", ["prefill", "all"])
+def test_generation_under_edits_equals_plain_hooks(sharp_models, sharp_plain, tiny_grid_file, tiny_grid_raw, patch_steps):
+    grid = load_grid(tiny_grid_file)
+    _, power = check_markers(sharp_models["llama"], sharp_plain["llama"], grid, tiny_grid_raw, grid.cell_labels, 2,
+                             patch_steps, 12, 5)
+    assert min(power.values()) > 0, power  # a flipped sign would change some text
+
+
+@pytest.mark.parametrize("patch_steps", ["prefill", "all"])
+def test_generation_of_the_toy_model_equals_plain_hooks(toy_model, toy_plain, toy_grid_raw, patch_steps):
+    cells = ["pirate__weather", "robot__story"]
+    ds, power = check_markers(toy_model, toy_plain, load_grid("toy"), toy_grid_raw, cells, 4, patch_steps, 12, 32)
+    # Removing Delta_X makes the toy model answer as the baseline persona ("here is my honest
+    # view."); adding it keeps the persona, so a flipped sign changes the text.
+    assert power["remove_persona_sign"] == len(cells), power
+    # The toy model speaks in persona, and loses it without the persona text.
+    assert ds.any_marker.sel(condition="clean").sum() > ds.any_marker.sel(condition="bare").sum()
 
 
 def test_flags_agree_with_the_text(loaded_models, tiny_grid_file):
