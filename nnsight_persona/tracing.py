@@ -297,7 +297,6 @@ def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int]
     """Run columns [start, end) on `cache` (that of the first `start` columns, extended in place);
     with `read`, the residuals at `layers` and the log-probabilities of these columns."""
     blocks = loaded.layers()
-    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     extra = {} if cache is None else {"past_key_values": cache}
     with loaded.lm.trace(
         input_ids=batch.input_ids[:, start:end], attention_mask=batch.attention_mask[:, :end],
@@ -306,9 +305,10 @@ def _extend(loaded, batch: Batch, start: int, end: int, cache, layers: list[int]
         picked = list().save()
         for layer in layers:
             picked.append(residual_site(blocks, layer).clone())
-        if read:
-            logp = lm_head.output.float().log_softmax(-1).save()
-        cache = loaded.lm.output.past_key_values.save()
+        output = loaded.lm.output
+        if read:  # the model's logits: after Gemma-2's final soft-capping, which lm_head's output is not
+            logp = output.logits.float().log_softmax(-1).save()
+        cache = output.past_key_values.save()
     if not read:
         return cache, None, None
     return cache, torch.stack([h.cpu() for h in picked]) if layers else None, logp.cpu()
@@ -326,7 +326,6 @@ def window_kl_against(
     below it) and `residual` [rows, cols, hidden] (the clean residual with each row's patch
     written in) is what block `layer` reads. Every row attends to `past_key_values`."""
     blocks = loaded.layers()
-    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     rows = torch.arange(batch.input_ids.shape[0])[:, None]
     device = next(loaded.lm._module.parameters()).device  # a local path: the weights are here
     value = residual.to(device, loaded.torch_dtype) if layer >= 1 else None
@@ -338,7 +337,8 @@ def window_kl_against(
                 blocks[below].skip(value)
         else:
             apply_edits(blocks, loaded.adapter, writes)
-        logp = lm_head.output[rows, window_cols].float().log_softmax(-1)
+        # The model's logits: after Gemma-2's final soft-capping, which lm_head's output is not.
+        logp = loaded.lm.output.logits[rows, window_cols].float().log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
     return kl.cpu()
 
