@@ -38,6 +38,7 @@ class ForwardCounter:
 
 
 def run_ours(model_dir: str, grid_name: str, batch_size: int):
+    """`model_dir`: a model folder or one of the package's aliases."""
     from nnsight_persona.analysis.decompose import decompose
     from nnsight_persona.experiments import capture, substitute
     from nnsight_persona.grids import load_grid

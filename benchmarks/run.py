@@ -2,6 +2,7 @@
 
     python -m benchmarks.run protocol --model toy            # ours vs reference loop vs batch size 1
     python -m benchmarks.run protocol --model random100m
+    python -m benchmarks.run protocol --model smollm2        # the real chat model (fetched once)
     python -m benchmarks.run overhead --model random100m     # nnsight vs raw torch hooks, same batches
     python -m benchmarks.run scaling --model toy             # 12 / 48 / 192 cells
     python -m benchmarks.run retention --model toy           # what the resident size holds after runs
@@ -54,14 +55,14 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str) -> dict:
     import torch
 
     from benchmarks import protocol
-    from benchmarks.models import resolve
+    from benchmarks.models import load_spec, resolve
 
     model_dir = resolve(model)
     start = time.perf_counter()
     if method.startswith("reference"):
         kl, passes, tokens = protocol.run_reference(model_dir, grid, shared_capture=method == "reference_shared_capture")
     else:
-        kl, passes, tokens = protocol.run_ours(model_dir, grid, batch_size if method == "ours" else 1)
+        kl, passes, tokens = protocol.run_ours(load_spec(model, model_dir), grid, batch_size if method == "ours" else 1)
     wall = time.perf_counter() - start
     torch.save(kl, out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux

