@@ -27,7 +27,7 @@ from reference import greedy, hidden_states
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = {  # two cells, with markers, so every experiment (markers and knockout texts too) runs
-    "baseline": {"persona": "a thoughtful person", "task": "Describe the weather today."},
+    "baseline": {"persona": "a thoughtful person", "task": "Give advice to someone facing a difficult decision."},
     "personas": {"pirate": "a pirate", "yoda": "Yoda"},
     "tasks": {"weather": "Describe the weather today."},
     "markers": {"pirate": ["arr*", "sea", "ship*", "matey"], "yoda": ["hmm", "force", "young"]},
@@ -57,20 +57,20 @@ def grid():
 
 @pytest.fixture(scope="module")
 def runs(smol, grid):
-    """One small run of each experiment (2 cells, 1-2 layers, few tokens)."""
-    cap = capture.run(smol, grid, capture.CaptureSpec(grid="smol", layers=tuple(range(N_LAYERS + 1)), n_continuation=4),
-                      progress=False)
+    """One small run of each experiment (2 cells, 1-2 layers, few tokens), reusing one capture."""
+    cap = capture.run(smol, grid, capture.CaptureSpec(grid="smol", layers=tuple(range(N_LAYERS + 1))), progress=False)
+    reuse = dict(capture_ds=cap, progress=False)
     return {
         "capture": cap,
         "decompose": decompose(cap),
         "substitute": substitute.run(smol, grid, substitute.SubstituteSpec(
-            grid="smol", layers=(9, 21), positions=("p_last", "g1"), conditions=("additive", "oracle")), progress=False),
+            grid="smol", layers=(9, 21), positions=("p_last",), conditions=("additive", "oracle")), **reuse),
         "markers": markers.run(smol, grid, markers.MarkersSpec(
-            grid="smol", layer=12, n_tokens=8, conditions=("clean", "additive")), progress=False),
+            grid="smol", layer=12, n_tokens=6, conditions=("clean", "additive")), **reuse),
         "inject": inject.run(smol, grid, inject.InjectSpec(
-            grid="smol", layer_sets=((12,),), conditions=("host", "oracle"), site_layers=(12,)), progress=False),
-        "knockout": knockout.run(smol, grid, knockout.KnockoutSpec(grid="smol", bands=((0, 8),), n_tokens=8),
-                                 progress=False),
+            grid="smol", layer_sets=((12,),), conditions=("host", "oracle"), site_layers=(12,),
+            site_positions=("p_last",)), **reuse),
+        "knockout": knockout.run(smol, grid, knockout.KnockoutSpec(grid="smol", bands=((0, 8),), n_tokens=6), **reuse),
     }
 
 
@@ -139,7 +139,8 @@ def test_every_experiment_completes(runs, smol):
         assert np.isfinite(runs["decompose"][var].values).all(), var
     kl = runs["substitute"].kl.isel(model=0)
     assert np.isfinite(kl.values).all()
-    assert float(abs(kl.sel(condition="oracle")).max()) < 1e-3 < float(kl.sel(condition="additive").min())
+    # The oracle puts back the clean residual (float noise); the additive one is not the clean one.
+    assert float(abs(kl.sel(condition="oracle")).max()) < 1e-5 < float(kl.sel(condition="additive").min())
     assert np.isfinite(runs["inject"].kl.values).all()
     assert set(runs["markers"].any_marker.values.ravel()) <= {0, 1}
 
@@ -150,7 +151,7 @@ def test_capture_equals_plain_transformers_hidden_states(runs, smol, plain, grid
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     for ci, cell in enumerate(grid.cells):
         xy = tok(str(ds.prompt_text.values[ci, 3]), add_special_tokens=False).input_ids
-        clean = greedy(plain, xy, 4, tok.eos_token_id)
+        clean = greedy(plain, xy, 12, tok.eos_token_id)
         assert ds.continuation_ids.values[ci].tolist() == clean
         for cj, cond in enumerate(CONDITIONS):
             ids = tok(str(ds.prompt_text.values[ci, cj]), add_special_tokens=False).input_ids
@@ -170,9 +171,9 @@ def test_knockout_of_nothing_equals_the_clean_run(runs, smol, plain, grid):
     assert (ko.kl.sel(condition="none").values == 0).all()
     assert (ko.kl.sel(condition="persona").values > 0).all()
     for cell in grid.cells:
-        ids = smol.tokenizer.apply_chat_template(
+        text = smol.tokenizer.apply_chat_template(
             [{"role": "user", "content": grid.user_text(cell, "XY")}], add_generation_prompt=True, tokenize=False)
-        clean = _plain_answer(plain, smol.tokenizer, smol.tokenizer(ids, add_special_tokens=False).input_ids, 8)
+        clean = _plain_answer(plain, smol.tokenizer, smol.tokenizer(text, add_special_tokens=False).input_ids, 6)
         assert str(ko.text.sel(cell=cell.label, condition="none").item()) == clean
         assert str(runs["markers"].text.isel(model=0).sel(cell=cell.label, condition="clean").item()) == clean
 
@@ -185,11 +186,12 @@ def test_remote_local_equals_local(smol, grid, runs, name):
         ds = capture.run(remote, grid, spec, progress=False)
         local = runs["capture"].sel(layer=[0, 15, 30])
         np.testing.assert_allclose(ds.resid.values, local.resid.values, atol=1e-4, rtol=1e-4)
-        assert (ds.continuation_ids.values == local.continuation_ids.values).all()
+        assert (ds.continuation_ids.values == local.continuation_ids.values[..., :4]).all()
     else:
-        spec = substitute.SubstituteSpec(grid="smol", layers=(9, 21), positions=("p_last", "g1"), conditions=("additive", "oracle"))
-        ds = substitute.run(remote, grid, spec, progress=False)
-        np.testing.assert_allclose(ds.kl.values, runs["substitute"].kl.values, atol=1e-4, rtol=1e-3)
+        spec = substitute.SubstituteSpec(grid="smol", layers=(9,), positions=("p_last",), conditions=("additive", "oracle"))
+        ds = substitute.run(remote, grid, spec, capture_ds=runs["capture"], progress=False)
+        local = runs["substitute"].sel(layer=[9], position=["p_last"])
+        np.testing.assert_allclose(ds.kl.values, local.kl.values, atol=1e-4, rtol=1e-3)
     assert ds.attrs["completed"] == 1
 
 
