@@ -65,7 +65,7 @@ def ensure(log=_say) -> tuple[Path, str]:
     if marker is not None:
         return target, marker["revision"]
     if target.exists():
-        log(f"discarding an incomplete cache at {target}")
+        log(f"discarding an incomplete or outdated cache at {target}")
         cache.discard(target)
     log(f"first use: building the model cache at {target} (once; about 1-2 minutes)")
     try:

@@ -283,7 +283,7 @@ def test_an_entry_without_a_valid_marker_is_discarded_and_rebuilt(unreachable_in
         messages = []
         with pytest.raises(ModelError, match="cannot fetch"):  # it tried to rebuild
             smollm2.ensure(log=messages.append)
-        assert any("discarding an incomplete cache" in m for m in messages)
+        assert any("discarding an incomplete or outdated cache" in m for m in messages)
         assert not target.exists()
     _fake_entry(target, good)  # then truncate a weights file after the marker was written
     (target / "model.safetensors").write_bytes(b"\0" * 10)
