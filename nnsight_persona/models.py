@@ -188,9 +188,12 @@ def load_model(
         # Passing the tokenizer explicitly side-steps nnsight's tokenizer guessing.
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
+        from .aliases import close_aliases, suggestion
+
         raise ModelError(
             f"cannot load model {spec!r}: {exc}. Give an alias ('toy', 'smollm2'), a local directory with "
             "config.json and tokenizer files, or a hub id reachable from this machine."
+            + (f" {suggestion(spec)}" if close_aliases(spec) else "")
         ) from None
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
