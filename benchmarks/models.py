@@ -1,4 +1,5 @@
-"""Models the benchmark runs on: the embedded toy model and a ~100M-parameter random Llama."""
+"""Models the benchmark runs on: the embedded toy model, a ~100M-parameter random Llama, and the
+real chat model SmolLM2-135M-Instruct (the package's `smollm2` alias, fetched and converted once)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,19 @@ def resolve(model: str) -> str:
         return str(TOY_MODEL_DIR)
     if model == "random100m":
         return random_llama()
+    if model == "smollm2":
+        from nnsight_persona.smollm2 import ensure
+
+        return str(ensure()[0])
     return model
+
+
+def load_spec(model: str, model_dir: str) -> str:
+    """What `load_model` gets: the package's alias where there is one (its weights fingerprint is
+    stored, so the load does not hash 538 MB inside the timed run), else the folder."""
+    from nnsight_persona.aliases import ALIASES
+
+    return model if model in ALIASES else model_dir
 
 
 def scaled_grid(n_personas: int, n_tasks: int, directory: Path) -> str:

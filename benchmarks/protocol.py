@@ -69,6 +69,7 @@ def sweep_layers(n_layers: int, layers: str) -> list[int]:
 
 
 def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "paper", skip_layers: bool = True):
+    """`model_dir`: a model folder or one of the package's aliases."""
     from nnsight_persona.analysis.decompose import decompose
     from nnsight_persona.experiments import capture, substitute
     from nnsight_persona.grids import load_grid

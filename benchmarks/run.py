@@ -2,6 +2,7 @@
 
     python -m benchmarks.run protocol --model toy            # ours vs reference loop vs batch size 1
     python -m benchmarks.run protocol --model random100m
+    python -m benchmarks.run protocol --model smollm2        # the real chat model (fetched once)
     python -m benchmarks.run overhead --model random100m     # nnsight vs raw torch hooks, same batches
     python -m benchmarks.run scaling --model toy             # 12 / 48 / 192 cells
     python -m benchmarks.run retention --model toy           # what the resident size holds after runs
@@ -57,7 +58,7 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str, layers: s
     import torch
 
     from benchmarks import protocol
-    from benchmarks.models import resolve
+    from benchmarks.models import load_spec, resolve
 
     model_dir = resolve(model)
     start = time.perf_counter()
@@ -66,7 +67,8 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str, layers: s
             model_dir, grid, shared_capture=method == "reference_shared_capture", layers=layers)
     else:
         kl, passes, tokens, token_layers = protocol.run_ours(
-            model_dir, grid, 1 if method == "ours_unbatched" else batch_size, layers, skip_layers=method != "ours_every_block")
+            load_spec(model, model_dir), grid, 1 if method == "ours_unbatched" else batch_size, layers,
+            skip_layers=method != "ours_every_block")
     wall = time.perf_counter() - start
     torch.save(kl, out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux

@@ -441,6 +441,23 @@ def grids_command(name):
         click.echo(f"{cell.label}: {grid.user_text(cell, 'XY')}")
 
 
+@main.command("models")
+@clean_errors
+def models_command():
+    """List the model aliases every --model accepts: where each comes from, its size, whether it is cached."""
+    from .aliases import ALIASES
+    from .cache import CACHE_ENV, entry_dir
+
+    for alias in ALIASES.values():
+        ready = alias.cached()
+        state = f"yes, {ready}" if ready is not None else f"no; fetched and built on first use into {entry_dir(alias.name)}"
+        click.echo(f"{alias.name:8s} {alias.summary}")
+        click.echo(f"{'':8s} from:   {alias.source}")
+        click.echo(f"{'':8s} size:   {alias.size}")
+        click.echo(f"{'':8s} cached: {state}")
+    click.echo(f"Any other --model is a local model directory or a hub id. Set {CACHE_ENV} to move the model cache.")
+
+
 def _attach_subcommands():
     from .cli_analysis import COMMANDS
     from .toy.cli import toy
@@ -451,3 +468,6 @@ def _attach_subcommands():
 
 
 _attach_subcommands()
+
+if __name__ == "__main__":
+    main()

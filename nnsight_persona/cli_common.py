@@ -70,7 +70,8 @@ def experiment_options(default_layers: str, positions: str = "all"):
     def decorate(fn):
         options = [
             click.option("--model", "model_spec", default="toy", show_default=True,
-                         help="'toy' (the embedded toy chat model), a hub id, or a local model directory."),
+                         help="'toy' (the embedded toy chat model), 'smollm2' (SmolLM2-135M-Instruct, fetched once; "
+                              "see `nnsight-persona models`), a hub id, or a local model directory."),
             click.option("--grid", "grid_name", default="toy", show_default=True,
                          help="A bundled grid name (see `nnsight-persona grids`) or a YAML/JSON grid file."),
             click.option("--layers", default=default_layers, show_default=True,
