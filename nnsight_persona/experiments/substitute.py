@@ -218,7 +218,7 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             for li, same in by_layer.items():
                 if same:
                     work.append((batch, list(cell_chunk), prefixes, prefix, offset, li, same))
-    total = sum(-(-len(p) // ctx.spec.batch_size) for *_, p in work)
+    total = sum(-(-len(p) // _suffix_rows(ctx.spec.batch_size, b, prefix)) for b, _, _, prefix, _, _, p in work)
     bar = tqdm(total=total, desc="substitute", disable=not progress)
     cached_batch = None
     for batch, cell_chunk, prefixes, prefix, offset, li, patches in work:
@@ -227,7 +227,7 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             cached_batch = batch
         # The window starts `offset` columns after the probe (p_last for a probe inside the prompt).
         window = prefix - prefixes[0] + offset + torch.arange(n_eval)
-        for rng in chunked(len(patches), ctx.spec.batch_size):
+        for rng in chunked(len(patches), _suffix_rows(ctx.spec.batch_size, batch, prefix)):
             chunk = [patches[k] for k in rng]
             rows = [cell_chunk.index(p[0]) for p in chunk]
             suffix = suffix_batch(batch, rows, prefix)
@@ -248,6 +248,14 @@ def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
             ctx.checkpoint()
             bar.update()
     bar.close()
+
+
+def _suffix_rows(batch_size: int, batch, prefix: int) -> int:
+    """Rows per patched pass: as many token positions as `batch_size` whole sequences hold (a
+    suffix is a fraction of a sequence; on a CPU, small passes are bound by per-operation
+    overhead, not arithmetic), so a pass's memory stays what the batch size allows."""
+    width = batch.input_ids.shape[1]
+    return batch_size * max(1, width // max(1, width - prefix))
 
 
 def _dataset(loaded, grid, spec, cells, conditions, kl, completed) -> xr.Dataset:
