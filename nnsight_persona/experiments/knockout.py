@@ -128,8 +128,9 @@ def template_positions(prompt: Prompt, n: int) -> list[int]:
 
 def neutral_host(tokenizer, grid: Grid, cell, n_keys: int, filler: str) -> tuple[Prompt, list[int]]:
     """The neutral_span host: "As {baseline persona}{filler x k}, {task}" (inject's length-matched
-    host), with k the largest count whose filler span has at most n_keys tokens; returns the
-    prompt (persona_span = the baseline persona) and the filler's token positions."""
+    host), with k the largest count whose filler span has at most n_keys tokens (k = 1 and its
+    first n_keys tokens when one filler is already longer); returns the prompt (persona_span = the
+    baseline persona) and the filler's token positions."""
     best = None
     for k in range(1, 4 * max(n_keys, 1) + 2):
         persona = grid.baseline_persona + filler * k
@@ -141,9 +142,7 @@ def neutral_host(tokenizer, grid: Grid, cell, n_keys: int, filler: str) -> tuple
         best = (host, span)
         if len(span) == n_keys:
             break
-    if best is None:
-        raise SelectionError(f"one filler {filler!r} already takes more than the persona's {n_keys} tokens (cell {cell.label})")
-    return best
+    return best if best is not None else (host, span[:n_keys])
 
 
 def cell_prompts(tokenizer, grid: Grid, cell, filler: str | None) -> tuple[dict, dict]:
@@ -366,6 +365,8 @@ def _check(spec: KnockoutSpec, loaded) -> None:
         raise SelectionError(f"unknown knockout condition(s) {bad or list(spec.conditions)}; allowed: {list(CONDITIONS)}")
     if spec.queries not in QUERIES:
         raise SelectionError(f"unknown --queries {spec.queries!r}; allowed: {list(QUERIES)}")
+    if "neutral_span" in spec.conditions and not spec.filler.strip():
+        raise SelectionError(f"the neutral_span filler {spec.filler!r} must hold a visible character (e.g. ' .')")
     if spec.n_eval < 1:
         raise SelectionError(f"n_eval must be >= 1, got {spec.n_eval}")
     for start, end in spec.bands:
