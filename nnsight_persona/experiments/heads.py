@@ -68,8 +68,9 @@ def best_band(knockout_ds: xr.Dataset, measure: str = "persona_shift") -> tuple[
 
 
 def group_sizes(top_k, n_total: int) -> list[int]:
-    """The top-k group sizes, capped at the number of heads, without repeats."""
-    return list(dict.fromkeys(min(int(k), n_total) for k in top_k))
+    """The top-k group sizes below the number of heads (the all-heads group is always run), sorted,
+    without repeats."""
+    return sorted({int(k) for k in top_k if int(k) < n_total})
 
 
 def rank_heads(values: np.ndarray) -> list[tuple[int, int]]:
@@ -249,3 +250,28 @@ def _dataset(loaded, grid, spec, cells, blocks, n_heads, sizes, single, group, p
     ds["kl_by_xy"].attrs.update(long_name=f"summed KL(BY || XY) over {n} tokens", units="nats")
     ds["n_keys"].attrs.update(long_name="persona key positions knocked out")
     return ds
+
+
+def summary_rows(ds: xr.Dataset, n_top: int = 10) -> tuple[list[dict], list[dict]]:
+    """The top heads (rank, block, head, medians over cells) and the groups (size, medians,
+    fraction of the all-heads effect), for the first model of a result."""
+    ds = ds.isel(model=0) if "model" in ds.dims else ds
+    rank_by = spec_measure(ds)
+    top = []
+    for rank in range(min(n_top, ds.sizes["rank"])):
+        block, head = int(ds.ranked_block[rank]), int(ds.ranked_head[rank])
+        at = ds.sel(block=block, head=head)
+        top.append({"rank": rank + 1, "block": block, "head": head,
+                    **{f"median {v}": float(_nanmedian(at[v].values)) for v in ("persona_shift", "kl", "toward_by")}})
+    groups = [{"group": str(g), "heads": int(ds.group_size.sel(group=g)),
+               **{f"median {v}": float(_nanmedian(ds[f"group_{v}"].sel(group=g).values))
+                  for v in ("persona_shift", "kl", "toward_by")},
+               f"fraction of band ({rank_by})": float(ds.fraction_of_band.sel(group=g))} for g in ds.group.values]
+    return top, groups
+
+
+def spec_measure(ds: xr.Dataset) -> str:
+    """The measure a head-sweep result ranked its heads by."""
+    from ..store import spec_of
+
+    return spec_of(ds).get("rank_by", "persona_shift")

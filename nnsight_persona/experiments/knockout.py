@@ -447,3 +447,16 @@ def _dataset(loaded, grid, spec, cells, conditions, res, per_cell, texts, keys, 
     if texts is not None:
         ds["any_marker"].attrs.update(long_name="any own-persona marker in the continuation")
     return ds
+
+
+def summary_rows(ds: xr.Dataset, variable: str) -> list[dict]:
+    """One row per band: the median over cells of `variable` for each condition (for any_marker,
+    the fraction of cells), for the first model of a result."""
+    import warnings
+
+    da = ds[variable].isel(model=0) if "model" in ds[variable].dims else ds[variable]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a condition without values (e.g. per key of none)
+        stat = da.astype(float).mean("cell") if variable == "any_marker" else da.median("cell", skipna=True)
+    return [{"band": str(b), **{str(c): float(stat.sel(band=b, condition=c)) for c in ds.condition.values}}
+            for b in ds.band.values]
