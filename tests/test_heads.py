@@ -108,3 +108,25 @@ def test_best_band_and_bad_input(loaded_models, tiny_grid_file):
         heads.run(loaded, grid, heads.HeadSweepSpec(grid="tiny", band=(2, 9)), progress=False)
     with pytest.raises(SelectionError, match="unknown --rank-by 'x'"):
         heads.run(loaded, grid, heads.HeadSweepSpec(grid="tiny", band=(0, 2), rank_by="x"), progress=False)
+
+
+def test_head_map_figure_draws_the_medians(loaded_models, tiny_grid_file):
+    from nnsight_persona.plots import figures_for
+    from nnsight_persona.plots.heads import plot_head_map
+
+    loaded = loaded_models["llama"]
+    grid = load_grid(tiny_grid_file)
+    ds = heads.run(loaded, grid, heads.HeadSweepSpec(grid="tiny", band=(0, 2), top_k=(1, 2), rank_by="kl"), progress=False)
+    fig = plot_head_map(ds)
+    kl_ax = fig.axes[0]  # ranked by kl: one map, then the groups
+    image = kl_ax.get_images()[0].get_array()
+    expected = ds.kl.isel(model=0).median("cell").transpose("block", "head").values
+    np.testing.assert_allclose(np.ma.filled(image, np.nan), np.where(expected > 0, expected, np.nan))
+    labels = {t.get_text(): t.get_position() for t in kl_ax.texts}
+    first = (int(ds.ranked_head.values[0, 0]), int(ds.ranked_block.values[0, 0]))  # (x = head, y = block row)
+    assert labels["1"] == first
+    bars = [ax for ax in fig.axes if ax.patches][0]
+    np.testing.assert_allclose([p.get_height() for p in bars.patches], ds.fraction_of_band.values[0])
+    assert list(figures_for(ds)) == ["head_map"]
+    with pytest.raises(SelectionError, match="fraction_of_band"):
+        plot_head_map(ds.drop_vars("fraction_of_band"))
