@@ -67,9 +67,6 @@ def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> 
         label = condition
         if not (median > 0).any():  # e.g. 'none', which equals the clean run: KL 0 has no place on a log axis
             label += " (KL 0, not shown)"
-        elif "n_keys" in ds and "cell" in ds["n_keys"].dims:
-            keys = ds["n_keys"].sel(condition=condition)
-            label += f" ({int(keys.min())} keys)" if int(keys.min()) == int(keys.max()) else f" ({int(keys.min())}-{int(keys.max())} keys)"
         ax.plot(x, median, marker="o", markersize=3.5, color=color, label=label)
         ax.fill_between(x, s["q25"].values, s["q75"].values, color=color, alpha=0.18, linewidth=0)
     values = summary["median"].values
@@ -79,7 +76,17 @@ def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> 
     ax.set_ylabel(textwrap.fill(axis_label(ds[variable]), 32))
     ax.grid(True, alpha=0.3)
     if legend:
-        ax.legend(fontsize="small", title="keys knocked out")
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, [_with_key_count(ds, label) for label in labels], fontsize="small", title="keys knocked out")
+
+
+def _with_key_count(ds: xr.Dataset, label: str) -> str:
+    """'persona' -> 'persona (20 keys)' (or a range over cells), from n_keys when the result has it."""
+    if "n_keys" not in ds or label not in [str(c) for c in ds["condition"].values]:
+        return label
+    keys = ds["n_keys"].sel(condition=label)
+    low, high = int(keys.min()), int(keys.max())
+    return f"{label} ({low} keys)" if low == high else f"{label} ({low}-{high} keys)"
 
 
 def _per_key_panel(ax, ds: xr.Dataset) -> None:
