@@ -130,3 +130,28 @@ def test_head_map_figure_draws_the_medians(loaded_models, tiny_grid_file):
     assert list(figures_for(ds)) == ["head_map"]
     with pytest.raises(SelectionError, match="fraction_of_band"):
         plot_head_map(ds.drop_vars("fraction_of_band"))
+
+
+def test_heads_command_from_a_knockout_result(tiny_dirs, tiny_grid_file, tmp_path):
+    from click.testing import CliRunner
+
+    from nnsight_persona.cli import main
+    from nnsight_persona.store import load_dataset
+
+    base = ["--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--no-progress"]
+    run = lambda *args: CliRunner().invoke(main, [*args, *base], catch_exceptions=False)
+    ko = tmp_path / "knockout.nc"
+    result = run("knockout", "--band", "0:2,2:4,all", "--n-tokens", "0", "--min-gap", "-1000", "--out", str(ko))
+    assert result.exit_code == 0, result.output
+    assert "median persona shift" in result.output and "task_span" in result.output
+    out = tmp_path / "heads.nc"
+    result = run("heads", "--from-knockout", str(ko), "--top-k", "1,2", "--min-gap", "-1000", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    band = heads.best_band(load_dataset(ko))
+    assert [int(b) for b in ds.block.values] == list(range(*band)) and ds.attrs["experiment"] == "heads"
+    assert list(ds.group.values) == ["top 1", "top 2", "all heads"] and "fraction of band" in result.output
+    bad = CliRunner().invoke(main, ["heads", *base])
+    assert bad.exit_code != 0 and "exactly one of --band" in bad.output
+    bad = CliRunner().invoke(main, ["knockout", *base, "--conditions", "persona,control"])
+    assert bad.exit_code != 0 and "renamed: use ['task_span']" in bad.output
