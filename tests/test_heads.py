@@ -155,3 +155,33 @@ def test_heads_command_from_a_knockout_result(tiny_dirs, tiny_grid_file, tmp_pat
     assert bad.exit_code != 0 and "exactly one of --band" in bad.output
     bad = CliRunner().invoke(main, ["knockout", *base, "--conditions", "persona,control"])
     assert bad.exit_code != 0 and "renamed: use ['task_span']" in bad.output
+
+
+def test_heads_through_the_remote_path_and_resumed(loaded_models, tiny_grid_file, monkeypatch):
+    """The sweep through nnsight's local simulation of the remote path (per-row head masks travel
+    with the trace) equals the local run; an interrupted sweep resumed equals an uninterrupted one."""
+    import dataclasses
+
+    local = loaded_models["gemma2"]
+    grid = load_grid(tiny_grid_file)
+    spec = lambda: heads.HeadSweepSpec(grid="tiny", band=(1, 3), top_k=(2,), batch_size=8, batches_per_request=2)
+    full = heads.run(local, grid, spec(), progress=False)
+    remote = heads.run(dataclasses.replace(local, remote="local"), grid, spec(), progress=False)
+    for name in ("kl", "logp_drop", "group_kl"):
+        np.testing.assert_allclose(remote[name].values, full[name].values, atol=1e-5, rtol=1e-4)
+    real, calls = knockout.window_scores_session, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(knockout, "window_scores_session", interrupted)
+    partial = heads.run(local, grid, spec(), progress=False)
+    assert partial.attrs["completed"] == 0 and np.isnan(partial.kl.values).any()
+    calls["n"] = -10**9
+    resumed = heads.run(local, grid, spec(), progress=False, previous=partial)
+    assert resumed.attrs["completed"] == 1
+    for name in ("kl", "persona_shift", "group_kl", "fraction_of_band", "ranked_head"):
+        np.testing.assert_allclose(resumed[name].values, full[name].values, atol=1e-6)
