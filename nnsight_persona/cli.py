@@ -291,7 +291,8 @@ def knockout(common, bands, queries, conditions, heads, n_tokens, filler, min_ga
 @experiment_options(default_layers="default")
 @click.option("--band", default=None, help="Decoder blocks START:END whose heads are swept.")
 @click.option("--from-knockout", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A knockout result: sweep its band with the largest median persona shift (instead of --band).")
+              help="A knockout result: sweep its band whose persona knockout has the largest median --rank-by "
+                   "measure (instead of --band).")
 @click.option("--top-k", default="1,2,4,8", show_default=True, help="Sizes of the groups of top heads knocked out together.")
 @click.option("--rank-by", type=click.Choice(["persona_shift", "kl", "toward_by"]), default="persona_shift",
               show_default=True, help="The single-head effect (median over cells) heads are ranked by.")
@@ -320,8 +321,8 @@ def heads(common, band, from_knockout, top_k, rank_by, queries, min_gap):
             raise SelectionError(f"--band takes one band START:END, got {band!r}")
         chosen = bands[0]
     else:
-        chosen = exp.best_band(load_dataset(from_knockout))
-        click.echo(f"band {chosen[0]}:{chosen[1]} (largest median persona shift in {from_knockout})", err=True)
+        chosen = exp.best_band(load_dataset(from_knockout), rank_by)
+        click.echo(f"band {chosen[0]}:{chosen[1]} (largest median {rank_by} in {from_knockout})", err=True)
     spec = exp.HeadSweepSpec(grid=grid_name, band=chosen, queries=queries, top_k=sizes, rank_by=rank_by, cells=cells,
                              min_gap=min_gap, batch_size=common.batch_size)
     ds, out = _run_resumable(exp, "heads", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)

@@ -98,7 +98,11 @@ def test_best_band_and_bad_input(loaded_models, tiny_grid_file):
     )
     assert heads.best_band(ds) == (1, 3)  # the all-blocks band is not a candidate
     assert heads.best_band(ds.isel(band=[3])) == (0, 4)  # unless it is the only band
-    with pytest.raises(SelectionError, match="no band has a persona_shift"):
+    sparse = ds.copy(deep=True)
+    sparse["persona_shift"][1, 0] = np.nan  # 1:3 defined in half the cells: still a candidate
+    assert heads.best_band(sparse) == (1, 3)
+    assert heads.best_band(sparse, min_defined=0.75) == (0, 2)
+    with pytest.raises(SelectionError, match="no band has persona_shift defined"):
         heads.best_band(ds * np.nan)
     assert heads.group_sizes((4, 1, 2, 8, 16), 8) == [1, 2, 4]
     assert heads.rank_heads(np.array([[0.1, np.nan], [0.3, 0.2]])) == [(1, 0), (1, 1), (0, 0), (0, 1)]

@@ -47,9 +47,10 @@ class HeadSweepSpec:
         return asdict(self)
 
 
-def best_band(knockout_ds: xr.Dataset, measure: str = "persona_shift") -> tuple[int, int]:
+def best_band(knockout_ds: xr.Dataset, measure: str = "persona_shift", min_defined: float = 0.5) -> tuple[int, int]:
     """The band of a knockout result whose persona knockout has the largest median `measure` over
-    cells; the all-blocks band only when it is the only one."""
+    cells; the all-blocks band only when it is the only one. A band counts only where the measure
+    is defined (not NaN: the XY-vs-BY gap is large enough) in at least `min_defined` of the cells."""
     for name in (measure, "band_start", "band_end"):
         if name not in knockout_ds:
             raise SelectionError(f"the knockout dataset lacks {name!r}; rerun `nnsight-persona knockout` with this version")
@@ -59,10 +60,13 @@ def best_band(knockout_ds: xr.Dataset, measure: str = "persona_shift") -> tuple[
     starts, ends = ds.band_start.values, ds.band_end.values
     whole = (starts == starts.min()) & (ends == ends.max())
     keep = ~whole if (~whole).any() else whole
-    median = ds[measure].sel(condition="persona").median("cell", skipna=True).values
-    median = np.where(keep & ~np.isnan(median), median, -np.inf)
+    values = ds[measure].sel(condition="persona").transpose("band", "cell").values
+    defined = np.isfinite(values).mean(axis=1) >= min_defined
+    median = np.where(keep & defined, _nanmedian(np.where(defined[:, None], values, 0.0)), -np.inf)
     if not np.isfinite(median).any():
-        raise SelectionError(f"no band has a {measure} value to choose by (all NaN); give --band START:END")
+        raise SelectionError(f"no band has {measure} defined in at least {min_defined:.0%} of the cells (it is NaN "
+                             f"where the persona barely changes the answer); choose by another measure (--rank-by) "
+                             f"or give --band START:END")
     best = int(np.argmax(median))
     return int(starts[best]), int(ends[best])
 
