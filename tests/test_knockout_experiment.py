@@ -213,5 +213,9 @@ def test_knockout_figure_draws_every_control_per_key_and_the_shift(loaded_models
         np.testing.assert_allclose(lines(shift_ax)[cond].get_ydata(), sub.persona_shift.sel(condition=cond).median("cell"))
     np.testing.assert_allclose(lines(shift_ax)["persona, toward BY"].get_ydata(), sub.toward_by.sel(condition="persona").median("cell"))
     n = int(sub.n_keys.sel(condition="persona").min()), int(sub.n_keys.sel(condition="persona").max())
+    ds2 = ds.copy(deep=True)
+    ds2["persona_shift"].loc[dict(cell=grid.cells[0].label)] = np.nan
+    labels = [l.get_label() for l in plot_knockout_by_band(ds2).axes[2].get_lines()]
+    assert f"persona (medians of {len(grid.cells) - 1}/{len(grid.cells)} cells)" in labels
     legend = [t.get_text() for t in kl_ax.get_legend().get_texts()]
     assert (f"persona ({n[0]} keys)" if n[0] == n[1] else f"persona ({n[0]}-{n[1]} keys)") in legend

@@ -105,16 +105,24 @@ def _shift_panel(ax, ds: xr.Dataset) -> None:
         if condition == "none":
             continue
         s = summary.sel(condition=condition)
-        ax.plot(x, s["median"].values, marker="o", markersize=3.5, color=_color(condition, i), label=condition)
+        ax.plot(x, s["median"].values, marker="o", markersize=3.5, color=_color(condition, i),
+                label=condition + _defined_in(s, ds.sizes["cell"]))
     if "toward_by" in ds and "persona" in ds["condition"].values:
-        toward = summarize(ds["toward_by"]).sel(condition="persona")["median"].values
-        ax.plot(x, toward, linestyle="--", marker="s", markersize=3, color=_color("persona", 0), label="persona, toward BY")
+        toward = summarize(ds["toward_by"]).sel(condition="persona")
+        ax.plot(x, toward["median"].values, linestyle="--", marker="s", markersize=3, color=_color("persona", 0),
+                label="persona, toward BY" + _defined_in(toward, ds.sizes["cell"]))
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(x, [str(b) for b in ds["band"].values])
     ax.set_ylabel(textwrap.fill(axis_label(ds["persona_shift"]) + " (1 = as under BY)", 32))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
+
+
+def _defined_in(summary: xr.Dataset, n_cells: int) -> str:
+    """' (medians of k/n cells)' when the measure is undefined (NaN: too small a gap) in some cells."""
+    count = int(summary["count"].max())
+    return "" if count == n_cells else f" (medians of {count}/{n_cells} cells)"
 
 
 def _marker_panel(ax, ds: xr.Dataset) -> None:
