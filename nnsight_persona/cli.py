@@ -248,12 +248,18 @@ def inject(common, clamp_layers, conditions, patch_steps, site_layers, filler):
                    "of the depth sliding by half a band, plus all blocks].")
 @click.option("--queries", type=click.Choice(["answer", "generated"]), default="answer", show_default=True,
               help="answer: p_last and every generated token; generated: generated tokens only.")
-@click.option("--conditions", default="persona,control,none", show_default=True, help="Comma list.")
+@click.option("--conditions", default=",".join(("persona", "task_span", "neutral_span", "template_span",
+                                                "baseline_persona", "none")), show_default=True,
+              help="Comma list (see docs/experiments.md): persona and the controls task_span, neutral_span, "
+                   "template_span, baseline_persona, none.")
 @click.option("--heads", default=None, help="Comma list of heads to knock out (default: all heads).")
 @click.option("--n-tokens", default=80, show_default=True, type=click.IntRange(min=0),
               help="Greedy tokens for the marker test (grids with markers; 0 skips it).")
+@click.option("--filler", default=" .", show_default=True, help="Filler of the neutral_span host prompt.")
+@click.option("--min-gap", default=1.0, show_default=True, type=float,
+              help="Nats: persona_shift and toward_by are NaN where the XY-vs-BY gap is below this.")
 @clean_errors
-def knockout(common, bands, queries, conditions, heads, n_tokens):
+def knockout(common, bands, queries, conditions, heads, n_tokens, filler, min_gap):
     """Block attention from the answer to the persona tokens, band by band, with controls."""
     from .analysis.summary import format_table
     from .experiments import knockout as exp
@@ -268,18 +274,61 @@ def knockout(common, bands, queries, conditions, heads, n_tokens):
     band_list = exp.parse_bands(bands, loaded.n_layers) if bands else exp.default_bands(loaded.n_layers)
     spec = exp.KnockoutSpec(
         grid=grid_name, bands=tuple(band_list), queries=queries, conditions=tuple(c.strip() for c in conditions.split(",")),
-        heads=head_list, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
+        heads=head_list, cells=cells, n_tokens=n_tokens, filler=filler, min_gap=min_gap, batch_size=common.batch_size,
     )
     ds, out = _run_resumable(exp, "knockout", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
-    kl = ds.kl.isel(model=0).median("cell")
-    rows = []
-    for band in ds.band.values:
-        row = {"band": str(band), **{f"KL {c}": float(kl.sel(band=band, condition=c)) for c in ds.condition.values}}
-        if "any_marker" in ds:
-            rate = ds.any_marker.isel(model=0).mean("cell")
-            row.update({f"markers {c}": float(rate.sel(band=band, condition=c)) for c in ds.condition.values})
-        rows.append(row)
-    click.echo(format_table(rows))
+    for title, variable in (("median summed KL", "kl"), ("median KL per key", "kl_per_key"),
+                            ("median persona shift", "persona_shift"), ("median toward BY", "toward_by"),
+                            ("fraction of cells with any persona marker", "any_marker")):
+        if variable not in ds:
+            continue
+        click.echo(f"{title}, per band and condition:")
+        click.echo(format_table(exp.summary_rows(ds, variable)))
+    write_result(ds, out)
+
+
+@main.command()
+@experiment_options(default_layers="default")
+@click.option("--band", default=None, help="Decoder blocks START:END whose heads are swept.")
+@click.option("--from-knockout", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A knockout result: sweep its band whose persona knockout has the largest median --rank-by "
+                   "measure (instead of --band).")
+@click.option("--top-k", default="1,2,4,8", show_default=True, help="Sizes of the groups of top heads knocked out together.")
+@click.option("--rank-by", type=click.Choice(["persona_shift", "kl", "toward_by"]), default="persona_shift",
+              show_default=True, help="The single-head effect (median over cells) heads are ranked by.")
+@click.option("--queries", type=click.Choice(["answer", "generated"]), default="answer", show_default=True)
+@click.option("--min-gap", default=1.0, show_default=True, type=float)
+@clean_errors
+def heads(common, band, from_knockout, top_k, rank_by, queries, min_gap):
+    """Which heads read the persona: one head at a time in a band, then groups of the top heads."""
+    from .analysis.summary import format_table
+    from .experiments import heads as exp
+    from .experiments.knockout import parse_bands
+    from .store import load_dataset
+
+    if common.layers != "default":
+        raise SelectionError("heads sweeps one band of decoder blocks: use --band START:END instead of --layers")
+    if (band is None) == (from_knockout is None):
+        raise SelectionError("give exactly one of --band START:END and --from-knockout FILE")
+    try:
+        sizes = tuple(int(k) for k in top_k.split(","))
+    except ValueError:
+        raise SelectionError(f"cannot read --top-k {top_k!r}; use a comma list of group sizes") from None
+    grid, grid_name, _, cells, loaded, capture_ds = _setup(common, positions="all")
+    if band is not None:
+        bands = parse_bands(band, loaded.n_layers)
+        if len(bands) != 1:
+            raise SelectionError(f"--band takes one band START:END, got {band!r}")
+        chosen = bands[0]
+    else:
+        chosen = exp.best_band(load_dataset(from_knockout), rank_by)
+        click.echo(f"band {chosen[0]}:{chosen[1]} (largest median {rank_by} in {from_knockout})", err=True)
+    spec = exp.HeadSweepSpec(grid=grid_name, band=chosen, queries=queries, top_k=sizes, rank_by=rank_by, cells=cells,
+                             min_gap=min_gap, batch_size=common.batch_size)
+    ds, out = _run_resumable(exp, "heads", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
+    top, groups = exp.summary_rows(ds)
+    click.echo(format_table(top))
+    click.echo(format_table(groups))
     write_result(ds, out)
 
 
@@ -370,7 +419,7 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress):
     click.echo(f"wrote {write_manifest(out_dir)}")
 
 
-RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "plot")
+RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads", "plot")
 
 
 @main.command("run")

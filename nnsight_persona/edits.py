@@ -75,7 +75,9 @@ class Knockout:
     `queries` [rows, width]: prompt columns whose queries are blocked in the prefill; with
     `generated`, every position after the prompt (teacher-forced or generated) is blocked too.
     `active` [rows, n_blocks]: in which decoder blocks (0..n_layers-1) each row's knockout holds.
-    `heads` limits the knockout to some attention heads (None: all heads).
+    `heads` limits the knockout to some attention heads, the same for every row (None: all heads).
+    `head_mask` [rows, n_blocks, n_heads] instead says per row and block which heads are knocked
+    out, so one batch can sweep heads (a row whose mask is all False in a block is left alone there).
     """
 
     keys: torch.Tensor
@@ -83,10 +85,19 @@ class Knockout:
     active: torch.Tensor
     generated: bool = True
     heads: tuple[int, ...] | None = None
+    head_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.heads is not None and self.head_mask is not None:
+            raise ValueError("a Knockout takes heads (every row) or head_mask (per row and block), not both")
 
     @property
     def blocks(self) -> tuple[int, ...]:
         return tuple(int(b) for b in self.active.any(0).nonzero().flatten())
+
+    def heads_at(self, block: int):
+        """The heads knocked out in `block`: None (all), a tuple (every row), or bool [rows, n_heads]."""
+        return self.heads if self.head_mask is None else self.head_mask[:, block]
 
     def blocked(self, q_len: int, k_len: int, block: int, total_len: int | None = None) -> torch.Tensor:
         """Bool [rows, q_len, k_len]: True where attention is removed in `block`, for a forward

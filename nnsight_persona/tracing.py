@@ -13,7 +13,8 @@ from .sites import module_at
 
 def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int, device=None):
     """A NEW attention mask with `blocked` [rows, q, k] removed (never edit the model's mask in
-    place: some families share one mask object across layers). Handles the additive float masks
+    place: some families share one mask object across layers), in `heads` only (None: all heads;
+    a tuple of heads for every row; or bool [rows, n_heads], per row). Handles the additive float masks
     of eager attention, the boolean masks of sdpa, and sdpa's None (plain causal, built on
     `device`, the queries' device)."""
     rows, q_len, k_len = blocked.shape
@@ -21,10 +22,14 @@ def knocked_mask(mask, blocked: torch.Tensor, heads, n_heads: int, device=None):
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
         mask = causal[None, None].expand(rows, 1, q_len, k_len)
     block = blocked[:, None].to(mask.device)
-    if heads is not None:
-        per_head = torch.zeros(n_heads, dtype=torch.bool)
-        per_head[list(heads)] = True
-        block = block & per_head[None, :, None, None].to(mask.device)
+    if heads is not None:  # a tuple (every row) or bool [rows, n_heads] (per row)
+        if isinstance(heads, torch.Tensor):
+            per_head = heads
+        else:
+            per_head = torch.zeros(n_heads, dtype=torch.bool)
+            per_head[list(heads)] = True
+            per_head = per_head[None].expand(rows, n_heads)
+        block = block & per_head[:, :, None, None].to(mask.device)
         mask = mask.expand(rows, n_heads, q_len, k_len)
     if mask.dtype == torch.bool:
         return mask & ~block
@@ -41,8 +46,8 @@ def knock_out(blocks, adapter, knockout, block_index: int, total_len: int | None
     else:
         mask = kwargs["attention_mask"]
     q_len, k_len = args[1].shape[-2], args[2].shape[-2]
-    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index, total_len), knockout.heads, args[1].shape[1],
-                       args[1].device)
+    new = knocked_mask(mask, knockout.blocked(q_len, k_len, block_index, total_len), knockout.heads_at(block_index),
+                       args[1].shape[1], args[1].device)
     if len(args) > 4:
         kernel.inputs = ((*args[:4], new, *args[5:]), kwargs)
     else:
@@ -236,6 +241,36 @@ def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
                 ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
                 results.append((ref.exp() * (ref - logp)).sum(-1).sum(-1).save())
     return list(results)
+
+
+def window_scores(logp: torch.Tensor, own_rows: torch.Tensor, baseline_rows: torch.Tensor, targets: torch.Tensor):
+    """Per-row sums over a window of next-token log-probs `logp` [rows, W, vocab] of one batch:
+    [rows, 3] = KL(row own_rows[r] || row r), KL(row baseline_rows[r] || row r), and the
+    log-prob row r gives the teacher-forced `targets` [rows, W]. Reference rows are read at the
+    same window columns (sequences ending in the same tokens are right-aligned by left padding)."""
+    own, base = logp[own_rows.to(logp.device)], logp[baseline_rows.to(logp.device)]
+    kl_own = (own.exp() * (own - logp)).sum(-1).sum(-1)
+    kl_base = (base.exp() * (base - logp)).sum(-1).sum(-1)
+    target = logp.gather(-1, targets.to(logp.device)[..., None]).squeeze(-1).sum(-1)
+    return torch.stack([kl_own, kl_base, target], dim=-1)
+
+
+@retried
+def window_scores_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
+    """window_scores for several batches in one request (one nnsight session); each job is
+    (batch, writes, window_cols, own_rows, knockout, baseline_rows, targets). Returns [rows, 3]
+    per job (see window_scores)."""
+    blocks = loaded.layers()
+    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
+    with loaded.lm.session(remote=loaded.remote):
+        results = list().save()
+        for batch, writes, window_cols, own_rows, knockout, baseline_rows, targets in jobs:
+            rows = torch.arange(batch.input_ids.shape[0])[:, None]
+            with loaded.lm.trace(**batch.inputs()):
+                apply_edits(blocks, loaded.adapter, writes, knockout)
+                logp = lm_head.output[rows, window_cols].float().log_softmax(-1)
+                results.append(window_scores(logp, own_rows, baseline_rows, targets).save())
+    return [r.cpu() for r in results]
 
 
 def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, progress: bool):

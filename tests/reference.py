@@ -124,10 +124,12 @@ def greedy_with_patch(model, ids, n, eos_ids, layer, pos, value=None, delta=None
 
 
 @torch.no_grad()
-def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_from: int, keys: list[int]) -> torch.Tensor:
+def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_from: int, keys: list[int],
+                              heads: dict | None = None) -> torch.Tensor:
     """Logits of one unpadded sequence when queries at positions >= query_from cannot read `keys`
     in the given blocks: an independent route, a forward pre-hook on each attention module that
-    swaps in a rebuilt eager (additive float) mask (with the sliding window of sliding layers)."""
+    swaps in a rebuilt eager (additive float) mask (with the sliding window of sliding layers).
+    `heads` {block: [head, ...]}: only those heads of a block are knocked out (default: all)."""
     n = len(ids)
     low = torch.finfo(torch.float32).min
     layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(model.model.layers)
@@ -137,6 +139,13 @@ def logits_with_mask_knockout(model, ids: list[int], blocks: list[int], query_fr
         mask = torch.full((n, n), low).triu(1)
         if layer_types[block] == "sliding_attention" and window:
             mask = mask.masked_fill(torch.ones(n, n, dtype=torch.bool).tril(-window), low)
+        if heads is not None and block in heads:
+            mask = mask.repeat(model.config.num_attention_heads, 1, 1)
+            for h in heads[block]:
+                for q in range(query_from, n):
+                    for k in keys:
+                        mask[h, q, k] = low
+            return mask[None]
         for q in range(query_from, n):
             for k in keys:
                 mask[q, k] = low

@@ -124,3 +124,45 @@ def test_generation_holds_the_knockout_at_every_step(tiny_dirs, family, attn, se
         assert torch.equal(forced[r, :stop], tokens[r, :stop])
     clean_tokens = generate_with_edit(loaded, batch, 6)
     assert not torch.equal(clean_tokens, tokens)  # the knockout did change the generation
+
+
+@torch.no_grad()
+def test_single_head_knockout_changes_only_that_heads_attention_output(tiny_dirs, attn):
+    """Rows of one batch knock out one (block, head) each (a per-row head mask); a plain forward
+    pre-hook on each block's o_proj reads the concatenated head outputs: in the knocked block only
+    that head's slice changes, and only at the blocked queries; earlier blocks do not change."""
+    loaded = _load(tiny_dirs, "llama", attn)  # 4 query heads sharing 2 key/value heads
+    config = loaded.lm._module.config
+    n_heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    batch = left_pad(SEQS, loaded.pad_id)
+    targets = [(1, 2), (2, 0), (3, 3)]  # (block, head) per row
+    base = _knockout(batch, (1, 3), 4, [], 4)
+    head_mask = torch.zeros(len(SEQS), 4, n_heads, dtype=torch.bool)
+    active = torch.zeros(len(SEQS), 4, dtype=torch.bool)
+    for r, (block, head) in enumerate(targets):
+        head_mask[r, block, head] = True
+        active[r, block] = True
+    knockout = Knockout(keys=base.keys, queries=base.queries, active=active, head_mask=head_mask)
+
+    def head_outputs(knock):
+        seen = {}
+        blocks = loaded.lm._module.model.layers
+        hooks = [blocks[b].self_attn.o_proj.register_forward_pre_hook(
+            lambda m, args, b=b: seen.__setitem__(b, args[0].detach().clone())) for b in range(4)]
+        try:
+            _logits(loaded, batch, knock)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {b: x.view(*x.shape[:2], n_heads, head_dim) for b, x in seen.items()}
+
+    clean, knocked = head_outputs(None), head_outputs(knockout)
+    for r, (block, head) in enumerate(targets):
+        first = int(batch.pad[r]) + 4
+        for b in range(block):
+            assert torch.equal(knocked[b][r], clean[b][r])
+        for h in range(n_heads):
+            if h != head:
+                assert torch.equal(knocked[block][r, :, h], clean[block][r, :, h]), (r, h)
+        assert torch.equal(knocked[block][r, :first, head], clean[block][r, :first, head])
+        assert (knocked[block][r, first:, head] - clean[block][r, first:, head]).abs().max() > 1e-6

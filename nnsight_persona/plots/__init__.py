@@ -99,6 +99,7 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, pdf: bool = False)
 from .controls import plot_controls  # noqa: E402
 from .decomposition import plot_decomposition  # noqa: E402
 from .inject import plot_gap_closed  # noqa: E402
+from .heads import plot_head_map  # noqa: E402
 from .kl_by_layer import plot_kl_by_layer  # noqa: E402
 from .knockout import plot_knockout_by_band  # noqa: E402
 from .markers import plot_markers  # noqa: E402
@@ -109,6 +110,7 @@ FIGURES = {
     "markers": {"markers": plot_markers},
     "inject": {"gap_closed": plot_gap_closed},
     "knockout": {"knockout_by_band": plot_knockout_by_band},
+    "heads": {"head_map": plot_head_map},
 }
 
 
@@ -127,5 +129,6 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
 
 
 __all__ = [
-    "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_kl_by_layer", "plot_markers",
+    "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
+    "plot_markers",
 ]

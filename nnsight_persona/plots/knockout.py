@@ -1,5 +1,8 @@
-"""Attention-knockout figure: median KL to the clean run by band of decoder blocks, one line per
-condition, and (when the run tested markers) how often persona markers survive the knockout."""
+"""Attention-knockout figure: by band of decoder blocks, one line per condition (the persona span
+and its controls), the median KL to each condition's reference run, the KL per key knocked out,
+the persona-specific shift (with the persona knockout's toward-BY measure), and (when the run
+tested markers) how often persona markers survive the knockout. Panels are drawn for the
+variables a result has (results of earlier versions hold the KL only)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ from matplotlib.figure import Figure
 
 from ..errors import SelectionError
 
-CONDITION_COLORS = {"persona": "#d62728", "control": "#1f77b4", "none": "#7f7f7f"}
+CONDITION_COLORS = {
+    "persona": "#d62728", "task_span": "#1f77b4", "control": "#1f77b4", "neutral_span": "#2ca02c",
+    "template_span": "#9467bd", "baseline_persona": "#ff7f0e", "none": "#7f7f7f",
+}
 DIMS = ("band", "cell", "condition")
 
 
@@ -22,12 +28,12 @@ def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
     _check(ds)
     ds = one_model(ds, model)
     ds = ds.squeeze("model", drop=True) if "model" in ds.dims else ds
-    with_markers = "any_marker" in ds
-    fig = new_figure(1, panel_width=max(5.5, 0.7 * ds.sizes["band"] + 2), height=6.4 if with_markers else 3.8)
-    axes = fig.subplots(2 if with_markers else 1, 1, squeeze=False, sharex=True)[:, 0]
-    _kl_panel(axes[0], ds)
-    if with_markers:
-        _marker_panel(axes[1], ds)
+    panels = [_kl_panel] + [_per_key_panel] * ("kl_per_key" in ds) + [_shift_panel] * ("persona_shift" in ds)
+    panels += [_marker_panel] * ("any_marker" in ds)
+    fig = new_figure(1, panel_width=max(5.5, 0.7 * ds.sizes["band"] + 2), height=0.6 + 2.9 * len(panels))
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, panel in zip(axes, panels):
+        panel(ax, ds)
     axes[-1].set_xlabel(ds["band"].attrs.get("long_name", "band"))
     axes[0].set_title(figure_title(ds, "attention knockout of the persona span"), fontsize="medium")
     return fig
@@ -48,11 +54,11 @@ def _color(condition: str, i: int) -> str:
     return CONDITION_COLORS.get(condition, OTHER_COLORS[i % len(OTHER_COLORS)])
 
 
-def _kl_panel(ax, ds: xr.Dataset) -> None:
+def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> None:
     from ..analysis.summary import summarize
     from . import axis_label
 
-    summary = summarize(ds["kl"])
+    summary = summarize(ds[variable])
     x = np.arange(ds.sizes["band"])
     for i, condition in enumerate(str(c) for c in ds["condition"].values):
         s = summary.sel(condition=condition)
@@ -67,9 +73,56 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
     if (values > 0).any():
         ax.set_yscale("log", nonpositive="mask")
     ax.set_xticks(x, [str(b) for b in ds["band"].values])
-    ax.set_ylabel(textwrap.fill(axis_label(ds["kl"]), 32))
+    ax.set_ylabel(textwrap.fill(axis_label(ds[variable]), 32))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", title="keys knocked out")
+    if legend:
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, [_with_key_count(ds, label) for label in labels], fontsize="small", title="keys knocked out")
+
+
+def _with_key_count(ds: xr.Dataset, label: str) -> str:
+    """'persona' -> 'persona (20 keys)' (or a range over cells), from n_keys when the result has it."""
+    if "n_keys" not in ds or label not in [str(c) for c in ds["condition"].values]:
+        return label
+    keys = ds["n_keys"].sel(condition=label)
+    low, high = int(keys.min()), int(keys.max())
+    return f"{label} ({low} keys)" if low == high else f"{label} ({low}-{high} keys)"
+
+
+def _per_key_panel(ax, ds: xr.Dataset) -> None:
+    _kl_panel(ax, ds, "kl_per_key", legend=False)
+
+
+def _shift_panel(ax, ds: xr.Dataset) -> None:
+    """persona_shift per condition (0: no change, 1: the clean tokens as likely as under BY) and
+    the persona knockout's toward_by (1: its distributions are BY's), both medians over cells."""
+    from ..analysis.summary import summarize
+    from . import axis_label
+
+    x = np.arange(ds.sizes["band"])
+    summary = summarize(ds["persona_shift"])
+    for i, condition in enumerate(str(c) for c in ds["condition"].values):
+        if condition == "none":
+            continue
+        s = summary.sel(condition=condition)
+        ax.plot(x, s["median"].values, marker="o", markersize=3.5, color=_color(condition, i),
+                label=condition + _defined_in(s, ds.sizes["cell"]))
+    if "toward_by" in ds and "persona" in ds["condition"].values:
+        toward = summarize(ds["toward_by"]).sel(condition="persona")
+        ax.plot(x, toward["median"].values, linestyle="--", marker="s", markersize=3, color=_color("persona", 0),
+                label="persona, toward BY" + _defined_in(toward, ds.sizes["cell"]))
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xticks(x, [str(b) for b in ds["band"].values])
+    ax.set_ylabel(textwrap.fill(axis_label(ds["persona_shift"]) + " (1 = as under BY)", 32))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _defined_in(summary: xr.Dataset, n_cells: int) -> str:
+    """' (medians of k/n cells)' when the measure is undefined (NaN: too small a gap) in some cells."""
+    count = int(summary["count"].max())
+    return "" if count == n_cells else f" (medians of {count}/{n_cells} cells)"
 
 
 def _marker_panel(ax, ds: xr.Dataset) -> None:
