@@ -91,35 +91,23 @@ def test_concurrent_saves_to_one_path_never_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.nc"]  # no temp file left behind
 
 
-def _blocked_run(args, started):
-    """A CLI run that stops inside its first batch until killed."""
-    import nnsight_persona.experiments.substitute as sub
-
-    def hang(*a, **k):
-        started.set()
-        time.sleep(600)
-
-    sub.window_kl = hang
-    CliRunner().invoke(main, args)
-
-
 def test_a_second_run_on_the_same_out_is_refused_naming_the_first(base, tmp_path, monkeypatch):
+    import cli_child
+
     out = tmp_path / "sub.nc"
-    args = ["substitute", *map(str, base), "--layers", "2", "--positions", "p_last", "--out", str(out)]
-    ctx = multiprocessing.get_context("fork")
-    started = ctx.Event()
-    first = ctx.Process(target=_blocked_run, args=(args, started))
-    first.start()
+    args = ["substitute", *base, "--layers", "2", "--positions", "p_last", "--out", out]
+    first = cli_child.start(args, model=str(base[1]), block_in_window_kl=True)
     try:
-        assert started.wait(120), "the first run never started computing"
+        assert first.wait_ready(120), "the first run never started computing"
         forbid_model_load(monkeypatch)
         begin = time.monotonic()
-        result = invoke(*args)
-        assert_one_line_error(result, f"PID {first.pid}", str(out))
+        assert_one_line_error(invoke(*args), f"PID {first.pid}", str(out))
         assert time.monotonic() - begin < 10  # at once, not after a computation
     finally:
-        first.kill()
-        first.join()
+        first.process.kill()
+        first.process.join()
+    monkeypatch.undo()
+    assert invoke(*args).exit_code == 0  # the killed run's lock went with it
 
 
 # ---------------------------------------------------------------- what is already at --out
