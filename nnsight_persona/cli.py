@@ -70,6 +70,10 @@ def _setup(common: Common, positions: str | None = None):
     cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
     plan = ModelPlan(model_spec, dtype=dtype, remote=common.remote_target, device=common.device)
     if capture_ds is not None:
+        missing = [c for c in cell_list if c not in set(capture_ds.cell.values.tolist())]
+        if missing:
+            raise SelectionError(f"{common.capture_path} has no cell {missing}; it holds "
+                                 f"{capture_ds.cell.values.tolist()} (choose among them with --cells)")
         check_capture_weights(capture_ds, common.capture_path, plan)
     return grid, grid_name, position_list, cell_list, plan, capture_ds
 

@@ -144,7 +144,7 @@ def plan_output(path: str | Path, experiment: str, spec: dict, model_id: str, dt
             return Target(path, "done", existing=ds)
         return Target(path, "fresh") if fresh else Target(path, "resume", previous=ds)
     if differences == ["experiment"]:
-        what = f"{describe(ds)}, not {experiment}"
+        what = f"{describe(ds)}, not a {experiment} one"
     else:
-        what = f"{describe(ds)} with another {', '.join(differences)}"
+        what = f"{describe(ds)} that differs from this run in {', '.join(differences)}"
     raise OutputError(f"{path} already holds {what}; --overwrite replaces it, or choose another output")

@@ -290,6 +290,16 @@ def test_options_that_disagree_with_the_capture_are_refused(tiny_dirs, tiny_grid
     assert same.exit_code == 0, same.output  # agreeing options are fine
 
 
+def test_a_capture_without_the_cells_is_refused_before_the_model_loads(base, tmp_path, monkeypatch):
+    cap = tmp_path / "cap.nc"
+    assert invoke("capture", *base, "--cells", "yoda__haiku", "--layers", "2", "--positions", "p_last",
+                  "--out", cap).exit_code == 0
+    forbid_model_load(monkeypatch)
+    result = invoke("substitute", "--capture", cap, "--layers", "2", "--positions", "p_last", "--out",
+                    tmp_path / "sub.nc", "--no-progress")
+    assert_one_line_error(result, str(cap), "engineer__book", "--cells")
+
+
 # ---------------------------------------------------------------- one-line errors, before any model work
 
 
