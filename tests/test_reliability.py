@@ -148,6 +148,23 @@ def test_anything_else_at_out_is_refused_unless_overwrite(base, tmp_path, other,
     assert load_dataset(out).attrs["experiment"] == command and load_dataset(out).attrs["completed"] == 1
 
 
+def test_a_result_of_other_weights_is_neither_reused_nor_resumed(tiny_grid_file, tmp_path):
+    model_dir = build_tiny_model("llama", tmp_path / "model", seed=1)
+    out = tmp_path / "sub.nc"
+    args = ["substitute", "--model", model_dir, "--grid", tiny_grid_file, "--layers", "2", "--positions", "p_last",
+            "--conditions", "additive,oracle", "--out", out, "--no-progress"]
+    assert invoke(*args).exit_code == 0
+    for finished in (1, 0):
+        ds = load_dataset(out)
+        ds.attrs["completed"] = finished
+        save_dataset(ds, out)
+        build_tiny_model("llama", model_dir, seed=2 + finished)  # the folder's weights change
+        assert_one_line_error(invoke(*args), str(out), "model weights", "--overwrite")
+        result = invoke(*args, "--overwrite")
+        assert result.exit_code == 0 and "resuming" not in result.output, result.output
+        assert abs(load_dataset(out).kl.sel(condition="oracle")).max() < 1e-5
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4, b"not a netCDF file"],
                          ids=["empty", "hdf-garbage", "text"])
 def test_an_unreadable_file_at_out_is_refused_unless_overwrite(base, tmp_path, content, no_model_load):
