@@ -29,33 +29,53 @@ def main():
     """Persona-prompt interpretability experiments ("As X, do Y") with nnsight."""
 
 
-def _setup(common: Common, positions: str | None = None):
-    """Shared start of every experiment command: grid, positions and cells (validated before the
-    model loads, so bad input fails fast), the model, and a reused capture if one was given."""
-    from .grids import grid_from_dict, load_grid
-    from .models import load_model
-    from .selection import parse_positions
+def _read_capture(common: Common, finished: bool = True):
+    """The capture file given with --capture, checked: readable, a capture, finished (when
+    `finished`), and not contradicted by --model, --grid or --dtype given with it."""
+    from .preflight import check_capture_agrees
     from .store import load_dataset, spec_of
 
-    capture_ds, grid_name, model_spec = None, common.grid_name, common.model_spec
+    capture_ds = load_dataset(common.capture_path)
+    spec = spec_of(capture_ds)
+    if capture_ds.attrs.get("experiment") != "capture" or "grid_definition" not in spec:
+        raise SelectionError(f"{common.capture_path} is not a capture file (see `nnsight-persona capture`)")
+    if finished and not capture_ds.attrs.get("completed"):
+        raise SelectionError(f"{common.capture_path} is an interrupted capture (completed=0); rerun it first")
+    options = {"model_spec": "--model", "grid_name": "--grid", "dtype": "--dtype"}
+    given = {flag: getattr(common, name) for name, flag in options.items() if name in common.given}
+    check_capture_agrees(capture_ds, common.capture_path, given)
+    return capture_ds
+
+
+def _setup(common: Common, positions: str | None = None):
+    """Shared start of every experiment command: grid, positions and cells, the model's config and
+    a reused capture if one was given, all checked before any weights load, so bad input fails
+    fast. The model is returned as a ModelPlan: it loads when a run needs it (not at all when the
+    output already holds the finished result)."""
+    from .grids import grid_from_dict, load_grid
+    from .preflight import ModelPlan, check_capture_weights
+    from .selection import parse_positions
+    from .store import spec_of
+
+    capture_ds, grid_name, model_spec, dtype = None, common.grid_name, common.model_spec, common.dtype
     if common.capture_path is not None:
-        capture_ds = load_dataset(common.capture_path)
+        capture_ds = _read_capture(common)
         spec = spec_of(capture_ds)
-        if capture_ds.attrs.get("experiment") != "capture" or "grid_definition" not in spec:
-            raise SelectionError(f"{common.capture_path} is not a capture file (see `nnsight-persona capture`)")
-        if not capture_ds.attrs.get("completed"):
-            raise SelectionError(f"{common.capture_path} is an interrupted capture (completed=0); rerun it first")
         grid_name = spec["grid"]
         grid = grid_from_dict(spec["grid_definition"], name=grid_name)
-        model_spec = capture_ds.attrs["model_id"]
+        model_spec, dtype = capture_ds.attrs["model_id"], capture_ds.attrs.get("dtype", dtype)
     else:
         grid = load_grid(grid_name)
     position_list = parse_positions(positions or common.positions)
     cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
-    loaded = load_model(model_spec, dtype=common.dtype, remote=common.remote_target, device=common.device)
-    if common.batch_size == "auto":
-        common.batch_size = _auto_batch_size(loaded, grid, cell_list)
-    return grid, grid_name, position_list, cell_list, loaded, capture_ds
+    plan = ModelPlan(model_spec, dtype=dtype, remote=common.remote_target, device=common.device)
+    if capture_ds is not None:
+        missing = [c for c in cell_list if c not in set(capture_ds.cell.values.tolist())]
+        if missing:
+            raise SelectionError(f"{common.capture_path} has no cell {missing}; it holds "
+                                 f"{capture_ds.cell.values.tolist()} (choose among them with --cells)")
+        check_capture_weights(capture_ds, common.capture_path, plan)
+    return grid, grid_name, position_list, cell_list, plan, capture_ds
 
 
 def _auto_batch_size(loaded, grid, cell_labels) -> int:
@@ -71,40 +91,83 @@ def _auto_batch_size(loaded, grid, cell_labels) -> int:
     return size if device.type == "cuda" else min(size, 32)
 
 
-def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, common: Common, **kwargs):
-    """Run an experiment so that a long run survives interruption: the partial result is written
-    to the output file every minute, and an unfinished file of the same spec is resumed."""
-    from .store import Checkpoint, resumable
+def _with_batch_size(spec, loaded, grid):
+    """`spec` with batch_size 'auto' resolved for the loaded model."""
+    import dataclasses
+
+    if getattr(spec, "batch_size", None) != "auto":
+        return spec
+    cells = list(spec.cells) or grid.cell_labels
+    return dataclasses.replace(spec, batch_size=_auto_batch_size(loaded, grid, cells))
+
+
+def _claim(out: Path, experiment: str, spec_dict: dict, plan, common: Common, stack=None):
+    from .cli_common import claim_output
+
+    return claim_output(out, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
+                        overwrite=common.overwrite, fresh=common.fresh, stack=stack)
+
+
+# Checks of an experiment's spec that need no weights, run before the model loads.
+_PRECHECKS = {
+    "markers": lambda module, spec, grid, n_layers: module.check_spec(spec, grid, n_layers),
+    "inject": lambda module, spec, grid, n_layers: module._check(spec, n_layers),
+}
+
+
+def _interrupted_before_results(target) -> None:
+    click.echo(f"interrupted (Ctrl-C) before any result was computed; {target.path} was left as it was", err=True)
+    raise click.exceptions.Exit(130)
+
+
+def _compute(module, experiment: str, plan, grid, spec, target, progress: bool, **kwargs):
+    """Run an experiment for `target` (claimed): load the model, resume what `target` holds, and
+    checkpoint the partial result every minute unless that would replace a finished file."""
+    from . import store
     from .traffic import metered
 
-    out = common.out or default_out(loaded.model_id, experiment, grid_name)
-    spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
-    previous = None if common.fresh else resumable(out, experiment, spec_dict, loaded.model_id)
-    if previous is not None:
-        click.echo(f"resuming the unfinished run in {out} (--fresh starts over)", err=True)
-    # Remote batches are slow and can be lost with the connection: keep each one as it finishes.
-    every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
-    with metered() as traffic:
-        ds = module.run(loaded, grid, spec, progress=common.progress, previous=previous,
-                        checkpoint=Checkpoint(out, every_s=every_s), **kwargs)
+    try:
+        loaded = plan.load()
+        spec = _with_batch_size(spec, loaded, grid)
+        # Remote batches are slow and can be lost with the connection: keep each one as it finishes.
+        every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
+        checkpoint = None if target.protect else store.Checkpoint(target.path, every_s=every_s)
+        with metered() as traffic:
+            ds = module.run(loaded, grid, spec, progress=progress, previous=target.previous,
+                            checkpoint=checkpoint, **kwargs)
+    except KeyboardInterrupt:  # while loading, or in a built-in capture: nothing finished to keep
+        _interrupted_before_results(target)
     ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(
         loaded.remote, f"NDIF {loaded.remote if isinstance(loaded.remote, str) else 'public service'}")
     if loaded.remote:
         ds.attrs.update(traffic.as_attrs())  # of this invocation (a resumed run counts its own part)
-    return ds, out
+    return ds
 
 
-def _capture(common: Common, n_continuation: int = 12, resumable_file: bool = False):
+def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, common: Common, **kwargs):
+    """Run an experiment so that no result is lost or silently replaced: the output is checked and
+    locked first; a finished result of the same computation is reused (nothing is computed, the
+    model never loads), an unfinished one resumed; the partial result is written to the output
+    every minute. Returns (dataset, target) for write_result. `loaded` is the command's ModelPlan."""
+    out = common.out or default_out(loaded.model_id, experiment, grid_name)
+    spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
+    if experiment in _PRECHECKS:
+        _PRECHECKS[experiment](module, spec, grid, loaded.n_layers)
+    target = _claim(out, experiment, spec_dict, loaded, common)
+    if target.done:
+        return target.existing, target
+    return _compute(module, experiment, loaded, grid, spec, target, common.progress, **kwargs), target
+
+
+def _capture_spec(common: Common, n_continuation: int = 12):
     from .experiments import capture as exp
     from .selection import parse_layers
 
-    grid, grid_name, positions, cells, loaded, _ = _setup(common)
-    layers = parse_layers(common.layers, loaded.n_layers, default=range(loaded.n_layers + 1))
+    grid, grid_name, positions, cells, plan, _ = _setup(common)
+    layers = parse_layers(common.layers, plan.n_layers, default=range(plan.n_layers + 1))
     spec = exp.CaptureSpec(grid=grid_name, layers=tuple(layers), positions=tuple(positions), cells=cells,
                            n_continuation=n_continuation, batch_size=common.batch_size)
-    if resumable_file:  # the capture command's own output file
-        return _run_resumable(exp, "capture", loaded, grid, grid_name, spec, common)[0], grid_name
-    return exp.run(loaded, grid, spec, progress=common.progress), grid_name
+    return grid, grid_name, plan, spec
 
 
 @main.command()
@@ -114,10 +177,13 @@ def _capture(common: Common, n_continuation: int = 12, resumable_file: bool = Fa
 @clean_errors
 def capture(common, n_continuation):
     """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
+    from .experiments import capture as exp
+
     if common.capture_path is not None:
         raise SelectionError("capture makes capture files; --capture is for the other experiments")
-    ds, grid_name = _capture(common, n_continuation, resumable_file=True)
-    write_result(ds, common.out or default_out(ds.attrs["model_id"], "capture", grid_name))
+    grid, grid_name, plan, spec = _capture_spec(common, n_continuation)
+    ds, target = _run_resumable(exp, "capture", plan, grid, grid_name, spec, common)
+    write_result(ds, target)
 
 
 @main.command()
@@ -127,18 +193,35 @@ def decompose(common):
     """Delta_X, Delta_Y, Delta_XY and Inter at every layer, position and cell; cosines and norms."""
     from .analysis.decompose import decompose as decompose_capture
     from .analysis.summary import format_table, median_rows
+    from .cli_common import claim_output
+    from .store import spec_of
 
-    if common.capture_path is not None:
-        from .store import load_dataset, spec_of
-
-        capture_ds = load_dataset(common.capture_path)
-        grid_name = spec_of(capture_ds).get("grid", common.grid_name)
+    if common.capture_path is not None:  # no model: computed from the file, then checked against --out
+        capture_ds = _read_capture(common, finished=False)
+        ds = decompose_capture(capture_ds)
+        out = common.out or default_out(ds.attrs["model_id"], "decompose", spec_of(capture_ds).get("grid", "grid"))
+        target = claim_output(out, "decompose", spec_of(ds), ds.attrs["model_id"], ds.attrs.get("dtype"),
+                              ds.attrs.get("model_revision"), overwrite=common.overwrite, fresh=common.fresh)
     else:
-        capture_ds, grid_name = _capture(common)
-    ds = decompose_capture(capture_ds)
+        from .experiments import capture as exp
+
+        grid, grid_name, plan, cap_spec = _capture_spec(common)
+        out = common.out or default_out(plan.model_id, "decompose", grid_name)
+        cap_dict = {**cap_spec.to_dict(), "grid_definition": grid.to_dict()}
+        planned = {"grid": grid_name, "source": {"experiment": "capture", "spec": cap_dict}}
+        target = _claim(out, "decompose", planned, plan, common)
+        if not target.done:
+            try:
+                loaded = plan.load()
+                capture_ds = exp.run(loaded, grid, _with_batch_size(cap_spec, loaded, grid), progress=common.progress)
+            except KeyboardInterrupt:
+                _interrupted_before_results(target)
+            ds = decompose_capture(capture_ds)
+    if target.done:
+        ds = target.existing
     columns = ("model", "layer", "position", "n", "cos_xy_sum", "cos_x_y", "inter_over_xy")
     click.echo(format_table(median_rows(ds, ["cos_xy_sum", "cos_x_y", "inter_over_xy"]), columns))
-    write_result(ds, common.out or default_out(ds.attrs["model_id"], "decompose", grid_name))
+    write_result(ds, target)
 
 
 @main.command()
@@ -344,79 +427,121 @@ REPRODUCE_GRIDS = {
 LONG_GRIDS = {"toy-long", "xu2026-long"}
 
 
+def _draw_figures(ds, path: Path) -> None:
+    """The figures of the result in `path`, next to it, unless they are already newer than it."""
+    from .plots import FIGURES, figures_for, save_figure
+
+    names = FIGURES.get(ds.attrs.get("experiment"), {})
+    pngs = [path.with_name(f"{path.stem}-{name}.png") for name in names]
+    if all(p.exists() and p.stat().st_mtime >= path.stat().st_mtime for p in pngs):
+        return
+    for name, fig in figures_for(ds).items():
+        for fig_path in save_figure(fig, path.with_name(f"{path.stem}-{name}")):
+            click.echo(f"wrote {fig_path}")
+
+
 @main.command()
 @click.option("--model", "model_spec", default="toy", show_default=True, help="Model to reproduce on.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
 @DEVICE_OPTION
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where datasets and figures go [default: artifacts/<model>].")
+              help="Where datasets and figures go [default: runs/<model>]. A rerun resumes the folder step by "
+                   "step: finished steps are reused, an unfinished one resumed.")
 @click.option("--batch-size", default="auto", show_default=True, callback=batch_size_option,
               help="Rows per forward pass, or 'auto' (memory-aware; see the experiment commands).")
 @click.option("--grid", "grids", multiple=True,
               help="Run these grids (every experiment, every cell) instead of the model's default plan.")
 @click.option("--progress/--no-progress", default=True)
+@click.option("--overwrite", is_flag=True,
+              help="Recompute every step and replace what the folder holds; a finished file is kept until its "
+                   "replacement is complete. Needed to regenerate a folder made otherwise (e.g. artifacts/toy).")
 @clean_errors
-def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress):
-    """The main job: every experiment on the model's grids, datasets and figures under artifacts/.
+def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, overwrite):
+    """The main job: every experiment on the model's grids, datasets and figures under runs/<model>.
 
     On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
-    (e.g. google/gemma-2-2b-it) it runs the paper's short and long grids."""
+    (e.g. google/gemma-2-2b-it) it runs the paper's short and long grids. Steps already finished in
+    the folder are reused, so an interrupted reproduce continues where it stopped."""
+    from contextlib import ExitStack
+
     from .analysis.decompose import decompose as decompose_capture
+    from .cli_common import claim_output
     from .experiments import capture as capture_exp
+    from .experiments import heads as heads_exp
     from .experiments import inject as inject_exp
     from .experiments import knockout as knockout_exp
     from .experiments import markers as markers_exp
     from .experiments import substitute as substitute_exp
     from .grids import load_grid
-    from .models import load_model
-    from .plots import FIGURES, figures_for, save_figure
+    from .outputs import check_writable
+    from .preflight import ModelPlan
     from .selection import paper_layers
-    from .store import save_dataset
+    from .store import spec_of
 
-    loaded = load_model(model_spec, dtype=dtype, device=device)
-    out_dir = out_dir or Path("artifacts") / re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec)
+    plan = ModelPlan(model_spec, dtype=dtype, device=device)  # the config only; weights load when a step needs them
+    out_dir = out_dir or default_out(model_spec, "reproduce", "grid").parent
+    check_writable(out_dir / "capture.nc")
     for grid_name in grids:
         load_grid(grid_name)  # fail fast on a bad grid
-    plan = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
+    steps = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
+    n = plan.n_layers
 
-    requested_batch = batch_size
+    def step(module, experiment, grid, grid_name, spec, **kwargs):
+        """One step, resumable on its own: claimed, reused or computed, written, figures drawn."""
+        path = out_dir / f"{experiment}-{grid_name}.nc"
+        spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
+        with ExitStack() as stack:
+            target = claim_output(path, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
+                                  overwrite=overwrite, stack=stack)
+            ds = target.existing if target.done else _compute(module, experiment, plan, grid, spec, target,
+                                                               progress, **kwargs)
+            write_result(ds, target)  # stops reproduce here if the step was interrupted
+        _draw_figures(ds, path)
+        return ds
 
-    def keep(ds, name):
-        path = save_dataset(ds, out_dir / f"{name}.nc")
-        click.echo(f"wrote {path}")
-        if not ds.attrs.get("completed"):
-            raise click.ClickException(f"interrupted; the finished part is in {path} (attrs completed=0)")
-        if ds.attrs["experiment"] not in FIGURES:
-            return
-        for fig_name, fig in figures_for(ds).items():
-            for fig_path in save_figure(fig, out_dir / f"{name}-{fig_name}"):
-                click.echo(f"wrote {fig_path}")
-
-    for grid_name, marker_cells in plan.items():
+    for grid_name, marker_cells in steps.items():
         grid = load_grid(grid_name)
         grid_name = Path(grid_name).stem if Path(grid_name).suffix in (".yaml", ".yml", ".json") else grid_name
-        batch_size = _auto_batch_size(loaded, grid, grid.cell_labels) if requested_batch == "auto" else requested_batch
-        cap = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
-            grid=grid_name, layers=tuple(range(loaded.n_layers + 1)), batch_size=batch_size), progress=progress)
-        keep(cap, f"capture-{grid_name}")
-        keep(decompose_capture(cap), f"decompose-{grid_name}")
-        sub = substitute_exp.SubstituteSpec(grid=grid_name, layers=tuple(paper_layers(loaded.n_layers)), batch_size=batch_size)
-        keep(substitute_exp.run(loaded, grid, sub, capture_ds=cap, progress=progress), f"substitute-{grid_name}")
+        cap = step(capture_exp, "capture", grid, grid_name,
+                   capture_exp.CaptureSpec(grid=grid_name, layers=tuple(range(n + 1)), batch_size=batch_size))
+        dec = decompose_capture(cap)
+        path = out_dir / f"decompose-{grid_name}.nc"
+        with ExitStack() as stack:
+            target = claim_output(path, "decompose", spec_of(dec), dec.attrs["model_id"], dec.attrs.get("dtype"),
+                                  dec.attrs.get("model_revision"), overwrite=overwrite, stack=stack)
+            write_result(target.existing if target.done else dec, target)
+        _draw_figures(dec, path)
+        sub = substitute_exp.SubstituteSpec(grid=grid_name, layers=tuple(paper_layers(n)), batch_size=batch_size)
+        step(substitute_exp, "substitute", grid, grid_name, sub, capture_ds=cap)
         if grid.markers:
-            spec = markers_exp.MarkersSpec(grid=grid_name, layer=markers_exp.default_layer(loaded.n_layers),
+            spec = markers_exp.MarkersSpec(grid=grid_name, layer=markers_exp.default_layer(n),
                                            cells=tuple(marker_cells or ()), batch_size=batch_size)
-            keep(markers_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"markers-{grid_name}")
+            step(markers_exp, "markers", grid, grid_name, spec, capture_ds=cap)
         if grid_name in LONG_GRIDS or grids:
             cells = tuple(marker_cells or ())
-            spec = inject_exp.InjectSpec(grid=grid_name, layer_sets=tuple(inject_exp.scaled_layer_sets(loaded.n_layers)),
-                                         site_layers=tuple(paper_layers(loaded.n_layers)), cells=cells, batch_size=batch_size)
-            keep(inject_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"inject-{grid_name}")
-            spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(loaded.n_layers)),
+            spec = inject_exp.InjectSpec(grid=grid_name, layer_sets=tuple(inject_exp.scaled_layer_sets(n)),
+                                         site_layers=tuple(paper_layers(n)), cells=cells, batch_size=batch_size)
+            step(inject_exp, "inject", grid, grid_name, spec, capture_ds=cap)
+            spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(n)),
                                              cells=cells, batch_size=batch_size)
-            keep(knockout_exp.run(loaded, grid, spec, capture_ds=cap, progress=progress), f"knockout-{grid_name}")
+            knocked = step(knockout_exp, "knockout", grid, grid_name, spec, capture_ds=cap)
+            band, rank_by = _head_sweep_band(knocked)
+            spec = heads_exp.HeadSweepSpec(grid=grid_name, band=band, rank_by=rank_by, cells=cells, batch_size=batch_size)
+            step(heads_exp, "heads", grid, grid_name, spec, capture_ds=cap)
     from .manifest import write_manifest
 
     click.echo(f"wrote {write_manifest(out_dir)}")
+
+
+def _head_sweep_band(knockout_ds) -> tuple[tuple[int, int], str]:
+    """The band reproduce sweeps heads in: the largest median persona_shift, or, where that is
+    undefined in most cells (a model whose persona barely moves its answer), toward_by."""
+    from .experiments import heads as heads_exp
+
+    try:
+        return heads_exp.best_band(knockout_ds, "persona_shift"), "persona_shift"
+    except SelectionError:
+        return heads_exp.best_band(knockout_ds, "toward_by"), "toward_by"
 
 
 RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads", "plot")
@@ -430,8 +555,10 @@ RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout
 @click.option("--ndif-host", default=None, help="Pass --ndif-host to every step.")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--dry-run", is_flag=True, help="Print the commands without running them.")
+@click.option("--overwrite", is_flag=True, help="Pass --overwrite to every step (recompute and replace what their "
+              "outputs hold; by default a finished step is reused).")
 @clean_errors
-def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run):
+def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run, overwrite):
     """Run an experiment spec (YAML): a list of steps, each one command with its options.
 
     See experiments/*.yaml. File names in a step (out, capture, and plot's results) are relative to
@@ -440,12 +567,23 @@ def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run):
 
     import yaml
 
-    spec = yaml.safe_load(spec_file.read_text())
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SelectionError(f"{spec_file} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
         raise SelectionError(f"{spec_file}: a spec needs a 'steps' list (see experiments/*.yaml)")
+    if not spec["steps"]:
+        raise SelectionError(f"{spec_file} has no steps; list at least one (see experiments/*.yaml)")
     out_dir = Path(out_dir or spec.get("out_dir", "runs"))
     common = spec.get("common") or {}
+    if not isinstance(common, dict):
+        raise SelectionError(f"{spec_file}: 'common' must be a mapping of option -> value")
     for number, step in enumerate(spec["steps"], start=1):
+        if not isinstance(step, dict):
+            raise SelectionError(f"{spec_file}: step {number} must be a mapping like {{command: capture, ...}}")
         step = dict(step)
         command = step.pop("command", None)
         if command not in RUNNABLE:
@@ -463,13 +601,16 @@ def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run):
             args += ["--remote"] if remote else []
             args += ["--ndif-host", ndif_host] if ndif_host else []
             args += [] if progress else ["--no-progress"]
+            args += ["--overwrite"] if overwrite else []
         click.echo(f"[{number}/{len(spec['steps'])}] nnsight-persona {shlex.join(args)}")
         if dry_run:
             continue
         try:
-            main.main(args=args, standalone_mode=False)
+            code = main.main(args=args, standalone_mode=False)
         except click.ClickException as exc:
             raise click.ClickException(f"step {number} ({command}) of {spec_file} failed: {exc.format_message()}") from None
+        if isinstance(code, int) and code != 0:  # a step that stopped early (e.g. Ctrl-C) ends the spec
+            raise click.exceptions.Exit(code)
 
 
 @main.command("grids")

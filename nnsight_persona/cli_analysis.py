@@ -21,16 +21,30 @@ from .cli_common import clean_errors
 @click.option("--pdf", is_flag=True, help="Also write a PDF of every figure.")
 @clean_errors
 def plot_command(results, out_dir, pdf):
-    """Draw the figures that apply to each result file (PNG, named <file>-<figure>.png)."""
-    from .plots import figures_for, save_figure
+    """Draw the figures that apply to each result file (PNG, named <file>-<figure>.png).
+
+    Files of an experiment without figures (a capture) are skipped with a note, so `plot dir/*.nc`
+    draws everything there is to draw."""
+    from .errors import PersonaError
+    from .plots import FIGURES, figures_for, save_figure
     from .store import load_dataset
 
-    for result in results:
-        ds = load_dataset(result)
+    datasets = [(result, load_dataset(result)) for result in results]  # every file readable, before drawing
+    drawn = 0
+    for result, ds in datasets:
+        experiment = ds.attrs.get("experiment")
+        if experiment not in FIGURES:
+            click.echo(f"skipped {result}: no figures for a {experiment} result "
+                       f"(figures exist for {', '.join(sorted(FIGURES))})", err=True)
+            continue
         folder = out_dir or result.parent
         for name, fig in figures_for(ds).items():
             for path in save_figure(fig, folder / f"{result.stem}-{name}", pdf=pdf):
                 click.echo(f"wrote {path}")
+                drawn += 1
+    if not drawn:
+        raise PersonaError(f"none of the {len(datasets)} file(s) has figures; figures exist for "
+                           f"{', '.join(sorted(FIGURES))} results")
 
 
 @click.command("compare")

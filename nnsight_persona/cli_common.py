@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import PersonaError
+from .errors import OutputError, PersonaError
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Common:
     ndif_host: str | None
     capture_path: Path | None
     fresh: bool
+    overwrite: bool = False
+    given: frozenset = frozenset()  # the options given on the command line (not defaults)
 
     @property
     def remote_target(self) -> bool | str:
@@ -62,6 +64,21 @@ DEVICE_OPTION = click.option(
     "--device", default="auto", show_default=True,
     help="Where the weights go: 'auto' (a GPU if there is one, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. "
          "Ignored with --remote.")
+
+
+OVERWRITE_OPTION = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace what the output already holds (another spec, experiment or model, or a finished result "
+         "of this one). Without it such a file is refused, and a finished file of this computation is reused.")
+
+
+def given_options(names) -> frozenset:
+    """Which of the current command's parameters `names` were given, rather than left at their default."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return frozenset(n for n in names if ctx.get_parameter_source(n) not in defaults)
 
 
 def experiment_options(default_layers: str, positions: str = "all"):
@@ -97,11 +114,13 @@ def experiment_options(default_layers: str, positions: str = "all"):
                          default=None, help="Reuse a capture file instead of recomputing it (its model and grid are used)."),
             click.option("--fresh", is_flag=True,
                          help="Start over even if --out holds an unfinished run of the same spec (default: resume it)."),
+            OVERWRITE_OPTION,
         ]
 
         @functools.wraps(fn)
         def packed(**kwargs):
-            common = Common(**{name: kwargs.pop(name) for name in Common.__dataclass_fields__})
+            fields = [name for name in Common.__dataclass_fields__ if name != "given"]
+            common = Common(**{name: kwargs.pop(name) for name in fields}, given=given_options(fields))
             return fn(common, **kwargs)
 
         for option in reversed(options):
@@ -129,15 +148,59 @@ def default_out(model_spec: str, experiment: str, grid_name: str) -> Path:
     return Path("runs") / safe(model_spec) / f"{experiment}-{safe(grid_name)}.nc"
 
 
-def write_result(ds, out: Path) -> None:
+def claim_output(path: Path, experiment: str, spec: dict, model_id: str, dtype: str | None, revision,
+                 overwrite: bool = False, fresh: bool = False, stack=None):
+    """Check `path` can be written, lock it for the rest of the command (or of `stack`), and decide
+    from what it holds whether this run computes, resumes, reuses or is refused (outputs.py).
+    Everything here happens before any model work."""
+    from .outputs import check_writable, output_lock, plan_output
+
+    path = check_writable(path)
+    lock = output_lock(path)
+    if stack is None:
+        click.get_current_context().with_resource(lock)
+    else:
+        stack.enter_context(lock)
+    target = plan_output(path, experiment, spec, model_id, dtype, revision, overwrite=overwrite, fresh=fresh)
+    if target.done:
+        made = target.existing.attrs.get("created", "?")
+        click.echo(f"already done: {path} holds the finished result of this computation (made {made}); "
+                   "--overwrite recomputes it", err=True)
+    elif target.state == "resume":
+        click.echo(f"resuming the unfinished run in {path} (--fresh starts over)", err=True)
+    elif target.protect:
+        click.echo(f"--overwrite: {path} keeps its finished result until this run completes", err=True)
+    return target
+
+
+def write_result(ds, out) -> None:
+    """Write a run's result to `out` (a path, or a Target from claim_output). A finished result is
+    written; an unfinished one is kept for resuming, unless it would replace a finished file."""
+    from .outputs import Target
     from .store import save_dataset
 
-    save_dataset(ds, out)
+    target = out if isinstance(out, Target) else None
+    path = target.path if target is not None else Path(out)
+    if target is not None and target.done:
+        return  # the finished file is the result; nothing to write
+
+    def save():
+        try:
+            save_dataset(ds, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
     if ds.attrs.get("completed"):
-        click.echo(f"wrote {out}")
+        save()
+        click.echo(f"wrote {path}")
+        return
+    reason = ds.attrs.get("stopped_by", "interrupted")
+    if target is not None and target.protect:
+        click.echo(f"stopped ({reason}): {path} still holds the previous finished result; this run's partial "
+                   "work was not kept (run again with --overwrite to start over)", err=True)
     else:
-        reason = ds.attrs.get("stopped_by", "interrupted")
-        click.echo(f"stopped ({reason}): kept the finished part in {out} (attrs completed=0); "
+        save()
+        click.echo(f"stopped ({reason}): kept the finished part in {path} (attrs completed=0); "
                    "run the same command again to resume", err=True)
-        sys.exit(130 if "Ctrl-C" in reason else 1)
+    sys.exit(130 if "Ctrl-C" in reason else 1)
 

@@ -19,3 +19,11 @@ class SelectionError(PersonaError):
 
 class RemoteFailure(PersonaError):
     """A remote run that kept failing (network or server) after its retries."""
+
+
+class ResultFileError(PersonaError):
+    """A result file (netCDF) that cannot be read: empty, truncated, or not a result at all."""
+
+
+class OutputError(PersonaError):
+    """An output path that cannot be written, is in use by another run, or holds another result."""

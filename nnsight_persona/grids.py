@@ -76,7 +76,13 @@ class Grid:
         raise GridError(f"grid {self.name!r} has no cell {label!r}; cells are {self.cell_labels}")
 
     def select_cells(self, labels: list[str] | None) -> list[Cell]:
-        return list(self.cells) if not labels else [self.cell(lbl) for lbl in labels]
+        """The cells named by `labels` in that order (every cell when none); each may appear once."""
+        if not labels:
+            return list(self.cells)
+        twice = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
+        if twice:
+            raise GridError(f"cell(s) {twice} given twice; give each cell once")
+        return [self.cell(lbl) for lbl in labels]
 
     def to_dict(self) -> dict:
         out = {
@@ -98,20 +104,25 @@ def _check_condition(condition: str) -> None:
         raise GridError(f"unknown condition {condition!r}; allowed: {list(CONDITIONS)}")
 
 
+_SUFFIXES = {".yaml", ".yml", ".json"}
+
+
 def list_grids() -> list[str]:
     """Names of the grids bundled with the package."""
-    return sorted(p.stem for p in BUNDLED_DIR.iterdir() if p.suffix in {".yaml", ".yml", ".json"})
+    return sorted(p.stem for p in BUNDLED_DIR.iterdir() if p.suffix in _SUFFIXES)
 
 
 def load_grid(name_or_path: str | Path) -> Grid:
     """Load a bundled grid by name, or any YAML/JSON grid file by path."""
     path = Path(name_or_path)
     if not path.exists():
-        matches = [p for p in BUNDLED_DIR.glob(f"{name_or_path}.*") if p.suffix in {".yaml", ".yml", ".json"}]
+        name = str(name_or_path)
+        # A bundled grid is addressed by its exact name: no patterns, no paths.
+        matches = sorted(p for p in BUNDLED_DIR.iterdir() if p.stem == name and p.suffix in _SUFFIXES)
         if not matches:
-            raise GridError(
-                f"no grid named {str(name_or_path)!r} and no such file; bundled grids: {list_grids()}"
-            )
+            if path.suffix in _SUFFIXES or "/" in name or "\\" in name:
+                raise GridError(f"no grid file {name!r}: no such file (bundled grids: {list_grids()})")
+            raise GridError(f"no grid named {name!r} and no such file; bundled grids: {list_grids()}")
         path = matches[0]
     try:
         text = path.read_text()

@@ -43,6 +43,12 @@ def check_capture(capture_ds: xr.Dataset, loaded, layers, positions, cells) -> N
         raise SelectionError(
             f"the capture was made with model {capture_ds.attrs.get('model_id')!r}, not {loaded.model_id!r}"
         )
+    revision = capture_ds.attrs.get("model_revision")
+    if revision is not None and revision != loaded.revision:
+        raise SelectionError(
+            f"the capture was made with other weights of model {loaded.model_id!r} (fingerprint {revision}, "
+            f"now {loaded.revision}): the model changed since; rerun the capture"
+        )
     for dim, wanted in (("layer", layers), ("position", positions), ("cell", [c.label for c in cells])):
         have = set(capture_ds[dim].values.tolist())
         missing = [w for w in wanted if w not in have]
@@ -50,6 +56,19 @@ def check_capture(capture_ds: xr.Dataset, loaded, layers, positions, cells) -> N
             raise SelectionError(f"the capture has no {dim} {missing}; it holds {sorted(have)}")
     if not capture_ds.attrs.get("completed", 0):
         raise SelectionError("the capture file is incomplete (completed=0); rerun the capture first")
+
+
+def builtin_capture(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True) -> xr.Dataset:
+    """A capture an experiment makes for itself (no capture file given). Unlike run(), Ctrl-C is
+    not turned into an unfinished result: nothing of it would be kept, so it propagates."""
+    ds = run(loaded, grid, spec, progress=progress)
+    if not ds.attrs.get("completed"):
+        if "Ctrl-C" in ds.attrs.get("stopped_by", ""):
+            raise KeyboardInterrupt
+        from ..errors import RemoteFailure
+
+        raise RemoteFailure(ds.attrs.get("stopped_by", "the built-in capture did not finish"))
+    return ds
 
 
 def render_cell_prompts(loaded, grid: Grid, cells) -> dict[tuple[str, str], Prompt]:

@@ -113,7 +113,7 @@ def run(
     site_positions = list(spec.site_positions) if spec.site_layers else []
     positions = [p for p in POSITIONS if p == "p_last" or p in site_positions]
     if capture_ds is None:
-        capture_ds = capture_exp.run(loaded, grid, capture_exp.CaptureSpec(
+        capture_ds = capture_exp.builtin_capture(loaded, grid, capture_exp.CaptureSpec(
             grid=spec.grid, layers=tuple(all_layers), positions=tuple(positions), cells=tuple(labels),
             batch_size=spec.batch_size), progress=progress)
     capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)

@@ -99,7 +99,7 @@ def run(
                 grid=spec.grid, layers=(spec.layer,), positions=(spec.position,),
                 cells=tuple(c.label for c in cells), batch_size=spec.batch_size,
             )
-            capture_ds = capture_exp.run(loaded, grid, cap, progress=progress)
+            capture_ds = capture_exp.builtin_capture(loaded, grid, cap, progress=progress)
         capture_exp.check_capture(capture_ds, loaded, [spec.layer], [spec.position], cells)
         vectors = edit_vectors(capture_ds, spec.layer, spec.position, cells)
     tok = loaded.tokenizer

@@ -87,7 +87,7 @@ def run(
             grid=spec.grid, layers=spec.layers, positions=spec.positions,
             cells=tuple(c.label for c in cells), n_continuation=spec.n_continuation, batch_size=spec.batch_size,
         )
-        capture_ds = capture_exp.run(loaded, grid, cap_spec, progress=progress)
+        capture_ds = capture_exp.builtin_capture(loaded, grid, cap_spec, progress=progress)
     capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
     h = site_residuals(capture_ds, spec.layers, spec.positions, [c.label for c in cells])
     continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
