@@ -483,7 +483,8 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
     check_writable(out_dir / "capture.nc")
     for grid_name in grids:
         load_grid(grid_name)  # fail fast on a bad grid
-    steps = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if model_spec == "toy" else "default"]
+    toy = model_spec == "toy"
+    steps = {g: None for g in grids} or REPRODUCE_GRIDS["toy" if toy else "default"]
     n = plan.n_layers
 
     def step(module, experiment, grid, grid_name, spec, **kwargs):
@@ -522,15 +523,24 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
             spec = inject_exp.InjectSpec(grid=grid_name, layer_sets=tuple(inject_exp.scaled_layer_sets(n)),
                                          site_layers=tuple(paper_layers(n)), cells=cells, batch_size=batch_size)
             step(inject_exp, "inject", grid, grid_name, spec, capture_ds=cap)
+            # On a real model the knockout is read through its KL and persona measures; greedy
+            # marker generation under every (band, condition) would cost more than everything else.
             spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(n)),
-                                             cells=cells, batch_size=batch_size)
+                                             cells=cells, batch_size=batch_size, n_tokens=80 if toy else 0)
             knocked = step(knockout_exp, "knockout", grid, grid_name, spec, capture_ds=cap)
             band, rank_by = _head_sweep_band(knocked)
-            spec = heads_exp.HeadSweepSpec(grid=grid_name, band=band, rank_by=rank_by, cells=cells, batch_size=batch_size)
+            head_cells = cells if toy else tuple(str(c) for c in knocked.cell.values[:HEAD_SWEEP_CELLS])
+            spec = heads_exp.HeadSweepSpec(grid=grid_name, band=band, rank_by=rank_by, cells=head_cells,
+                                           batch_size=batch_size)
             step(heads_exp, "heads", grid, grid_name, spec, capture_ds=cap)
     from .manifest import write_manifest
 
     click.echo(f"wrote {write_manifest(out_dir)}")
+
+
+# Cells of a real model's head sweep in reproduce (one pass per head of the band and cell; the
+# `heads` command sweeps any number).
+HEAD_SWEEP_CELLS = 8
 
 
 def _head_sweep_band(knockout_ds) -> tuple[tuple[int, int], str]:
