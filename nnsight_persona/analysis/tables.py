@@ -8,6 +8,7 @@ they still equal what the committed files give.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -133,16 +134,21 @@ def knockout_table(path: str, variable: str = "kl") -> str:
         if variable == "any_marker":
             cells = [f"{int(np.nansum(one.sel(band=b).values))}/{int(one.sel(band=b).notnull().sum())}" for b in bands]
         else:
-            cells = [float(np.nanmedian(one.sel(band=b).values)) for b in bands]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a condition with no defined value: n/a
+                cells = [float(np.nanmedian(one.sel(band=b).values)) for b in bands]
         rows.append([str(condition), *cells])
     return markdown(["condition \\ band", *bands], rows)
 
 
-def compare_table(path: str, paper: str = "") -> str:
-    """compare's rows (ours next to the paper's medians) as a Markdown table."""
+def compare_table(path: str, paper: str = "", positions: str = "") -> str:
+    """compare's rows (ours next to the paper's medians) as a Markdown table; `positions`: a comma
+    list to keep (rows without a position are always kept)."""
     from .compare import compare
 
     rows = compare(load_dataset(path), paper=paper or None)
+    if positions:
+        rows = [r for r in rows if "position" not in r or r["position"] in positions.split(",")]
     columns = [c for c in rows[0] if c != "model"]
     return markdown(columns, [[row.get(c, "") for c in columns] for row in rows])
 
