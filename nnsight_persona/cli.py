@@ -108,11 +108,13 @@ def _claim(out: Path, experiment: str, spec_dict: dict, plan, common: Common, st
                         overwrite=common.overwrite, fresh=common.fresh, stack=stack)
 
 
-# Checks of an experiment's spec that need no weights, run before the model loads.
-_PRECHECKS = {
-    "markers": lambda module, spec, grid, n_layers: module.check_spec(spec, grid, n_layers),
-    "inject": lambda module, spec, grid, n_layers: module._check(spec, n_layers),
-}
+def _precheck(module, experiment: str, spec, grid, n_layers: int) -> None:
+    """The experiment's own spec checks that need no weights, run before the model loads (run()
+    repeats them)."""
+    if experiment == "markers" and hasattr(module, "check_spec"):
+        module.check_spec(spec, grid, n_layers)
+    elif experiment == "inject" and hasattr(module, "_check"):
+        module._check(spec, n_layers)
 
 
 def _interrupted_before_results(target) -> None:
@@ -151,8 +153,7 @@ def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, 
     every minute. Returns (dataset, target) for write_result. `loaded` is the command's ModelPlan."""
     out = common.out or default_out(loaded.model_id, experiment, grid_name)
     spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
-    if experiment in _PRECHECKS:
-        _PRECHECKS[experiment](module, spec, grid, loaded.n_layers)
+    _precheck(module, experiment, spec, grid, loaded.n_layers)
     target = _claim(out, experiment, spec_dict, loaded, common)
     if target.done:
         return target.existing, target

@@ -344,6 +344,16 @@ def test_layers_and_positions_are_checked_before_the_model_loads(base, tmp_path,
     assert not (tmp_path / "x.nc").exists()
 
 
+@pytest.mark.parametrize("command, args, expected", [
+    ("markers", ["--conditions", "clean,bogus"], "['bogus']"),
+    ("inject", ["--conditions", "host,bogus"], "['bogus']"),
+    ("substitute", ["--conditions", "bogus"], "['bogus']"),
+    ("knockout", ["--band", "0:9"], "0:9"),
+])
+def test_experiment_options_are_checked_before_the_model_loads(base, tmp_path, command, args, expected, no_model_load):
+    assert_one_line_error(invoke(command, *base, "--out", tmp_path / "x.nc", *args), expected)
+
+
 @pytest.fixture
 def bad_files(tmp_path, tiny_grid_file):
     real = Path(__file__).parent.parent / "artifacts" / "toy" / "capture-toy.nc"
