@@ -89,7 +89,9 @@ def test_experiments_reuse_a_capture_file(tiny_dirs, tiny_grid_file, tmp_path):
     assert load_dataset(mk).text.sizes == {"model": 1, "cell": 4, "condition": 4}
     result = _run("plot", str(sub), str(dec), str(mk), "--out-dir", str(tmp_path / "figs"))
     assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "figs").glob("*.png"))) == 3
+    # substitute: kl_by_layer and controls; decompose: decomposition; markers: markers
+    assert sorted(p.name for p in (tmp_path / "figs").glob("*.png")) == [
+        "decompose-decomposition.png", "markers-markers.png", "substitute-controls.png", "substitute-kl_by_layer.png"]
 
 
 def test_experiment_commands_run_their_own_capture(tiny_dirs, tiny_grid_file, tmp_path):
