@@ -529,7 +529,12 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
             spec = knockout_exp.KnockoutSpec(grid=grid_name, bands=tuple(knockout_exp.default_bands(n)),
                                              cells=cells, batch_size=batch_size, n_tokens=80 if toy else 0)
             knocked = step(knockout_exp, "knockout", grid, grid_name, spec, capture_ds=cap)
-            band, rank_by = _head_sweep_band(knocked)
+            chosen = _head_sweep_band(knocked)
+            if chosen is None:
+                click.echo(f"heads: skipped on {grid_name}: neither persona_shift nor toward_by is defined in half "
+                           "the cells (the persona barely changes this model's answer)", err=True)
+                continue
+            band, rank_by = chosen
             head_cells = cells if toy else tuple(str(c) for c in knocked.cell.values[:HEAD_SWEEP_CELLS])
             spec = heads_exp.HeadSweepSpec(grid=grid_name, band=band, rank_by=rank_by, cells=head_cells,
                                            batch_size=batch_size)
@@ -544,15 +549,18 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
 HEAD_SWEEP_CELLS = 8
 
 
-def _head_sweep_band(knockout_ds) -> tuple[tuple[int, int], str]:
-    """The band reproduce sweeps heads in: the largest median persona_shift, or, where that is
-    undefined in most cells (a model whose persona barely moves its answer), toward_by."""
+def _head_sweep_band(knockout_ds):
+    """The band reproduce sweeps heads in and the measure it ranks by: the largest median
+    persona_shift, or, where that is undefined in most cells (a model whose persona barely moves
+    its answer), toward_by; None where neither is defined."""
     from .experiments import heads as heads_exp
 
-    try:
-        return heads_exp.best_band(knockout_ds, "persona_shift"), "persona_shift"
-    except SelectionError:
-        return heads_exp.best_band(knockout_ds, "toward_by"), "toward_by"
+    for measure in ("persona_shift", "toward_by"):
+        try:
+            return heads_exp.best_band(knockout_ds, measure), measure
+        except SelectionError:
+            pass
+    return None
 
 
 RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads", "plot")

@@ -66,7 +66,7 @@ def run_cli(args, model, ready, checkpoint_every_batch=False, block_in_window_kl
             ready.send("ready")
             time.sleep(3600)
 
-        substitute.window_kl = hang
+        substitute.window_kl_against = hang
     else:
         ready.send("ready")
     main.main(args=[str(a) for a in args], prog_name="nnsight-persona")  # exits with the command's status

@@ -178,7 +178,7 @@ def test_an_interrupted_overwrite_keeps_the_finished_file(base, tmp_path, monkey
     out = tmp_path / "sub.nc"
     assert _sub(base, out).exit_code == 0
     before = digest(out)
-    real, calls = substitute.window_kl, {"n": 0}
+    real, calls = substitute.window_kl_against, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -186,7 +186,7 @@ def test_an_interrupted_overwrite_keeps_the_finished_file(base, tmp_path, monkey
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(substitute, "window_kl", interrupted)
+    monkeypatch.setattr(substitute, "window_kl_against", interrupted)
     result = invoke("substitute", *base, "--layers", "1,2,3", "--positions", "p_last,g1", "--batch-size", "2",
                     "--out", out, "--overwrite")
     assert result.exit_code == 130 and "previous finished result" in result.output, result.output
@@ -252,7 +252,7 @@ def test_reproduce_writes_outside_artifacts_and_resumes_step_by_step(tiny_dirs, 
     assert all(digest(folder / name) == d for name, d in finished.items())
     for name in ("inject-tiny.nc", "knockout-tiny.nc"):
         assert load_dataset(folder / name).attrs["completed"] == 1
-    assert len(list(folder.glob("*.png"))) == 5
+    assert len(list(folder.glob("*.png"))) == 6  # substitute draws two figures
     done = {p.name: digest(p) for p in folder.iterdir()}
     # 3. a finished folder: nothing to do, not even loading the model
     forbid_model_load(monkeypatch)
@@ -415,4 +415,4 @@ def test_plot_skips_files_without_figures_and_draws_the_rest(tmp_path):
     result = invoke("plot", *files, "--out-dir", tmp_path)
     assert result.exit_code == 0, result.output
     assert "capture-toy.nc" in result.output and "no figures" in result.output
-    assert [p.name for p in tmp_path.iterdir()] == ["substitute-toy-kl_by_layer.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["substitute-toy-controls.png", "substitute-toy-kl_by_layer.png"]

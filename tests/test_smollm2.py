@@ -148,7 +148,6 @@ def test_every_experiment_completes(runs, smol):
 def test_capture_equals_plain_transformers_hidden_states(runs, smol, plain, grid):
     ds = runs["capture"].isel(model=0)
     tok = smol.tokenizer
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
     for ci, cell in enumerate(grid.cells):
         xy = tok(str(ds.prompt_text.values[ci, 3]), add_special_tokens=False).input_ids
         clean = greedy(plain, xy, 12, tok.eos_token_id)
@@ -156,8 +155,12 @@ def test_capture_equals_plain_transformers_hidden_states(runs, smol, plain, grid
         for cj, cond in enumerate(CONDITIONS):
             ids = tok(str(ds.prompt_text.values[ci, cj]), add_special_tokens=False).input_ids
             states = hidden_states(plain, ids + clean[:2])  # output_hidden_states; the top layer by a hook
-            user_end = max(i for i, t in enumerate(ids) if t == im_end)  # closes the user turn
-            expected_index = {"p_user_last": user_end - 1, "p_last": len(ids) - 1, "g1": len(ids), "g2": len(ids) + 1}
+            # p_user_last, the paper's: the last token of the template rendered without the generation
+            # prompt, i.e. of the text up to the end of the user turn ("<|im_end|>" and its newline).
+            text = str(ds.prompt_text.values[ci, cj])
+            closed = text[: text.rindex("<|im_end|>\n") + len("<|im_end|>\n")]
+            user_last = len(tok(closed, add_special_tokens=False).input_ids) - 1
+            expected_index = {"p_user_last": user_last, "p_last": len(ids) - 1, "g1": len(ids), "g2": len(ids) + 1}
             for pi, pos in enumerate(ds.position.values):
                 idx = expected_index[str(pos)]
                 assert int(ds.token_index.values[pi, ci, cj]) == idx
