@@ -65,12 +65,14 @@ def _median(ds, row, condition):
     return float(np.nanmedian(values))
 
 
-def decompose_table(path: str, positions: str = "p_last") -> str:
-    """Medians over cells of the decomposition statistics per (position, layer)."""
+def decompose_table(path: str, positions: str = "p_last", layers: str = "") -> str:
+    """Medians over cells of the decomposition statistics per (position, layer); `layers`: a comma
+    list to keep (default every layer of the file)."""
     ds = _one_model(load_dataset(path))
+    chosen = [int(v) for v in layers.split(",")] if layers else [int(v) for v in ds.layer.values]
     rows = []
     for position in positions.split(","):
-        for layer in ds.layer.values:
+        for layer in chosen:
             site = ds.sel(position=position, layer=layer)
             rows.append([position, int(layer), *[float(np.nanmedian(site[s].values)) for s in ("cos_xy_sum", "cos_x_y", "inter_over_xy")]])
     return markdown(["position", "layer", "cos(ΔXY, ΔX+ΔY)", "cos(ΔX, ΔY)", "\\|Inter\\| / \\|ΔXY\\|"], rows)
