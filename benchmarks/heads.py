@@ -57,7 +57,7 @@ def bench(model: str, grid_name: str, band: str, batch_size: int, repeats: int) 
     for _ in range(repeats):
         wall, batched_stats, batched = score(loaded, every, prompts, continuation, batch_size)
         times["batched"].append(wall)
-        wall, one_stats, one = 0.0, None, {}
+        wall, one = 0.0, {}
         passes = rows = 0
         for rows_of_head in per_head.values():
             w, st, got = score(loaded, rows_of_head, prompts, continuation, batch_size)

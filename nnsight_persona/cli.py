@@ -6,7 +6,6 @@ Heavy imports (torch, transformers, nnsight) happen inside commands so `--help` 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click

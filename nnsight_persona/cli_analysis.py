@@ -81,7 +81,7 @@ def compare_command(result, paper, margin, digits):
         click.echo(format_table(mine, digits=digits))
     if experiment == "substitute":
         table = additivity_rows(ds, margin)
-        click.echo(f"\nadditive against its controls (median KL over cells, nats; ratio = best control / additive):")
+        click.echo("\nadditive against its controls (median KL over cells, nats; ratio = best control / additive):")
         click.echo(format_table(table, digits=digits))
         click.echo(verdict_text(table, margin))
 

@@ -7,7 +7,6 @@ a change to a computation that was not followed by `reproduce` fails here.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np

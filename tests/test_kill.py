@@ -9,12 +9,10 @@ written after every batch, so kills land in computations and in writes alike.
 
 import hashlib
 import random
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import cli_child
 from nnsight_persona.store import load_dataset, spec_of
