@@ -8,8 +8,10 @@ g2; p_last for probes inside the prompt, so p_user_last is scored on the same cl
 tokens as p_last, never on predictions of template tokens).
 
 Batched: every patch of a cell runs on the same teacher-forced sequence, so many (layer, position,
-condition) patches share one forward pass, each batch carrying one unedited clean row per cell to
-compare against inside the trace. Only per-row KL sums leave the trace.
+condition) patches share one forward pass. Locally, each chunk of cells runs once clean and every
+patch then runs only its suffix from its own layer up, compared with the clean log-probabilities
+(`_sweep_with_prefix_cache`); remote runs send whole sequences with one unedited row per cell per
+batch (`_sweep_whole`). Only per-row KL sums leave the trace.
 """
 
 from __future__ import annotations
