@@ -24,16 +24,26 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def write_manifest(folder: Path, command: str | None = None) -> Path:
-    """Record the commit, the command line and every result file's sha256 in folder/MANIFEST.json."""
+    """Record the commit, the command line and every result file's sha256 in folder/MANIFEST.json.
+
+    A manifest that already lists exactly the files present is kept as it is: a rerun that found
+    every step done made nothing, so the commit and command that did make the files still stand."""
     folder = Path(folder)
+    path = folder / NAME
+    hashes = file_hashes(folder)
+    if path.exists():
+        try:
+            if read_manifest(folder).get("files") == hashes:
+                return path
+        except (OSError, ValueError):
+            pass  # unreadable: written anew below
     manifest = {
         "command": command or " ".join(["nnsight-persona", *sys.argv[1:]]),
         "git_commit": git_commit(),
         "package_version": _version("nnsight-persona"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": file_hashes(folder),
+        "files": hashes,
     }
-    path = folder / NAME
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path
 
