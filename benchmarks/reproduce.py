@@ -55,8 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--before", help="an earlier commit to time first (checked out in a temporary worktree)")
+    parser.add_argument("--keep", type=Path, help="a new folder to keep the current tree's results in")
+    parser.add_argument("--before-run", type=Path,
+                        help="instead of --before: a JSON record (commit, steps_s, total_s, measured) of an earlier "
+                             "commit's run made separately on the same idle machine; the table says so")
     args = parser.parse_args()
     runs = {}
+    if args.before_run:
+        runs["before"] = json.loads(args.before_run.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.before:
@@ -69,7 +75,7 @@ def main() -> None:
                 git("worktree", "remove", "--force", str(tree))
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
         runs["after"] = {"commit": git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else ""),
-                         **timed_reproduce(ROOT, args.model, tmp / "out-after")}
+                         **timed_reproduce(ROOT, args.model, args.keep or tmp / "out-after")}
     result = {"benchmark": "reproduce", "model": args.model, "runs": runs, "machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"reproduce-{args.model}.json"

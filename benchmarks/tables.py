@@ -100,8 +100,10 @@ def reproduce_table(*paths: str) -> str:
             rows.append([head if i == 0 else "", f"**{step}**" if step == "total" else step,
                          _duration(b) if b is not None else "", _duration(a),
                          f"{b / a:.1f}x" if b is not None else ""])
-    commits = "; ".join(f"{_load(p)['model']}: before {_load(p)['runs']['before']['commit']}" for p in paths
-                        if "before" in _load(p)["runs"])
+    def said(d):
+        b = d["runs"]["before"]
+        return f"{d['model']}: {b['commit']}" + (f", {b['measured']}" if b.get("measured") else ", the same run")
+    commits = "; ".join(said(_load(p)) for p in paths if "before" in _load(p)["runs"])
     return markdown(["model", "step", f"before ({commits})" if commits else "before", "after", "before / after"], rows)
 
 
