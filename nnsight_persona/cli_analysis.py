@@ -60,7 +60,7 @@ def compare_command(result, paper, margin, digits):
     """Our medians over cells next to the paper's; for substitute, also the additive condition
     against its controls (persona_only, task_only, baseline), for any model."""
     from .analysis.additivity import additivity_rows, verdict_text
-    from .analysis.compare import compare, reference_file
+    from .analysis.compare import compare, reference_file, side_by_side
     from .analysis.summary import format_table
     from .errors import PersonaError
     from .store import load_dataset, spec_of
@@ -79,6 +79,9 @@ def compare_command(result, paper, margin, digits):
         click.echo(f"{experiment}: {model_id} on {grid}; paper: {reference}")
         mine = [{k: v for k, v in row.items() if k != "model"} for row in rows if row["model"] == model_id]
         click.echo(format_table(mine, digits=digits))
+    if len(dict.fromkeys(row["model"] for row in rows)) > 1:
+        click.echo("\nevery model beside the paper's (medians over cells; markers: rate of cells with a marker):")
+        click.echo(format_table(side_by_side(rows), digits=digits))
     if experiment == "substitute":
         table = additivity_rows(ds, margin)
         click.echo("\nadditive against its controls (median KL over cells, nats; ratio = best control / additive):")

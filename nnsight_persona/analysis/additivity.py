@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import SelectionError
+from ..results import own_layers
 
 CONTROLS = ("persona_only", "task_only", "baseline")
 DEFAULT_MARGIN = 10.0
@@ -41,9 +42,12 @@ def additivity_rows(ds: xr.Dataset, margin: float = DEFAULT_MARGIN) -> list[dict
         kl = kl.expand_dims(model=[ds.attrs.get("model_id", "?")])
     rows = []
     for model in kl.model.values:
-        for position in kl.position.values:
-            for layer in kl.layer.values:
-                site = kl.sel(model=model, position=position, layer=layer)
+        # A depth-aligned dataset of several models (results.open_results): each on its own layers.
+        mine = own_layers(ds[["kl"]].sel(model=[model]))["kl"].isel(model=0) if "layer_frac" in kl.dims \
+            else kl.sel(model=model)
+        for position in mine.position.values:
+            for layer in mine.layer.values:
+                site = mine.sel(position=position, layer=layer)
                 additive = site.sel(condition="additive").values.astype(float)
                 per_control = {c: site.sel(condition=c).values.astype(float) for c in controls}
                 medians = {c: _median(v) for c, v in per_control.items()}
