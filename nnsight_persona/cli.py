@@ -12,6 +12,8 @@ import click
 
 from .cli_common import (
     DEVICE_OPTION,
+    PROGRESS_OPTION,
+    QUIET_OPTION,
     Common,
     batch_size_option,
     clean_errors,
@@ -130,15 +132,11 @@ def decompose(common):
 @clean_errors
 def substitute(common, conditions, n_eval, seed):
     """Replace the clean XY residual at (layer, position) and sum KL(clean || patched) over 10 tokens."""
-    from .analysis.summary import format_table
+    from .analysis.summary import condition_medians, format_table
 
     ds, out = _assembled("substitute", common, conditions=conditions, n_eval=n_eval, seed=seed)
-    median = ds.kl.isel(model=0).median("cell")
     click.echo("median summed KL over cells:")
-    click.echo(format_table([
-        {"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
-        for L in ds.layer.values for p in ds.position.values
-    ]))
+    click.echo(format_table(condition_medians(ds, ("layer", "position"))))
     write_result(ds, out)
 
 
@@ -179,14 +177,12 @@ def markers(common, conditions, patch_steps, n_tokens):
 @clean_errors
 def inject(common, clamp_layers, conditions, patch_steps, site_layers, filler):
     """Host injection: can h_XY or h_BB + Delta_X + Delta_Y at p_last replace the persona text?"""
-    from .analysis.summary import format_table
+    from .analysis.summary import condition_medians, format_table
 
     ds, out = _assembled("inject", common, clamp_layers=clamp_layers, conditions=conditions, patch_steps=patch_steps,
                          site_layers=site_layers, filler=filler)
-    median = ds.kl.isel(model=0).median("cell")
     click.echo("median summed KL to the persona run, per layer set:")
-    click.echo(format_table([{"layer set": str(s), **{str(c): float(median.sel(layer_set=s, condition=c)) for c in ds.condition.values}}
-                             for s in ds.layer_set.values]))
+    click.echo(format_table(condition_medians(ds, ("layer_set",))))
     write_result(ds, out)
 
 
@@ -286,12 +282,13 @@ def _draw_figures(ds, path: Path) -> None:
               help="Rows per forward pass, or 'auto' (memory-aware; see the experiment commands).")
 @click.option("--grid", "grids", multiple=True,
               help="Run these grids (every experiment, every cell) instead of the model's default plan.")
-@click.option("--progress/--no-progress", default=True)
+@PROGRESS_OPTION
+@QUIET_OPTION
 @click.option("--overwrite", is_flag=True,
               help="Recompute every step and replace what the folder holds; a finished file is kept until its "
                    "replacement is complete. Needed to regenerate a folder made otherwise (e.g. artifacts/toy).")
 @clean_errors
-def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, overwrite):
+def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, quiet, overwrite):
     """The main job: every experiment on the model's grids, datasets and figures under runs/<model>.
 
     On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
@@ -302,6 +299,8 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
     from .analysis.decompose import decompose as decompose_capture
     from .cli_common import claim_output
     from .experiments import capture as capture_exp
+
+    progress = progress and not quiet
     from .experiments import heads as heads_exp
     from .experiments import inject as inject_exp
     from .experiments import knockout as knockout_exp
@@ -374,7 +373,9 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
                                            batch_size=batch_size)
             step(heads_exp, "heads", grid, grid_name, spec, capture_ds=cap)
     from .manifest import write_manifest
+    from .report import write_report
 
+    click.echo(f"wrote {write_report(out_dir, progress=progress)}")  # before the manifest, which lists it
     click.echo(f"wrote {write_manifest(out_dir)}")
 
 
@@ -406,12 +407,13 @@ RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout
               help="Override the spec's out_dir.")
 @click.option("--remote", is_flag=True, help="Pass --remote to every step.")
 @click.option("--ndif-host", default=None, help="Pass --ndif-host to every step.")
-@click.option("--progress/--no-progress", default=True)
+@PROGRESS_OPTION
+@QUIET_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the commands without running them.")
 @click.option("--overwrite", is_flag=True, help="Pass --overwrite to every step (recompute and replace what their "
               "outputs hold; by default a finished step is reused).")
 @clean_errors
-def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run, overwrite):
+def run_spec(spec_file, out_dir, remote, ndif_host, progress, quiet, dry_run, overwrite):
     """Run an experiment spec (YAML): a list of steps, each one command with its options.
 
     See experiments/*.yaml. File names in a step (out, capture, and plot's results) are relative to
@@ -420,6 +422,7 @@ def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run, overwrite
 
     import yaml
 
+    progress = progress and not quiet
     try:
         spec = yaml.safe_load(spec_file.read_text())
     except yaml.YAMLError as exc:

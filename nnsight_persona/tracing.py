@@ -277,7 +277,7 @@ def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, 
     """For each chunk of rows, in order: (chunk, KL values of its non-reference rows). `make_job`
     turns a chunk into ((batch, writes, window_cols, reference_rows, knockout), n_reference_rows);
     `per_request` chunks travel together in one session (one remote round trip)."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     per_request = max(1, per_request)
     with tqdm(total=len(chunks), desc=desc, disable=not progress) as bar:

@@ -210,7 +210,7 @@ def score_rows(loaded, rows: list, prompts: list[dict], targets: np.ndarray, n_e
     row needs it). Yields, chunk by chunk, (chunk, scores [rows, 3] = (KL to the row's own
     unknocked reference, KL(BY || row), log-prob drop sum log p_ref - sum log p_row), cells) with
     cells {cell: (gap = sum log p_XY - sum log p_BY, KL(BY || XY))}."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     n_heads = loaded.lm._module.config.num_attention_heads
     suffix = [list(map(int, targets[ci, : n_eval - 1])) for ci in range(len(prompts))]
