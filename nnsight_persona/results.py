@@ -11,7 +11,8 @@ Models of different depths hold different layer indices. They are refused unless
 model's layers) and `layer` a coordinate (model, layer_frac) with each model's own layer. Two
 layer lists map when every one is the paper's fractional grid round(f x n_layers) of its model
 (f in 0.25, 0.40, 0.55, 0.70, 0.85: `layer_frac` is f), or when every layer of the shallowest
-model, at depth L / n, has a layer round(L / n x N) in each deeper one.
+model, at depth L / n, has a layer round(L / n x N) in each deeper one (whose other layers are
+then left out).
 """
 
 from __future__ import annotations
@@ -84,8 +85,16 @@ def _per_model(ds: xr.Dataset, path) -> xr.Dataset:
     return ds
 
 
-def _describe(values) -> str:
-    return json.dumps(values)
+def _short(layers) -> str:
+    """A layer list for a message: ranges of consecutive layers written START-END."""
+    parts, run = [], []
+    for L in layers:
+        if run and L != run[-1] + 1:
+            parts.append(run)
+            run = []
+        run.append(L)
+    parts += [run] if run else []
+    return "[" + ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in parts) + "]"
 
 
 def concat_models(datasets: list[xr.Dataset], names: list[str], align: str | None = None) -> xr.Dataset:
@@ -118,6 +127,9 @@ def concat_models(datasets: list[xr.Dataset], names: list[str], align: str | Non
     out = xr.concat(datasets, dim="model", combine_attrs="drop_conflicts", join="outer", data_vars="all",
                     coords="different", compat="equals")
     out.attrs = _shared_attrs(datasets)
+    for variable in out.variables.values():  # a string width read from the first file would cut longer names
+        if variable.dtype.kind in "USO":
+            variable.encoding.pop("dtype", None)
     return out
 
 
@@ -137,15 +149,19 @@ def _aligned(datasets, names, align, depths_differ: bool) -> list[xr.Dataset]:
     if align is None:
         if depths_differ or any(L != layers[0] for L in layers[1:]):
             n = [int(ds["n_layers"].values[0]) for ds in datasets]
-            listed = "; ".join(f"{name}: layers {L} of {k}" for name, L, k in zip(names, layers, n))
+            listed = "; ".join(f"{name}: layers {_short(L)} of {k}" for name, L, k in zip(names, layers, n))
             raise SelectionError(f"the files' layers do not match ({listed}); open_results(..., align='depth') "
                                  "aligns them by depth fraction (coordinate layer_frac)")
         return datasets
     n_layers = [int(ds["n_layers"].values[0]) for ds in datasets]
-    fractions = _paper_fractions(layers, n_layers) or _nearest_depths(layers, n_layers, names)
+    paper = _paper_fractions(layers, n_layers)
+    if paper is not None:
+        chosen, fractions = layers, paper
+    else:
+        chosen, fractions = _nearest_depths(layers, n_layers, names)
     out = []
-    for ds, fracs in zip(datasets, fractions):
-        own = ds["layer"].values
+    for ds, own, fracs in zip(datasets, chosen, fractions):
+        ds = ds.sel(layer=own)
         ds = ds.assign_coords(layer_frac=("layer", np.asarray(fracs, dtype=float)))
         ds = ds.swap_dims(layer="layer_frac").drop_vars("layer")
         ds = ds.assign_coords(layer=(("model", "layer_frac"), np.tile(own, (ds.sizes["model"], 1))))
@@ -170,22 +186,22 @@ def _paper_fractions(layers, n_layers):
 
 
 def _nearest_depths(layers, n_layers, names):
-    """Depths L / n of the shallowest model; every other model must hold round(L / n x N) for each."""
+    """The depths L / n of the shallowest model's layers; each other model at its layers
+    round(L / n x N), which it must hold (its other layers are left out). Returns (each model's
+    layers, the depths)."""
     ref = int(np.argmin(n_layers))
     fracs = [L / n_layers[ref] for L in layers[ref]]
-    result = []
+    chosen = []
     for L, n, name in zip(layers, n_layers, names):
-        wanted = [round(f * n) for f in fracs]
+        wanted = [int(round(f * n)) for f in fracs]
         missing = [w for w in wanted if w not in L]
-        if missing or len(L) != len(wanted):
+        if missing or len(set(wanted)) != len(wanted):
             raise SelectionError(
-                f"layers of {name} ({L} of {n}) do not map onto those of {names[ref]} ({layers[ref]} of "
+                f"layers of {name} ({_short(L)} of {n}) do not map onto those of {names[ref]} ({_short(layers[ref])} of "
                 f"{n_layers[ref]}) by depth: it would need layers {wanted}; run both on the paper's grid "
                 "(--layers paper) or on every layer (--layers all)")
-        position = {x: i for i, x in enumerate(L)}
-        order = [position[w] for w in wanted]
-        result.append([fracs[order.index(i)] for i in range(len(L))])
-    return result
+        chosen.append(wanted)
+    return chosen, [fracs] * len(layers)
 
 
 def _shared_attrs(datasets) -> dict:
