@@ -45,9 +45,16 @@ def write_report(folder, paper: str = DEFAULT_PAPER, out=None, progress: bool = 
 
 
 def _order(path: Path):
-    from .store import load_dataset
+    """Experiments in pipeline order, then file names; reads the attrs only."""
+    import xarray as xr
 
-    experiment = load_dataset(path).attrs.get("experiment", "")
+    from .errors import ResultFileError
+
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            experiment = ds.attrs.get("experiment", "")
+    except (OSError, ValueError) as exc:
+        raise ResultFileError(f"cannot read {path} as a result file ({exc})") from None
     return (ORDER.index(experiment) if experiment in ORDER else len(ORDER), path.name)
 
 
@@ -309,6 +316,11 @@ def _listed(value) -> str:
 # --- figures ------------------------------------------------------------------------------------
 
 
+# A PNG this much older than its result file still counts as drawn from it: a fresh checkout
+# writes the two in arbitrary order, a few milliseconds apart.
+CHECKOUT_SLACK_S = 2.0
+
+
 def figures(ds, path: Path) -> list[dict]:
     """Every figure of the dataset as a data URI: the PNG next to the file where there is one as
     new as the file, else drawn now (in memory)."""
@@ -320,7 +332,7 @@ def figures(ds, path: Path) -> list[dict]:
     drawn = None
     for name in _figure_names(ds):
         png = path.with_name(f"{path.stem}-{name}.png")
-        if png.exists() and png.stat().st_mtime >= path.stat().st_mtime:
+        if png.exists() and png.stat().st_mtime >= path.stat().st_mtime - CHECKOUT_SLACK_S:
             data = png.read_bytes()
         else:
             drawn = drawn if drawn is not None else figures_for(ds)

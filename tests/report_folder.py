@@ -1,6 +1,7 @@
 """A results folder for the report tests: a few committed toy results with their figures, and an
 interrupted copy of one (completed=0, half its cells never reached)."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,10 @@ def make_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(TOY / name, folder / name)
+        made = (folder / name).stat().st_mtime
         for png in TOY.glob(f"{Path(name).stem}-*.png"):
             shutil.copy2(png, folder / png.name)
+            os.utime(folder / png.name, (made + 1, made + 1))  # drawn after the result, as plot does
     partial = load_dataset(TOY / "substitute-toy.nc")
     partial["kl"][..., 6:, :] = np.nan
     partial.attrs.update(completed=0, stopped_by="Ctrl-C")

@@ -138,3 +138,15 @@ def test_provenance_and_what_it_shows_come_from_the_file(folder, page):
     text = (folder / "index.html").read_text()
     section = text[text.index('id="substitute-toy"'):text.index('id="substitute-partial"')]
     assert f"{model} (8 layers, float32) on grid toy, 12 cells." in section
+
+
+def test_the_committed_pages_are_current(tmp_path):
+    """artifacts/*/index.html is what the current code writes for its folder."""
+    from nnsight_persona.report import write_report
+
+    pages = sorted((Path(__file__).resolve().parent.parent / "artifacts").glob("*/index.html"))
+    if not pages:
+        pytest.skip("no committed report pages")
+    for page in pages:
+        fresh = write_report(page.parent, out=tmp_path / f"{page.parent.name}.html")
+        assert fresh.read_bytes() == page.read_bytes(), f"{page} is stale: run nnsight-persona report {page.parent}"
