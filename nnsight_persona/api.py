@@ -17,11 +17,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterable
 
 from .assembly import PLANS, RunOptions, decompose_run, execute, note
-
-Names = "str | Iterable[str] | None"
 
 
 def _joined(value) -> str | None:

@@ -11,7 +11,6 @@ depends only on the files: the same folder gives the same bytes (MANIFEST.json h
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -120,7 +119,7 @@ def _cell(value) -> dict:
 def paper_rows(ds, paper: str = DEFAULT_PAPER):
     """compare's rows for `ds` (the paper's own models on their own numbers, any other beside
     `paper`) and which paper model they are beside; ([], reason) where the paper has none."""
-    from .analysis.compare import compare, paper_key
+    from .analysis.compare import compare
 
     try:
         return compare(ds), None
@@ -370,4 +369,4 @@ def render(title: str, sections: list[dict]) -> str:
 
     incomplete = [s for s in sections if s["incomplete"]]
     return env.from_string(source).render(title=title, sections=sections, incomplete=incomplete,
-                                          version=__version__, escape=html.escape)
+                                          version=__version__)

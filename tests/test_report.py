@@ -19,7 +19,7 @@ class Page(HTMLParser):
     def __init__(self, text):
         super().__init__()
         self.sections, self.banner, self._section, self._table, self._cell = {}, None, None, None, None
-        self._in_banner = False
+        self._in_banner = self._in_body = False
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -30,9 +30,11 @@ class Page(HTMLParser):
             self.banner, self._in_banner = "", True
         elif tag == "table" and self._section is not None:
             self._table = self._section["tables"].setdefault(a["data-table"], [])
-        elif tag == "tr" and self._table is not None:
+        elif tag == "tbody" and self._table is not None:
+            self._in_body = True
+        elif tag == "tr" and self._table is not None and self._in_body:
             self._table.append({})
-        elif tag == "td" and self._table is not None:
+        elif tag == "td" and self._table is not None and self._in_body:
             self._cell = [a.get("data-column"), a.get("data-value"), ""]
         elif tag == "img" and self._section is not None:
             self._section["images"].append(a)
@@ -50,7 +52,7 @@ class Page(HTMLParser):
                 self._table[-1][column] = (text.strip(), value)
             self._cell = None
         elif tag == "table":
-            self._table = None
+            self._table, self._in_body = None, False
         elif tag == "div":
             self._in_banner = False
         elif tag == "section":
