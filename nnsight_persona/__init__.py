@@ -1,1 +1,37 @@
+"""nnsight-persona: persona-prompt ("As X, do Y") interpretability experiments with nnsight.
+
+The Python API (docs/python.md), imported on first use so `import nnsight_persona` stays fast:
+
+- capture, decompose, substitute, markers, inject, knockout, heads: run an experiment on a model
+  name or an already loaded model; each returns the Dataset its command writes;
+- load_model: load a model once for several runs;
+- open_results: result files of one experiment, concatenated along `model`;
+- write_report: the HTML page of a results folder.
+"""
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "capture": "api", "decompose": "api", "substitute": "api", "markers": "api", "inject": "api",
+    "knockout": "api", "heads": "api",
+    "load_model": "models",
+    "open_results": "results",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnsight_persona' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

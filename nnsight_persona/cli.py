@@ -12,6 +12,8 @@ import click
 
 from .cli_common import (
     DEVICE_OPTION,
+    PROGRESS_OPTION,
+    QUIET_OPTION,
     Common,
     batch_size_option,
     clean_errors,
@@ -28,146 +30,66 @@ def main():
     """Persona-prompt interpretability experiments ("As X, do Y") with nnsight."""
 
 
-def _read_capture(common: Common, finished: bool = True):
-    """The capture file given with --capture, checked: readable, a capture, finished (when
-    `finished`), and not contradicted by --model, --grid or --dtype given with it."""
-    from .preflight import check_capture_agrees
-    from .store import load_dataset, spec_of
+# The assembly of a run lives in assembly.py (the Python API calls the same functions); these
+# names stay for the command modules that use them.
 
-    capture_ds = load_dataset(common.capture_path)
-    spec = spec_of(capture_ds)
-    if capture_ds.attrs.get("experiment") != "capture" or "grid_definition" not in spec:
-        raise SelectionError(f"{common.capture_path} is not a capture file (see `nnsight-persona capture`)")
-    if finished and not capture_ds.attrs.get("completed"):
-        raise SelectionError(f"{common.capture_path} is an interrupted capture (completed=0); rerun it first")
-    options = {"model_spec": "--model", "grid_name": "--grid", "dtype": "--dtype"}
-    given = {flag: getattr(common, name) for name, flag in options.items() if name in common.given}
-    check_capture_agrees(capture_ds, common.capture_path, given)
-    return capture_ds
+
+def _read_capture(common: Common, finished: bool = True):
+    from .assembly import read_capture
+
+    return read_capture(common, finished)
 
 
 def _setup(common: Common, positions: str | None = None):
-    """Shared start of every experiment command: grid, positions and cells, the model's config and
-    a reused capture if one was given, all checked before any weights load, so bad input fails
-    fast. The model is returned as a ModelPlan: it loads when a run needs it (not at all when the
-    output already holds the finished result)."""
-    from .grids import grid_from_dict, load_grid
-    from .preflight import ModelPlan, check_capture_weights
-    from .selection import parse_positions
-    from .store import spec_of
+    """(grid, grid_name, positions, cells, ModelPlan, capture or None), checked before any weights load."""
+    from .assembly import setup
 
-    capture_ds, grid_name, model_spec, dtype = None, common.grid_name, common.model_spec, common.dtype
-    if common.capture_path is not None:
-        capture_ds = _read_capture(common)
-        spec = spec_of(capture_ds)
-        grid_name = spec["grid"]
-        grid = grid_from_dict(spec["grid_definition"], name=grid_name)
-        model_spec, dtype = capture_ds.attrs["model_id"], capture_ds.attrs.get("dtype", dtype)
-    else:
-        grid = load_grid(grid_name)
-    position_list = parse_positions(positions or common.positions)
-    cell_list = tuple(c.label for c in grid.select_cells(common.cell_labels))
-    plan = ModelPlan(model_spec, dtype=dtype, remote=common.remote_target, device=common.device)
-    if capture_ds is not None:
-        missing = [c for c in cell_list if c not in set(capture_ds.cell.values.tolist())]
-        if missing:
-            raise SelectionError(f"{common.capture_path} has no cell {missing}; it holds "
-                                 f"{capture_ds.cell.values.tolist()} (choose among them with --cells)")
-        check_capture_weights(capture_ds, common.capture_path, plan)
-    return grid, grid_name, position_list, cell_list, plan, capture_ds
-
-
-def _auto_batch_size(loaded, grid, cell_labels) -> int:
-    """Memory-aware rows per pass for the longest teacher-forced sequence of the grid."""
-    from .memory import auto_batch_size, free_bytes
-    from .prompts import render_prompt
-
-    if loaded.remote not in (False, "local"):
-        return 32  # the server's memory is not ours to measure
-    longest = max(len(render_prompt(loaded.tokenizer, grid.user_text(grid.cell(c), "XY")).ids) for c in cell_labels)
-    device = next(loaded.lm._module.parameters()).device
-    size = auto_batch_size(loaded.lm._module.config, loaded.dtype, longest + 12, free_bytes(device))
-    return size if device.type == "cuda" else min(size, 32)
+    s = setup(common, positions)
+    return s.grid, s.grid_name, s.positions, s.cells, s.plan, s.capture_ds
 
 
 def _with_batch_size(spec, loaded, grid):
-    """`spec` with batch_size 'auto' resolved for the loaded model."""
-    import dataclasses
+    from .assembly import with_batch_size
 
-    if getattr(spec, "batch_size", None) != "auto":
-        return spec
-    cells = list(spec.cells) or grid.cell_labels
-    return dataclasses.replace(spec, batch_size=_auto_batch_size(loaded, grid, cells))
-
-
-def _claim(out: Path, experiment: str, spec_dict: dict, plan, common: Common, stack=None):
-    from .cli_common import claim_output
-
-    return claim_output(out, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
-                        overwrite=common.overwrite, fresh=common.fresh, stack=stack)
-
-
-def _precheck(module, experiment: str, spec, grid, n_layers: int) -> None:
-    """The experiment's own spec checks that need no weights, run before the model loads (run()
-    repeats them)."""
-    if experiment == "markers" and hasattr(module, "check_spec"):
-        module.check_spec(spec, grid, n_layers)
-    elif experiment == "inject" and hasattr(module, "_check"):
-        module._check(spec, n_layers)
+    return with_batch_size(spec, loaded, grid)
 
 
 def _interrupted_before_results(target) -> None:
-    click.echo(f"interrupted (Ctrl-C) before any result was computed; {target.path} was left as it was", err=True)
+    where = f"{target.path} was left as it was" if target is not None else "nothing was written"
+    click.echo(f"interrupted (Ctrl-C) before any result was computed; {where}", err=True)
     raise click.exceptions.Exit(130)
 
 
 def _compute(module, experiment: str, plan, grid, spec, target, progress: bool, **kwargs):
-    """Run an experiment for `target` (claimed): load the model, resume what `target` holds, and
-    checkpoint the partial result every minute unless that would replace a finished file."""
-    from . import store
-    from .traffic import metered
+    """assembly.compute; Ctrl-C before any result exits 130 with the output left as it was."""
+    from .assembly import Interrupted, compute
 
     try:
-        loaded = plan.load()
-        spec = _with_batch_size(spec, loaded, grid)
-        # Remote batches are slow and can be lost with the connection: keep each one as it finishes.
-        every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
-        checkpoint = None if target.protect else store.Checkpoint(target.path, every_s=every_s)
-        with metered() as traffic:
-            ds = module.run(loaded, grid, spec, progress=progress, previous=target.previous,
-                            checkpoint=checkpoint, **kwargs)
-    except KeyboardInterrupt:  # while loading, or in a built-in capture: nothing finished to keep
-        _interrupted_before_results(target)
-    ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(
-        loaded.remote, f"NDIF {loaded.remote if isinstance(loaded.remote, str) else 'public service'}")
-    if loaded.remote:
-        ds.attrs.update(traffic.as_attrs())  # of this invocation (a resumed run counts its own part)
-    return ds
+        return compute(module, experiment, plan, grid, spec, target, progress, **kwargs)
+    except Interrupted as stop:
+        _interrupted_before_results(stop.target)
 
 
 def _run_resumable(module, experiment: str, loaded, grid, grid_name: str, spec, common: Common, **kwargs):
-    """Run an experiment so that no result is lost or silently replaced: the output is checked and
-    locked first; a finished result of the same computation is reused (nothing is computed, the
-    model never loads), an unfinished one resumed; the partial result is written to the output
-    every minute. Returns (dataset, target) for write_result. `loaded` is the command's ModelPlan."""
-    out = common.out or default_out(loaded.model_id, experiment, grid_name)
-    spec_dict = {**spec.to_dict(), "grid_definition": grid.to_dict()}
-    _precheck(module, experiment, spec, grid, loaded.n_layers)
-    target = _claim(out, experiment, spec_dict, loaded, common)
-    if target.done:
-        return target.existing, target
-    return _compute(module, experiment, loaded, grid, spec, target, common.progress, **kwargs), target
+    """assembly.execute for a command (the output locked for the rest of it). Returns (dataset,
+    target) for write_result. `loaded` is the command's ModelPlan."""
+    from contextlib import ExitStack
+
+    from .assembly import Interrupted, Setup, execute
+
+    stack = click.get_current_context().with_resource(ExitStack())
+    try:
+        return execute(module, experiment, Setup(grid, grid_name, [], (), loaded), spec, common, stack, **kwargs)
+    except Interrupted as stop:
+        _interrupted_before_results(stop.target)
 
 
-def _capture_spec(common: Common, n_continuation: int = 12):
-    from .experiments import capture as exp
-    from .selection import parse_layers
+def _assembled(experiment: str, common: Common, **options):
+    """The command's run, assembled (assembly.PLANS) and executed: (dataset, target)."""
+    from .assembly import PLANS
 
-    grid, grid_name, positions, cells, plan, _ = _setup(common)
-    layers = parse_layers(common.layers, plan.n_layers, default=range(plan.n_layers + 1))
-    spec = exp.CaptureSpec(grid=grid_name, layers=tuple(layers), positions=tuple(positions), cells=cells,
-                           n_continuation=n_continuation, batch_size=common.batch_size)
-    return grid, grid_name, plan, spec
+    module, s, spec, kwargs = PLANS[experiment](common, **options)
+    return _run_resumable(module, experiment, s.plan, s.grid, s.grid_name, spec, common, **kwargs)
 
 
 @main.command()
@@ -177,12 +99,7 @@ def _capture_spec(common: Common, n_continuation: int = 12):
 @clean_errors
 def capture(common, n_continuation):
     """Residuals at p_user_last, p_last, g1, g2 for every cell and condition (BB, XB, BY, XY)."""
-    from .experiments import capture as exp
-
-    if common.capture_path is not None:
-        raise SelectionError("capture makes capture files; --capture is for the other experiments")
-    grid, grid_name, plan, spec = _capture_spec(common, n_continuation)
-    ds, target = _run_resumable(exp, "capture", plan, grid, grid_name, spec, common)
+    ds, target = _assembled("capture", common, n_continuation=n_continuation)
     write_result(ds, target)
 
 
@@ -191,34 +108,15 @@ def capture(common, n_continuation):
 @clean_errors
 def decompose(common):
     """Delta_X, Delta_Y, Delta_XY and Inter at every layer, position and cell; cosines and norms."""
-    from .analysis.decompose import decompose as decompose_capture
+    from contextlib import ExitStack
+
     from .analysis.summary import format_table, median_rows
-    from .cli_common import claim_output
-    from .store import spec_of
+    from .assembly import Interrupted, decompose_run
 
-    if common.capture_path is not None:  # no model: computed from the file, then checked against --out
-        capture_ds = _read_capture(common, finished=False)
-        ds = decompose_capture(capture_ds)
-        out = common.out or default_out(ds.attrs["model_id"], "decompose", spec_of(capture_ds).get("grid", "grid"))
-        target = claim_output(out, "decompose", spec_of(ds), ds.attrs["model_id"], ds.attrs.get("dtype"),
-                              ds.attrs.get("model_revision"), overwrite=common.overwrite, fresh=common.fresh)
-    else:
-        from .experiments import capture as exp
-
-        grid, grid_name, plan, cap_spec = _capture_spec(common)
-        out = common.out or default_out(plan.model_id, "decompose", grid_name)
-        cap_dict = {**cap_spec.to_dict(), "grid_definition": grid.to_dict()}
-        planned = {"grid": grid_name, "source": {"experiment": "capture", "spec": cap_dict}}
-        target = _claim(out, "decompose", planned, plan, common)
-        if not target.done:
-            try:
-                loaded = plan.load()
-                capture_ds = exp.run(loaded, grid, _with_batch_size(cap_spec, loaded, grid), progress=common.progress)
-            except KeyboardInterrupt:
-                _interrupted_before_results(target)
-            ds = decompose_capture(capture_ds)
-    if target.done:
-        ds = target.existing
+    try:
+        ds, target = decompose_run(common, click.get_current_context().with_resource(ExitStack()))
+    except Interrupted as stop:
+        _interrupted_before_results(stop.target)
     columns = ("model", "layer", "position", "n", "cos_xy_sum", "cos_x_y", "inter_over_xy")
     click.echo(format_table(median_rows(ds, ["cos_xy_sum", "cos_x_y", "inter_over_xy"]), columns))
     write_result(ds, target)
@@ -234,24 +132,11 @@ def decompose(common):
 @clean_errors
 def substitute(common, conditions, n_eval, seed):
     """Replace the clean XY residual at (layer, position) and sum KL(clean || patched) over 10 tokens."""
-    from .analysis.summary import format_table
-    from .experiments import substitute as exp
-    from .selection import paper_layers, parse_layers
+    from .analysis.summary import condition_medians, format_table
 
-    condition_list = exp.check_conditions([c.strip() for c in conditions.split(",")])
-    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
-    layers = parse_layers(common.layers, loaded.n_layers, default=paper_layers(loaded.n_layers))
-    spec = exp.SubstituteSpec(
-        grid=grid_name, layers=tuple(layers), positions=tuple(positions), conditions=condition_list, cells=cells,
-        n_eval=n_eval, n_continuation=max(12, n_eval + 2), batch_size=common.batch_size, seed=seed,
-    )
-    ds, out = _run_resumable(exp, "substitute", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
-    median = ds.kl.isel(model=0).median("cell")
+    ds, out = _assembled("substitute", common, conditions=conditions, n_eval=n_eval, seed=seed)
     click.echo("median summed KL over cells:")
-    click.echo(format_table([
-        {"layer": int(L), "position": str(p), **{str(c): float(median.sel(layer=L, position=p, condition=c)) for c in ds.condition.values}}
-        for L in ds.layer.values for p in ds.position.values
-    ]))
+    click.echo(format_table(condition_medians(ds, ("layer", "position"))))
     write_result(ds, out)
 
 
@@ -269,17 +154,8 @@ def markers(common, conditions, patch_steps, n_tokens):
     One layer (default: nearest 0.55 x n_layers) and one position (default p_last)."""
     from .analysis.summary import format_table
     from .experiments import markers as exp
-    from .selection import parse_layers
 
-    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
-    layers = parse_layers(common.layers, loaded.n_layers, default=[exp.default_layer(loaded.n_layers)])
-    if len(layers) != 1 or len(positions) != 1:
-        raise SelectionError(f"markers takes one layer and one position; got layers {layers}, positions {positions}")
-    spec = exp.MarkersSpec(
-        grid=grid_name, layer=layers[0], position=positions[0], conditions=tuple(c.strip() for c in conditions.split(",")),
-        patch_steps=patch_steps, cells=cells, n_tokens=n_tokens, batch_size=common.batch_size,
-    )
-    ds, out = _run_resumable(exp, "markers", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
+    ds, out = _assembled("markers", common, conditions=conditions, patch_steps=patch_steps, n_tokens=n_tokens)
     click.echo(format_table([{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d}
                              for c, k, n, d in exp.summary_table(ds)]))
     write_result(ds, out)
@@ -301,26 +177,12 @@ def markers(common, conditions, patch_steps, n_tokens):
 @clean_errors
 def inject(common, clamp_layers, conditions, patch_steps, site_layers, filler):
     """Host injection: can h_XY or h_BB + Delta_X + Delta_Y at p_last replace the persona text?"""
-    from .analysis.summary import format_table
-    from .experiments import inject as exp
-    from .selection import paper_layers, parse_layers
+    from .analysis.summary import condition_medians, format_table
 
-    grid, grid_name, positions, cells, loaded, capture_ds = _setup(common)
-    n = loaded.n_layers
-    sets = exp.parse_layer_sets(clamp_layers, n) if clamp_layers else exp.scaled_layer_sets(n)
-    if common.layers != "default":
-        sets = [(L,) for L in parse_layers(common.layers, n, default=[])] + [s for s in sets if len(s) > 1]
-    site = [] if site_layers == "none" else parse_layers(site_layers, n, default=paper_layers(n))
-    spec = exp.InjectSpec(
-        grid=grid_name, layer_sets=tuple(sets), conditions=tuple(c.strip() for c in conditions.split(",")),
-        patch_steps=patch_steps, site_layers=tuple(site), site_positions=tuple(positions), cells=cells,
-        filler=filler, batch_size=common.batch_size,
-    )
-    ds, out = _run_resumable(exp, "inject", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
-    median = ds.kl.isel(model=0).median("cell")
+    ds, out = _assembled("inject", common, clamp_layers=clamp_layers, conditions=conditions, patch_steps=patch_steps,
+                         site_layers=site_layers, filler=filler)
     click.echo("median summed KL to the persona run, per layer set:")
-    click.echo(format_table([{"layer set": str(s), **{str(c): float(median.sel(layer_set=s, condition=c)) for c in ds.condition.values}}
-                             for s in ds.layer_set.values]))
+    click.echo(format_table(condition_medians(ds, ("layer_set",))))
     write_result(ds, out)
 
 
@@ -347,19 +209,8 @@ def knockout(common, bands, queries, conditions, heads, n_tokens, filler, min_ga
     from .analysis.summary import format_table
     from .experiments import knockout as exp
 
-    if common.layers != "default":
-        raise SelectionError("knockout sweeps decoder-block bands: use --band START:END instead of --layers")
-    try:
-        head_list = tuple(int(h) for h in heads.split(",")) if heads else None
-    except ValueError:
-        raise SelectionError(f"cannot read --heads {heads!r}; use a comma list of head indices") from None
-    grid, grid_name, _, cells, loaded, capture_ds = _setup(common, positions="all")
-    band_list = exp.parse_bands(bands, loaded.n_layers) if bands else exp.default_bands(loaded.n_layers)
-    spec = exp.KnockoutSpec(
-        grid=grid_name, bands=tuple(band_list), queries=queries, conditions=tuple(c.strip() for c in conditions.split(",")),
-        heads=head_list, cells=cells, n_tokens=n_tokens, filler=filler, min_gap=min_gap, batch_size=common.batch_size,
-    )
-    ds, out = _run_resumable(exp, "knockout", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
+    ds, out = _assembled("knockout", common, bands=bands, queries=queries, conditions=conditions, heads=heads,
+                         n_tokens=n_tokens, filler=filler, min_gap=min_gap)
     for title, variable in (("median summed KL", "kl"), ("median KL per key", "kl_per_key"),
                             ("median persona shift", "persona_shift"), ("median toward BY", "toward_by"),
                             ("fraction of cells with any persona marker", "any_marker")):
@@ -386,29 +237,9 @@ def heads(common, band, from_knockout, top_k, rank_by, queries, min_gap):
     """Which heads read the persona: one head at a time in a band, then groups of the top heads."""
     from .analysis.summary import format_table
     from .experiments import heads as exp
-    from .experiments.knockout import parse_bands
-    from .store import load_dataset
 
-    if common.layers != "default":
-        raise SelectionError("heads sweeps one band of decoder blocks: use --band START:END instead of --layers")
-    if (band is None) == (from_knockout is None):
-        raise SelectionError("give exactly one of --band START:END and --from-knockout FILE")
-    try:
-        sizes = tuple(int(k) for k in top_k.split(","))
-    except ValueError:
-        raise SelectionError(f"cannot read --top-k {top_k!r}; use a comma list of group sizes") from None
-    grid, grid_name, _, cells, loaded, capture_ds = _setup(common, positions="all")
-    if band is not None:
-        bands = parse_bands(band, loaded.n_layers)
-        if len(bands) != 1:
-            raise SelectionError(f"--band takes one band START:END, got {band!r}")
-        chosen = bands[0]
-    else:
-        chosen = exp.best_band(load_dataset(from_knockout), rank_by)
-        click.echo(f"band {chosen[0]}:{chosen[1]} (largest median {rank_by} in {from_knockout})", err=True)
-    spec = exp.HeadSweepSpec(grid=grid_name, band=chosen, queries=queries, top_k=sizes, rank_by=rank_by, cells=cells,
-                             min_gap=min_gap, batch_size=common.batch_size)
-    ds, out = _run_resumable(exp, "heads", loaded, grid, grid_name, spec, common, capture_ds=capture_ds)
+    ds, out = _assembled("heads", common, band=band, from_knockout=from_knockout, top_k=top_k, rank_by=rank_by,
+                         queries=queries, min_gap=min_gap)
     top, groups = exp.summary_rows(ds)
     click.echo(format_table(top))
     click.echo(format_table(groups))
@@ -451,12 +282,13 @@ def _draw_figures(ds, path: Path) -> None:
               help="Rows per forward pass, or 'auto' (memory-aware; see the experiment commands).")
 @click.option("--grid", "grids", multiple=True,
               help="Run these grids (every experiment, every cell) instead of the model's default plan.")
-@click.option("--progress/--no-progress", default=True)
+@PROGRESS_OPTION
+@QUIET_OPTION
 @click.option("--overwrite", is_flag=True,
               help="Recompute every step and replace what the folder holds; a finished file is kept until its "
                    "replacement is complete. Needed to regenerate a folder made otherwise (e.g. artifacts/toy).")
 @clean_errors
-def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, overwrite):
+def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, quiet, overwrite):
     """The main job: every experiment on the model's grids, datasets and figures under runs/<model>.
 
     On the toy model (the default) it runs offline in minutes on a laptop CPU; on a paper model
@@ -467,6 +299,8 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
     from .analysis.decompose import decompose as decompose_capture
     from .cli_common import claim_output
     from .experiments import capture as capture_exp
+
+    progress = progress and not quiet
     from .experiments import heads as heads_exp
     from .experiments import inject as inject_exp
     from .experiments import knockout as knockout_exp
@@ -539,7 +373,9 @@ def reproduce(model_spec, dtype, device, out_dir, batch_size, grids, progress, o
                                            batch_size=batch_size)
             step(heads_exp, "heads", grid, grid_name, spec, capture_ds=cap)
     from .manifest import write_manifest
+    from .report import write_report
 
+    click.echo(f"wrote {write_report(out_dir, progress=progress)}")  # before the manifest, which lists it
     click.echo(f"wrote {write_manifest(out_dir)}")
 
 
@@ -571,12 +407,13 @@ RUNNABLE = ("capture", "decompose", "substitute", "markers", "inject", "knockout
               help="Override the spec's out_dir.")
 @click.option("--remote", is_flag=True, help="Pass --remote to every step.")
 @click.option("--ndif-host", default=None, help="Pass --ndif-host to every step.")
-@click.option("--progress/--no-progress", default=True)
+@PROGRESS_OPTION
+@QUIET_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the commands without running them.")
 @click.option("--overwrite", is_flag=True, help="Pass --overwrite to every step (recompute and replace what their "
               "outputs hold; by default a finished step is reused).")
 @clean_errors
-def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run, overwrite):
+def run_spec(spec_file, out_dir, remote, ndif_host, progress, quiet, dry_run, overwrite):
     """Run an experiment spec (YAML): a list of steps, each one command with its options.
 
     See experiments/*.yaml. File names in a step (out, capture, and plot's results) are relative to
@@ -585,6 +422,7 @@ def run_spec(spec_file, out_dir, remote, ndif_host, progress, dry_run, overwrite
 
     import yaml
 
+    progress = progress and not quiet
     try:
         spec = yaml.safe_load(spec_file.read_text())
     except yaml.YAMLError as exc:

@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import functools
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from .assembly import RunOptions, default_out  # noqa: F401 - default_out: named here for the commands
 from .errors import OutputError, PersonaError
 
 
-@dataclass
-class Common:
-    """The options every experiment command shares, as one object."""
-
-    model_spec: str
-    grid_name: str
-    layers: str
-    positions: str
-    dtype: str | None
-    device: str
-    cells: str | None
-    batch_size: int | str
-    out: Path | None
-    progress: bool
-    remote: bool
-    ndif_host: str | None
-    capture_path: Path | None
-    fresh: bool
-    overwrite: bool = False
-    given: frozenset = frozenset()  # the options given on the command line (not defaults)
-
-    @property
-    def remote_target(self) -> bool | str:
-        """The `remote` argument of nnsight traces."""
-        if self.ndif_host == "local":
-            return "local"
-        if self.ndif_host and not self.remote:
-            raise click.UsageError("--ndif-host needs --remote (or use --ndif-host local)")
-        return self.ndif_host if (self.remote and self.ndif_host) else bool(self.remote)
-
-    @property
-    def cell_labels(self) -> list[str] | None:
-        return [c.strip() for c in self.cells.split(",")] if self.cells else None
+# The options every experiment command shares, as one object (assembly.RunOptions: the API takes
+# the same).
+Common = RunOptions
 
 
 def batch_size_option(ctx, param, value):
@@ -70,6 +39,12 @@ OVERWRITE_OPTION = click.option(
     "--overwrite", is_flag=True,
     help="Replace what the output already holds (another spec, experiment or model, or a finished result "
          "of this one). Without it such a file is refused, and a finished file of this computation is reused.")
+
+
+PROGRESS_OPTION = click.option(
+    "--progress/--no-progress", default=True,
+    help="Show progress bars with an ETA (on a terminal; otherwise a few plain lines per bar).")
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress bars (the same as --no-progress).")
 
 
 def given_options(names) -> frozenset:
@@ -105,7 +80,8 @@ def experiment_options(default_layers: str, positions: str = "all"):
                               "(on a CPU at most 32, where larger batches stop paying)."),
             click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                          help="Output netCDF file [default: runs/<model>/<experiment>-<grid>.nc]."),
-            click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+            PROGRESS_OPTION,
+            QUIET_OPTION,
             click.option("--remote", is_flag=True, help="Run the traces on NDIF (API key from NDIF_API_KEY)."),
             click.option("--ndif-host", default=None,
                          help="NDIF host URL for --remote [default: the public NDIF]; 'local' runs nnsight's "
@@ -119,8 +95,11 @@ def experiment_options(default_layers: str, positions: str = "all"):
 
         @functools.wraps(fn)
         def packed(**kwargs):
-            fields = [name for name in Common.__dataclass_fields__ if name != "given"]
-            common = Common(**{name: kwargs.pop(name) for name in fields}, given=given_options(fields))
+            fields = [name for name in Common.__dataclass_fields__ if name not in ("given", "default_out")]
+            quiet = kwargs.pop("quiet")
+            common = Common(**{name: kwargs.pop(name) for name in fields}, given=given_options(fields),
+                            default_out=True)
+            common.progress = common.progress and not quiet
             return fn(common, **kwargs)
 
         for option in reversed(options):
@@ -143,34 +122,16 @@ def clean_errors(fn):
     return wrapper
 
 
-def default_out(model_spec: str, experiment: str, grid_name: str) -> Path:
-    safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", Path(s).stem if s.endswith((".yaml", ".yml", ".json")) else s)
-    return Path("runs") / safe(model_spec) / f"{experiment}-{safe(grid_name)}.nc"
-
-
 def claim_output(path: Path, experiment: str, spec: dict, model_id: str, dtype: str | None, revision,
                  overwrite: bool = False, fresh: bool = False, stack=None):
-    """Check `path` can be written, lock it for the rest of the command (or of `stack`), and decide
-    from what it holds whether this run computes, resumes, reuses or is refused (outputs.py).
-    Everything here happens before any model work."""
-    from .outputs import check_writable, output_lock, plan_output
+    """assembly.claim_output, the lock held for the rest of the command (or of `stack`)."""
+    from contextlib import ExitStack
 
-    path = check_writable(path)
-    lock = output_lock(path)
+    from .assembly import claim_output as claim
+
     if stack is None:
-        click.get_current_context().with_resource(lock)
-    else:
-        stack.enter_context(lock)
-    target = plan_output(path, experiment, spec, model_id, dtype, revision, overwrite=overwrite, fresh=fresh)
-    if target.done:
-        made = target.existing.attrs.get("created", "?")
-        click.echo(f"already done: {path} holds the finished result of this computation (made {made}); "
-                   "--overwrite recomputes it", err=True)
-    elif target.state == "resume":
-        click.echo(f"resuming the unfinished run in {path} (--fresh starts over)", err=True)
-    elif target.protect:
-        click.echo(f"--overwrite: {path} keeps its finished result until this run completes", err=True)
-    return target
+        stack = click.get_current_context().with_resource(ExitStack())
+    return claim(path, experiment, spec, model_id, dtype, revision, stack, overwrite=overwrite, fresh=fresh)
 
 
 def write_result(ds, out) -> None:

@@ -280,7 +280,7 @@ def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, 
     `per_request` chunks travel together in one session (one remote round trip). With
     `reuse_prefix`, a local run takes each batch's columns before its window from one clean pass
     per distinct prefix where no edit reaches them (window_kl_on_prefix)."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     local_prefixes = reuse_prefix and not loaded.remote
     per_request = 1 if local_prefixes else max(1, per_request)  # a local batch is yielded when it is done

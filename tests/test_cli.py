@@ -161,6 +161,14 @@ def test_reproduce_writes_every_dataset_and_figure(tiny_dirs, tiny_grid_file, tm
     assert sum(n.endswith(".png") for n in names) == 6
     assert "heads: skipped" in result.output and not (tmp_path / "heads-tiny.nc").exists()
     assert (tmp_path / "MANIFEST.json").exists()
+    # the report is written before the manifest, which lists it with its current hash
+    import hashlib
+    import json
+
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    page = (tmp_path / "index.html").read_bytes()
+    assert manifest["files"]["index.html"] == hashlib.sha256(page).hexdigest()
+    assert page.count(b"<section ") == sum(n.endswith(".nc") for n in names)
 
 
 def test_run_executes_a_spec_file(tiny_dirs, tiny_grid_file, tmp_path):

@@ -10,7 +10,8 @@ with its reason.
 
 A block preceded by the line `<!-- no-test: REASON -->` is skipped with REASON (pytest -rs lists
 them); at most MAX_SKIPPED may be. The sandbox holds a copy of artifacts/toy under artifacts/toy
-and the short grid's under runs/toy (as `reproduce` writes them), so nothing in the checkout is written.
+(and artifacts/smollm2 without its figures) and the short grid's under runs/toy (as `reproduce`
+writes them), so nothing in the checkout is written.
 """
 
 import glob
@@ -53,6 +54,8 @@ def block_id(block) -> str:
 def sandbox(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
     shutil.copytree(ROOT / "artifacts" / "toy", root / "artifacts" / "toy")
+    shutil.copytree(ROOT / "artifacts" / "smollm2", root / "artifacts" / "smollm2",
+                    ignore=shutil.ignore_patterns("*.png"))
     # runs/toy as `reproduce` leaves it, for the short grid only (quicker to plot), less the
     # decomposition, which the docs' recipes make
     shutil.copytree(ROOT / "artifacts" / "toy", root / "runs" / "toy",

@@ -14,10 +14,13 @@ cell's smallest control KL: a per-cell check of the same claim.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
 from ..errors import SelectionError
+from ..results import own_layers
 
 CONTROLS = ("persona_only", "task_only", "baseline")
 DEFAULT_MARGIN = 10.0
@@ -41,15 +44,20 @@ def additivity_rows(ds: xr.Dataset, margin: float = DEFAULT_MARGIN) -> list[dict
         kl = kl.expand_dims(model=[ds.attrs.get("model_id", "?")])
     rows = []
     for model in kl.model.values:
-        for position in kl.position.values:
-            for layer in kl.layer.values:
-                site = kl.sel(model=model, position=position, layer=layer)
+        # A depth-aligned dataset of several models (results.open_results): each on its own layers.
+        mine = own_layers(ds[["kl"]].sel(model=[model]))["kl"].isel(model=0) if "layer_frac" in kl.dims \
+            else kl.sel(model=model)
+        for position in mine.position.values:
+            for layer in mine.layer.values:
+                site = mine.sel(position=position, layer=layer)
                 additive = site.sel(condition="additive").values.astype(float)
                 per_control = {c: site.sel(condition=c).values.astype(float) for c in controls}
                 medians = {c: _median(v) for c, v in per_control.items()}
                 best = min(controls, key=lambda c: (np.inf if np.isnan(medians[c]) else medians[c]))
                 add_median = _median(additive)
-                smallest = np.nanmin(np.stack(list(per_control.values())), axis=0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # cells an interrupted run never reached
+                    smallest = np.nanmin(np.stack(list(per_control.values())), axis=0)
                 valid = ~np.isnan(additive) & ~np.isnan(smallest)
                 ratio = medians[best] / add_median if add_median > 0 else np.inf
                 rows.append({

@@ -134,16 +134,45 @@ def compare(ds: xr.Dataset, paper: str | None = None) -> list[dict]:
     rows = []
     for model_id in models:
         name = reference_file(model_id, grid, experiment, paper)
-        one = ds.sel(model=model_id) if "model" in ds.dims else ds
+        one = _one_model(ds, model_id)
         key = paper_key(model_id, paper)
         if MODEL_KEYS.get(model_id) == key:  # the paper's own model: its own layers
             partner = lambda L: L
         else:
-            n_layers = int(ds.attrs["n_layers"])
+            n_layers = int(one.attrs["n_layers"])
             partner = lambda L, n=n_layers, N=PAPER_N_LAYERS[key]: layer_partner(L, n, N)
         references = [load_reference(n) for n in name.split(" + ")]
         rows.extend(handlers[experiment](one, references[0] if len(references) == 1 else references, model_id, partner))
     return rows
+
+
+def _one_model(ds: xr.Dataset, model_id: str) -> xr.Dataset:
+    """One model of `ds` without the model dim, on its own layers (a depth-aligned dataset of
+    several models, results.open_results, holds layer_frac) and with its own n_layers in attrs."""
+    from ..results import n_layers_of, own_layers
+
+    if "model" not in ds.dims:
+        return ds
+    one = own_layers(ds.sel(model=[model_id])).isel(model=0)
+    one.attrs = {**ds.attrs, "n_layers": n_layers_of(ds, model_id)}
+    return one
+
+
+def side_by_side(rows: list[dict]) -> list[dict]:
+    """compare's rows as one table with a column per model beside the paper's: one row per
+    statistic or condition, position and paper layer (or layer set); values are medians (rates
+    for markers)."""
+    table: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple((k, row[k]) for k in ("statistic", "condition", "position") if k in row)
+        if "layer" in row:
+            key += (("paper_layer", row.get("paper_layer", row["layer"])),)
+        if "layer_set" in row:
+            key += (("paper_layer_set", row.get("paper_layer_set", row["layer_set"])),)
+        entry = table.setdefault(key, dict(key))
+        entry.setdefault("paper", row.get("paper_median", row.get("paper_rate")))
+        entry[row["model"]] = row.get("ours_median", row.get("ours_rate"))
+    return list(table.values())
 
 
 def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict, paper_layer=None) -> dict:

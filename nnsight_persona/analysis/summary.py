@@ -83,3 +83,26 @@ def _format(value, digits: int) -> str:
     if isinstance(value, (float, np.floating)):
         return "nan" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def condition_medians(ds: xr.Dataset, sites: Sequence[str], model: int = 0) -> list[dict]:
+    """Median KL over cells of each condition, one row per site (the `substitute` command's table
+    with sites ('layer', 'position'), `inject`'s with ('layer_set',)), for one model."""
+    kl = ds["kl"].isel(model=model) if "model" in ds["kl"].dims else ds["kl"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = kl.median("cell")
+    coords = [[(d, v) for v in ds[d].values] for d in sites]
+    rows = []
+    for combo in _product(coords):
+        at = dict(combo)
+        row = {d: _plain(v) if d == "layer" else str(v) for d, v in combo}
+        row.update({str(c): float(median.sel(**at, condition=c)) for c in ds.condition.values})
+        rows.append(row)
+    return rows
+
+
+def _product(lists):
+    import itertools
+
+    return list(itertools.product(*lists))

@@ -213,7 +213,7 @@ def score_rows(loaded, rows: list, prompts: list[dict], targets: np.ndarray, n_e
     cells {cell: (gap = sum log p_XY - sum log p_BY, KL(BY || XY))}. Locally (`reuse_prefix`), the
     columns before p_last, which no knockout touches, run once per distinct prompt of a batch;
     remote runs send whole sequences."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     n_heads = loaded.lm._module.config.num_attention_heads
     suffix = [list(map(int, targets[ci, : n_eval - 1])) for ci in range(len(prompts))]

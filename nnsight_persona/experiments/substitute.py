@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from ..batching import chunked, left_pad, length_ordered
 from ..edits import Write, group_by_layer
 from ..errors import SelectionError
 from ..grids import Grid
+from ..progress import tqdm
 from ..prompts import POSITIONS, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable

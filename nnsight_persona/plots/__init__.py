@@ -50,7 +50,8 @@ def figure_title(ds: xr.Dataset, what: str) -> str:
 
 
 def one_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
-    """The dataset at one model (kept as a size-1 dim); `model` may be omitted when there is one."""
+    """The dataset at one model (kept as a size-1 dim, on its own layers); `model` may be omitted
+    when there is one."""
     if "model" not in ds.dims:
         return ds
     models = [str(m) for m in ds["model"].values]
@@ -60,7 +61,12 @@ def one_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
         return ds
     if model not in models:
         raise SelectionError(f"model {model!r} not in the dataset; allowed: {models}")
-    return ds.sel(model=[model])
+    from ..results import n_layers_of, own_layers
+
+    one = own_layers(ds.sel(model=[model]))  # a depth-aligned dataset: back on the model's own layers
+    if "n_layers" in ds.coords:
+        one.attrs["n_layers"] = n_layers_of(ds, model)
+    return one
 
 
 def position_color(position: str, i: int) -> str:
@@ -103,6 +109,7 @@ from .heads import plot_head_map  # noqa: E402
 from .kl_by_layer import plot_kl_by_layer  # noqa: E402
 from .knockout import plot_knockout_by_band  # noqa: E402
 from .markers import plot_markers  # noqa: E402
+from .models import VARIABLE as ACROSS_MODELS, plot_across_models  # noqa: E402
 
 FIGURES = {
     "substitute": {"kl_by_layer": plot_kl_by_layer, "controls": plot_controls},
@@ -125,10 +132,12 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
         suffix = "" if len(models) == 1 else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
         for name, plot in FIGURES[experiment].items():
             out[name + suffix] = plot(ds, model=model)
+    if len(models) > 1 and experiment in ACROSS_MODELS:
+        out["across_models"] = plot_across_models(ds)
     return out
 
 
 __all__ = [
     "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
-    "plot_markers",
+    "plot_markers", "plot_across_models",
 ]

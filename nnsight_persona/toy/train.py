@@ -85,7 +85,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> dict:
     """Train and save the toy model to ``out_dir``; returns a summary dict."""
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from .model import count_parameters, toy_config

@@ -1,0 +1,154 @@
+"""nnsight-persona report: the page's content, read back from its HTML (the browser test,
+test_report_browser.py, checks it renders). Expected numbers come from the result files through
+plain netCDF reads (tests/report_folder.py), never through the analysis code."""
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from report_folder import PARTIAL, additive_medians, decompose_medians, make_folder
+
+
+class Page(HTMLParser):
+    """Sections (by id) with their tables (data-table kind -> rows of {column: (text, data-value)}),
+    images and the incomplete-runs banner."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.sections, self.banner, self._section, self._table, self._cell = {}, None, None, None, None
+        self._in_banner = self._in_body = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self._section = self.sections.setdefault(a["id"], {"attrs": a, "tables": {}, "images": []})
+        elif tag == "div" and a.get("id") == "incomplete-runs":
+            self.banner, self._in_banner = "", True
+        elif tag == "table" and self._section is not None:
+            self._table = self._section["tables"].setdefault(a["data-table"], [])
+        elif tag == "tbody" and self._table is not None:
+            self._in_body = True
+        elif tag == "tr" and self._table is not None and self._in_body:
+            self._table.append({})
+        elif tag == "td" and self._table is not None and self._in_body:
+            self._cell = [a.get("data-column"), a.get("data-value"), ""]
+        elif tag == "img" and self._section is not None:
+            self._section["images"].append(a)
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[2] += data
+        if self._in_banner:
+            self.banner += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            column, value, text = self._cell
+            if column is not None:
+                self._table[-1][column] = (text.strip(), value)
+            self._cell = None
+        elif tag == "table":
+            self._table, self._in_body = None, False
+        elif tag == "div":
+            self._in_banner = False
+        elif tag == "section":
+            self._section = None
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from nnsight_persona.report import write_report
+
+    folder = make_folder(tmp_path_factory.mktemp("report") / "toy")
+    write_report(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(folder):
+    return Page((folder / "index.html").read_text(encoding="utf-8"))
+
+
+def test_the_command_writes_one_self_contained_page(folder, tmp_path):
+    from nnsight_persona.cli import main
+
+    first = (folder / "index.html").read_bytes()
+    result = CliRunner().invoke(main, ["report", str(folder), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "index.html").read_bytes() == first  # the same files give the same page
+    text = first.decode()
+    assert "src=\"http" not in text and "href=\"http" not in text and "<script" not in text
+    missing = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert missing.exit_code != 0 and "holds no result files" in missing.output
+
+
+def test_every_figure_is_embedded_from_its_file(folder, page):
+    from nnsight_persona.plots import FIGURES
+
+    for name in ("substitute-toy", "decompose-toy", "markers-toy"):
+        section = page.sections[name]
+        experiment = section["attrs"]["data-experiment"]
+        images = {img["data-figure"]: img["src"] for img in section["images"]}
+        assert set(images) == set(FIGURES[experiment])
+        for figure, src in images.items():
+            assert src.startswith("data:image/png;base64,")
+            assert base64.b64decode(src.split(",", 1)[1]) == (folder / f"{name}-{figure}.png").read_bytes()
+    # the partial file has no PNGs next to it: its figures are drawn for the page
+    drawn = page.sections["substitute-partial"]["images"]
+    assert len(drawn) == len(FIGURES["substitute"])
+    assert all(base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for img in drawn)
+
+
+@pytest.mark.parametrize("name", ["substitute-toy", "substitute-partial"])
+def test_the_additivity_table_holds_the_files_medians(folder, page, name):
+    want = additive_medians(folder / f"{name}.nc")
+    rows = page.sections[name]["tables"]["additivity"]
+    assert len(rows) == len(want)
+    for row in rows:
+        key = (row["position"][0], int(row["layer"][0]))
+        assert float(row["additive"][1]) == pytest.approx(want[key], rel=1e-9)
+        assert float(row["additive"][0]) == pytest.approx(want[key], rel=2e-3)  # shown to 4 significant digits
+
+
+def test_the_decompose_table_holds_the_files_medians(folder, page):
+    want = decompose_medians(folder / "decompose-toy.nc")
+    rows = page.sections["decompose-toy"]["tables"]["medians"]
+    assert len(rows) == len(want)
+    for row in rows:
+        assert float(row["cos_xy_sum"][1]) == pytest.approx(want[(row["position"][0], int(row["layer"][0]))], rel=1e-9)
+
+
+def test_an_incomplete_run_is_flagged(page):
+    assert page.banner is not None and f"{PARTIAL}" in page.banner
+    assert page.sections["substitute-partial"]["attrs"]["data-completed"] == "0"
+    assert page.sections["substitute-toy"]["attrs"]["data-completed"] == "1"
+    completed = page.sections["substitute-partial"]["tables"]["provenance"][0]["completed"][0]
+    assert completed.startswith("NO") and "Ctrl-C" in completed
+
+
+def test_provenance_and_what_it_shows_come_from_the_file(folder, page):
+    import netCDF4
+
+    with netCDF4.Dataset(folder / "substitute-toy.nc") as f:
+        commit, created, model = f.getncattr("git_commit"), f.getncattr("created"), f.getncattr("model_id")
+    row = page.sections["substitute-toy"]["tables"]["provenance"][0]
+    assert row["git commit"][0] == commit and row["created"][0] == created and row["model"][0] == model
+    text = (folder / "index.html").read_text()
+    section = text[text.index('id="substitute-toy"'):text.index('id="substitute-partial"')]
+    assert f"{model} (8 layers, float32) on grid toy, 12 cells." in section
+
+
+def test_the_committed_pages_are_current(tmp_path):
+    """artifacts/*/index.html is what the current code writes for its folder."""
+    from nnsight_persona.report import write_report
+
+    pages = sorted((Path(__file__).resolve().parent.parent / "artifacts").glob("*/index.html"))
+    if not pages:
+        pytest.skip("no committed report pages")
+    for page in pages:
+        fresh = write_report(page.parent, out=tmp_path / f"{page.parent.name}.html")
+        assert fresh.read_bytes() == page.read_bytes(), f"{page} is stale: run nnsight-persona report {page.parent}"
