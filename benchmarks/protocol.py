@@ -18,6 +18,8 @@ no block reads, is left out).
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 CONDITION = "additive"
@@ -75,7 +77,9 @@ def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "pap
     from nnsight_persona.grids import load_grid
     from nnsight_persona.models import load_model
 
+    start = time.perf_counter()
     loaded = load_model(model_dir, dtype="float32")
+    load_s = time.perf_counter() - start
     grid = load_grid(grid_name)
     layers = tuple(sweep_layers(loaded.n_layers, layers))
     counter, blocks = ForwardCounter(loaded.lm._module), BlockCounter(loaded.lm._module)
@@ -87,7 +91,7 @@ def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "pap
     counter.close()
     blocks.close()
     kl = torch.from_numpy(ds.kl.isel(model=0).sel(condition=CONDITION).values)
-    return kl, counter.passes, counter.tokens, blocks.token_layers
+    return kl, counter.passes, counter.tokens, blocks.token_layers, load_s
 
 
 @torch.no_grad()
@@ -97,9 +101,11 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False, 
     from nnsight_persona.grids import CONDITIONS, load_grid
     from nnsight_persona.prompts import POSITIONS, render_prompt
 
+    start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # where ours goes too (load_model's 'auto')
+    load_s = time.perf_counter() - start
     ids = lambda seq: torch.tensor([seq], device=model.device)
     grid = load_grid(grid_name)
     layers = sweep_layers(model.config.num_hidden_layers, layers)
@@ -145,7 +151,7 @@ def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False, 
                 kl[li, pi, ci] = float((ref.exp() * (ref - logp[start : start + 10])).sum())
     counter.close()
     block_counter.close()
-    return kl, counter.passes, counter.tokens, block_counter.token_layers
+    return kl, counter.passes, counter.tokens, block_counter.token_layers, load_s
 
 
 def _read_one(model, ids, layer, pos):

@@ -39,15 +39,17 @@ def protocol_table(*paths: str) -> str:
                 continue
             diff = d["max_abs_kl_difference_vs_reference"].get(key)
             layer_work = m.get("token_layer_forwards")
+            run, ours_run = m.get("run_s_median"), d["methods"]["ours"].get("run_s_median")
             rows.append([
                 f"{d['model']} ({d.get('layers', 'paper')} layers)" if key == "ours" else "", name,
                 f"{m['wall_s_median']:.1f} s", "1.0x" if key == "ours" else f"{m['wall_s_median'] / speed:.1f}x",
+                "not measured" if run is None else f"{run:.1f} s" + ("" if key == "ours" else f" ({run / ours_run:.1f}x)"),
                 f"{m['forward_passes']:,}", f"{m['token_forwards']:,} ({m['token_forwards'] / floor:.2f}x)",
                 f"{layer_work:,} ({layer_work / layer_floor:.2f}x)" if layer_work and layer_floor else "not measured",
                 _mib(m["peak_rss_mib_median"]),
                 "(itself)" if key == d.get("kl_agreement_baseline", "reference") else f"{diff:.1e}",
             ])
-    return markdown(["model", "method", "wall time", "time / ours", "forward passes",
+    return markdown(["model", "method", "wall time", "time / ours", "without the model load (/ ours)", "forward passes",
                      "token-forwards (/ floor)", "token-layer-forwards (/ floor)", "peak RSS",
                      "max \\|KL difference\\| (vs the first reference)"], rows)
 
