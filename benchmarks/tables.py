@@ -101,7 +101,7 @@ def reproduce_table(*paths: str) -> str:
             b, a = (get(before) if before else None), get(after)
             rows.append([head if i == 0 else "", f"**{step}**" if step == "total" else step,
                          _duration(b) if b is not None else "", _duration(a),
-                         f"{b / a:.1f}x" if b is not None else ""])
+                         f"{b / a:.1f}x" if b is not None and min(a, b) >= 1 else ""])  # not for steps under a second
     def said(d):
         b = d["runs"]["before"]
         return f"{d['model']}: {b['commit']}" + (f", {b['measured']}" if b.get("measured") else ", the same run")
