@@ -82,7 +82,51 @@ def retention_table(path: str) -> str:
                       _mib(r["resident_after_trim_mib"]), f"{r['live_heap_mib']:.1f} MiB"] for i, r in enumerate(runs)])
 
 
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def reproduce_table(*paths: str) -> str:
+    """Each reproduce step's time, before and after (when the file has both), and the total."""
+    rows = []
+    for path in paths:
+        d = _load(path)
+        runs = d["runs"]
+        before, after = runs.get("before"), runs["after"]
+        head = f"{d['model']}"
+        for i, step in enumerate([*after["steps_s"], "total"]):
+            get = lambda run: run["total_s"] if step == "total" else run["steps_s"].get(step)
+            b, a = (get(before) if before else None), get(after)
+            rows.append([head if i == 0 else "", f"**{step}**" if step == "total" else step,
+                         _duration(b) if b is not None else "", _duration(a),
+                         f"{b / a:.1f}x" if b is not None else ""])
+    def said(d):
+        b = d["runs"]["before"]
+        return f"{d['model']}: {b['commit']}" + (f", {b['measured']}" if b.get("measured") else ", the same run")
+    commits = "; ".join(said(_load(p)) for p in paths if "before" in _load(p)["runs"])
+    return markdown(["model", "step", f"before ({commits})" if commits else "before", "after", "before / after"], rows)
+
+
+def prefix_table(*paths: str) -> str:
+    """Inject and knockout on shared prefixes against whole sequences, measured in one process."""
+    rows = []
+    for path in paths:
+        d = _load(path)
+        for name in ("inject", "knockout"):
+            r = d[name]
+            w, p = r["wall_s_median"], r
+            rows.append([f"{d['model']} ({d['cells']} cells)" if name == "inject" else "", name,
+                         f"{w['whole_sequences']:.1f} s", f"{w['shared_prefixes']:.1f} s", f"{r['speedup']:.1f}x",
+                         f"{p['whole_sequences']['token_positions']:,} / {p['shared_prefixes']['token_positions']:,}",
+                         f"{p['whole_sequences']['passes']:,} / {p['shared_prefixes']['passes']:,}",
+                         f"{r['max_abs_difference']:.1e} (largest KL {r['largest_value']:.2f})"])
+    return markdown(["model", "experiment", "whole sequences", "shared prefixes", "speedup",
+                     "token positions (whole / shared)", "traces (whole / shared)", "max \|difference\|"], rows)
+
+
 GENERATORS = {
+    "bench-reproduce": reproduce_table,
+    "bench-prefix": prefix_table,
     "bench-protocol": protocol_table,
     "bench-overhead": overhead_table,
     "bench-scaling": scaling_table,

@@ -108,10 +108,9 @@ class Knockout:
         keys = torch.zeros(rows, max(total_len, width), dtype=torch.bool)
         keys[:, :width] = self.keys & self.active[:, block : block + 1]
         keys = keys[:, total_len - k_len : total_len]
-        if q_len == total_len:
-            queries = torch.zeros(rows, total_len, dtype=torch.bool)
-            queries[:, :width] = self.queries[:, :total_len]
-            queries[:, width:] = self.generated
-        else:  # a generation step: every query is a generated position
-            queries = torch.full((rows, q_len), self.generated, dtype=torch.bool)
+        # The queries are the last q_len positions: a whole sequence, a generation step (a
+        # generated position), or the columns after a cached prefix (a suffix pass).
+        queries = torch.full((rows, max(total_len, width)), self.generated, dtype=torch.bool)
+        queries[:, :width] = self.queries
+        queries = queries[:, total_len - q_len : total_len]
         return queries[:, :, None] & keys[:, None, :]

@@ -261,30 +261,37 @@ def window_scores_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
     (batch, writes, window_cols, own_rows, knockout, baseline_rows, targets). Returns [rows, 3]
     per job (see window_scores)."""
     blocks = loaded.layers()
-    lm_head = module_at(loaded.lm, loaded.adapter.lm_head)
     with loaded.lm.session(remote=loaded.remote):
         results = list().save()
         for batch, writes, window_cols, own_rows, knockout, baseline_rows, targets in jobs:
             rows = torch.arange(batch.input_ids.shape[0])[:, None]
             with loaded.lm.trace(**batch.inputs()):
                 apply_edits(blocks, loaded.adapter, writes, knockout)
-                logp = lm_head.output[rows, window_cols].float().log_softmax(-1)
+                # The model's logits: after Gemma-2's final soft-capping, which lm_head's output is not.
+                logp = loaded.lm.output.logits[rows, window_cols].float().log_softmax(-1)
                 results.append(window_scores(logp, own_rows, baseline_rows, targets).save())
     return [r.cpu() for r in results]
 
 
-def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, progress: bool):
+def kl_in_sessions(loaded, chunks: list, make_job, per_request: int, desc: str, progress: bool,
+                   reuse_prefix: bool = False):
     """For each chunk of rows, in order: (chunk, KL values of its non-reference rows). `make_job`
     turns a chunk into ((batch, writes, window_cols, reference_rows, knockout), n_reference_rows);
-    `per_request` chunks travel together in one session (one remote round trip)."""
+    `per_request` chunks travel together in one session (one remote round trip). With
+    `reuse_prefix`, a local run takes each batch's columns before its window from one clean pass
+    per distinct prefix where no edit reaches them (window_kl_on_prefix)."""
     from .progress import tqdm
 
-    per_request = max(1, per_request)
+    local_prefixes = reuse_prefix and not loaded.remote
+    per_request = 1 if local_prefixes else max(1, per_request)  # a local batch is yielded when it is done
     with tqdm(total=len(chunks), desc=desc, disable=not progress) as bar:
         for start in range(0, len(chunks), per_request):
             group = chunks[start : start + per_request]
             jobs = [make_job(chunk) for chunk in group]
-            results = window_kl_session(loaded, [job for job, _ in jobs])
+            if local_prefixes:
+                results = [window_kl_on_prefix(loaded, *job) for job, _ in jobs]
+            else:
+                results = window_kl_session(loaded, [job for job, _ in jobs])
             for chunk, (_, n_reference), got in zip(group, jobs, results):
                 yield chunk, got[n_reference:].tolist()
                 bar.update()
@@ -388,3 +395,79 @@ def suffix_batch(batch: Batch, rows: list[int], prefix: int) -> Batch:
         position_ids=batch.position_ids[index, prefix:],
         pad=batch.pad[index],
     )
+
+
+# --- whole-sequence scoring with each distinct prefix run once ---------------------------------
+# Inject patches at p_last and later, and knockout blocks queries from p_last on: every column
+# before the scored window is then the same as in the unedited run of the row's prompt. Rows that
+# share a prompt (one prompt, many edits) run that prefix once, and each row runs only the window.
+# Local runs only: the caches stay next to the model (remote runs send whole sequences).
+
+def shared_prefix(batch: Batch, window_cols: torch.Tensor, writes=(), knockout=None) -> int | None:
+    """The number of columns before the window that the batch's rows can take from a clean
+    prefix cache: None where the window is not the last columns of every row, or where some edit
+    touches a column before it (a write there, or a knocked-out query)."""
+    rows, width = batch.input_ids.shape
+    n = window_cols.shape[1]
+    prefix = width - n
+    if prefix <= 0 or not torch.equal(window_cols, torch.arange(prefix, width).expand(rows, n)):
+        return None
+    if any(len(w.cols) and int(w.cols.min()) < prefix for w in writes):
+        return None
+    if knockout is not None and bool(knockout.queries[:, :prefix].any()):
+        return None
+    return prefix
+
+
+def prefix_cache(loaded, batch: Batch, prefix: int):
+    """The KV cache of the first `prefix` columns, one row per batch row, each distinct prefix
+    (token ids and mask) run once; and how many distinct prefixes there were."""
+    owner, first = [], {}
+    for r in range(batch.input_ids.shape[0]):
+        key = (batch.input_ids[r, :prefix].numpy().tobytes(), batch.attention_mask[r, :prefix].numpy().tobytes())
+        owner.append(first.setdefault(key, len(first)))
+    index = torch.tensor([owner.index(k) for k in range(len(first))], dtype=torch.long)
+    with loaded.lm.trace(
+        input_ids=batch.input_ids[index, :prefix], attention_mask=batch.attention_mask[index, :prefix],
+        position_ids=batch.position_ids[index, :prefix], use_cache=True, logits_to_keep=1,
+    ):
+        cache = loaded.lm.output.past_key_values.save()
+    return select_rows(cache, owner), len(first)
+
+
+def _window_logp(loaded, prefix: int, width: int, writes, knockout):
+    """Inside a trace of the window columns on a prefix cache: the edits, moved to the window's
+    columns, and the window's log-probs [rows, W, vocab] (the model's logits, after any final
+    soft-capping)."""
+    shifted = [LayerWrites(w.layer, w.rows, w.cols - prefix, w.values, w.add) for w in writes]
+    apply_edits(loaded.layers(), loaded.adapter, shifted, knockout, total_len=width)
+    return loaded.lm.output.logits.float().log_softmax(-1)
+
+
+def window_kl_on_prefix(loaded, batch: Batch, writes, window_cols, reference_rows, knockout=None) -> torch.Tensor:
+    """window_kl with each distinct prefix run once (see shared_prefix), or on the whole
+    sequences where an edit reaches before the window."""
+    prefix = shared_prefix(batch, window_cols, writes, knockout)
+    if prefix is None:
+        return window_kl(loaded, batch, writes, window_cols, reference_rows, knockout)
+    cache, _ = prefix_cache(loaded, batch, prefix)
+    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
+    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
+        logp = _window_logp(loaded, prefix, batch.input_ids.shape[1], writes, knockout)
+        ref = logp[reference_rows]
+        kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
+    return kl.cpu()
+
+
+def window_scores_on_prefix(loaded, batch: Batch, writes, window_cols, own_rows, knockout, baseline_rows, targets):
+    """window_scores (KL to own, KL to baseline, target log-prob; see there) with each distinct
+    prefix run once, or on the whole sequences where an edit reaches before the window."""
+    prefix = shared_prefix(batch, window_cols, writes, knockout)
+    if prefix is None:
+        return window_scores_session(loaded, [(batch, writes, window_cols, own_rows, knockout, baseline_rows, targets)])[0]
+    cache, _ = prefix_cache(loaded, batch, prefix)
+    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
+    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
+        logp = _window_logp(loaded, prefix, batch.input_ids.shape[1], writes, knockout)
+        scores = window_scores(logp, own_rows, baseline_rows, targets).save()
+    return scores.cpu()

@@ -173,7 +173,7 @@ def test_heads_through_the_remote_path_and_resumed(loaded_models, tiny_grid_file
     remote = heads.run(dataclasses.replace(local, remote="local"), grid, spec(), progress=False)
     for name in ("kl", "logp_drop", "group_kl"):
         np.testing.assert_allclose(remote[name].values, full[name].values, atol=1e-5, rtol=1e-4)
-    real, calls = knockout.window_scores_session, {"n": 0}
+    real, calls = knockout.window_scores_on_prefix, {"n": 0}  # the local scoring call
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -181,7 +181,7 @@ def test_heads_through_the_remote_path_and_resumed(loaded_models, tiny_grid_file
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(knockout, "window_scores_session", interrupted)
+    monkeypatch.setattr(knockout, "window_scores_on_prefix", interrupted)
     partial = heads.run(local, grid, spec(), progress=False)
     assert partial.attrs["completed"] == 0 and np.isnan(partial.kl.values).any()
     calls["n"] = -10**9

@@ -15,7 +15,7 @@ CASES = [
     (capture, capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
     (substitute, substitute, "window_kl_against", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
     (markers, markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
-    (inject, tracing, "window_kl_session", lambda: inject.InjectSpec(
+    (inject, tracing, "window_kl_on_prefix", lambda: inject.InjectSpec(
         grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,), batch_size=6, batches_per_request=2), "kl"),
     (knockout, knockout, "generate_with_edit", lambda: knockout.KnockoutSpec(
         grid="tiny", bands=((0, 2), (0, 4)), n_tokens=4, batch_size=4), "kl"),

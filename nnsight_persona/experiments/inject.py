@@ -186,10 +186,17 @@ def run(
         refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
         return (batch, _layer_writes(edits, own is not None), windows, refs, None), len(cell_ids)
 
-    rows = length_ordered(rows, lambda r: len(prompts[r[0]]["target"].ids))  # a cell's rows stay together
-    chunks = [[rows[k] for k in rng] for rng in chunked(len(rows), spec.batch_size)]
+    # Rows written only at p_last and later leave their prompt's prefix clean, so locally that
+    # prefix runs once per batch for all of them; the rows written earlier (site patches inside the
+    # prompt) are batched apart and run whole.
+    in_prompt = lambda r: any(prompts[r[0]][r[1]].position(p) < prompts[r[0]][r[1]].p_last for _, p, _ in r[4])
+    chunks = []
+    for part in ([r for r in rows if not in_prompt(r)], [r for r in rows if in_prompt(r)]):
+        part = length_ordered(part, lambda r: len(prompts[r[0]]["target"].ids))  # a cell's rows stay together
+        chunks += [[part[k] for k in rng] for rng in chunked(len(part), spec.batch_size)]
     with stoppable() as stop:
-        for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress):
+        for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress,
+                                            reuse_prefix=True):
             for (ci, _, what, index, _), value in zip(chunk, values):
                 if what == "kl":
                     cond, si = index

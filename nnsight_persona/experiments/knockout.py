@@ -51,7 +51,7 @@ from ..prompts import Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
 from ..scoring import markers_found
-from ..tracing import decode_answer, generate_with_edit, window_scores_session
+from ..tracing import decode_answer, generate_with_edit, window_scores_on_prefix, window_scores_session
 from . import capture as capture_exp
 
 CONDITIONS = ("persona", "task_span", "neutral_span", "template_span", "baseline_persona", "none")
@@ -203,13 +203,16 @@ class ScoreStats:
 
 
 def score_rows(loaded, rows: list, prompts: list[dict], targets: np.ndarray, n_eval: int, queries: str,
-               batch_size: int, per_request: int, desc: str, progress: bool, stats: ScoreStats | None = None):
+               batch_size: int, per_request: int, desc: str, progress: bool, stats: ScoreStats | None = None,
+               reuse_prefix: bool = True):
     """Score knocked-out rows in batched passes. `rows`: (key, KnockRow) pairs; `prompts[cell]`:
     the cell's prompts by name; `targets` [cells, >= n_eval]: the clean XY continuation tokens.
     Every batch also holds each of its cells' unknocked XY and BY rows (and the neutral host's when a
     row needs it). Yields, chunk by chunk, (chunk, scores [rows, 3] = (KL to the row's own
     unknocked reference, KL(BY || row), log-prob drop sum log p_ref - sum log p_row), cells) with
-    cells {cell: (gap = sum log p_XY - sum log p_BY, KL(BY || XY))}."""
+    cells {cell: (gap = sum log p_XY - sum log p_BY, KL(BY || XY))}. Locally (`reuse_prefix`), the
+    columns before p_last, which no knockout touches, run once per distinct prompt of a batch;
+    remote runs send whole sequences."""
     from ..progress import tqdm
 
     n_heads = loaded.lm._module.config.num_attention_heads
@@ -235,12 +238,16 @@ def score_rows(loaded, rows: list, prompts: list[dict], targets: np.ndarray, n_e
         knock = knockout_for(batch, [None] * len(refs) + knocked, prompts, queries, loaded.n_layers, n_heads)
         return (batch, [], windows, own, knock, base, tgt), refs, at
 
-    per_request = max(1, per_request)
+    whole = loaded.remote or not reuse_prefix
+    per_request = max(1, per_request) if whole else 1  # a local batch is yielded when it is done
     with tqdm(total=len(chunks), desc=desc, disable=not progress) as bar:
         for start in range(0, len(chunks), per_request):
             group = chunks[start : start + per_request]
             jobs = [job(chunk) for chunk in group]
-            results = window_scores_session(loaded, [j for j, _, _ in jobs])
+            if whole:  # whole sequences, several batches a request
+                results = window_scores_session(loaded, [j for j, _, _ in jobs])
+            else:  # queries are knocked out from p_last on: each prompt's prefix runs once, clean
+                results = [window_scores_on_prefix(loaded, *j) for j, _, _ in jobs]
             for chunk, (j, refs, at), got in zip(group, jobs, results):
                 if stats is not None:
                     stats.passes += 1
