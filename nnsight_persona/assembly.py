@@ -230,10 +230,12 @@ def compute(module, experiment: str, plan, grid, spec, target=None, progress: bo
     """Run an experiment: load the model, resume what `target` holds (when there is a target),
     and checkpoint the partial result every minute unless that would replace a finished file."""
     from . import store
+    from .progress import library_bars
     from .traffic import metered
 
     try:
-        loaded = plan.load()
+        with library_bars(progress):
+            loaded = plan.load()
         spec = with_batch_size(spec, loaded, grid)
         # Remote batches are slow and can be lost with the connection: keep each one as it finishes.
         every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
@@ -450,8 +452,11 @@ def decompose_run(opts: RunOptions, stack: ExitStack):
                               stack, overwrite=opts.overwrite, fresh=opts.fresh)
         if target.done:
             return target.existing, target
+    from .progress import library_bars
+
     try:
-        loaded = s.plan.load()
+        with library_bars(opts.progress):
+            loaded = s.plan.load()
         capture_ds = module.run(loaded, s.grid, with_batch_size(cap_spec, loaded, s.grid), progress=opts.progress)
     except KeyboardInterrupt:
         raise Interrupted(target) from None

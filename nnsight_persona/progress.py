@@ -10,6 +10,7 @@ the start, at every quarter and at the end, each with tqdm's counts, elapsed tim
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from tqdm.std import tqdm as _tqdm
 
@@ -64,3 +65,19 @@ def tqdm(*args, **kwargs):
 
         return terminal(*args, **kwargs)
     return PlainLines(*args, **kwargs)
+
+
+@contextmanager
+def library_bars(enabled: bool):
+    """transformers' own bars (loading weights) follow ours for the block: shown only on a
+    terminal and unless progress is off (they redraw with carriage returns)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not (enabled and _is_terminal(sys.stderr)):
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

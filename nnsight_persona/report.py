@@ -261,9 +261,8 @@ def what_this_shows(ds) -> list[str]:
 def findings(ds) -> list[str]:
     """A sentence per model on where the dataset's main measure is largest or smallest, from the
     summaries the tables show."""
-    import numpy as np
-
     from .analysis.summary import summarize
+    from .store import spec_of
 
     experiment = ds.attrs.get("experiment")
     models = [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
@@ -285,15 +284,18 @@ def findings(ds) -> list[str]:
             rates = ", ".join(f"{c} {k}/{n}" for c, k, n, _ in summary_table(one.expand_dims(model=[model or "?"])))
             lines.append(f"{who}cells with any persona marker: {rates}.")
         elif experiment == "knockout" and "persona_shift" in one and "band" in one.dims:
-            shift = one["persona_shift"].sel(condition="persona") if "persona" in one.condition.values else None
-            if shift is not None and np.isfinite(shift.values.astype(float)).any():
-                med = shift.median("cell", skipna=True)
-                if np.isfinite(med.values).any():
-                    best = str(med.idxmax().item())
-                    lines.append(f"{who}the persona knockout shifts the answer most in band {best} "
-                                 f"(median persona_shift {float(med.sel(band=best)):.3f}).")
+            from .experiments.heads import best_band
+
+            try:
+                start, end = best_band(one, "persona_shift")
+                lines.append(f"{who}the persona knockout shifts the answer most in blocks {start}:{end} (the largest "
+                             "median persona_shift over cells among the bands narrower than the whole model).")
+            except PersonaError:
+                lines.append(f"{who}persona_shift is undefined in most cells: the persona barely moves this model's "
+                             "answer.")
         elif experiment == "heads" and "ranked_block" in one:
-            lines.append(f"{who}the head with the largest effect is block {int(one.ranked_block[0])}, head "
+            rank_by = spec_of(one).get("rank_by", "persona_shift")
+            lines.append(f"{who}ranked first by median {rank_by}: block {int(one.ranked_block[0])}, head "
                          f"{int(one.ranked_head[0])}.")
     return lines
 

@@ -91,7 +91,7 @@ def test_decompose_of_a_capture_dataset_needs_no_model(tiny_dirs, tiny_grid_file
     capture = nnsight_persona.capture(str(tiny_dirs["llama"]), grid=str(tiny_grid_file), layers=[1, 2],
                                       progress=False)
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("decompose loaded a model"))
-    xr.testing.assert_identical(nnsight_persona.decompose(capture=capture), decompose(capture))
+    same_result(nnsight_persona.decompose(capture=capture), decompose(capture))
 
 
 def test_out_follows_the_commands_rules(tiny_dirs, tiny_grid_file, tmp_path, monkeypatch):
@@ -100,7 +100,7 @@ def test_out_follows_the_commands_rules(tiny_dirs, tiny_grid_file, tmp_path, mon
     model, out = str(tiny_dirs["llama"]), tmp_path / "sub.nc"
     run = dict(grid=str(tiny_grid_file), layers=[2], positions="p_last", out=out, progress=False)
     first = nnsight_persona.substitute(model, **run)
-    xr.testing.assert_identical(load_dataset(out), first)
+    same_result(load_dataset(out), first)
     monkeypatch.setattr(exp, "run", lambda *a, **k: pytest.fail("a finished result was computed again"))
     again = nnsight_persona.substitute(model, **run)  # done: the file's result, nothing computed
     assert again.attrs["created"] == first.attrs["created"]

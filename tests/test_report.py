@@ -138,7 +138,8 @@ def test_provenance_and_what_it_shows_come_from_the_file(folder, page):
     row = page.sections["substitute-toy"]["tables"]["provenance"][0]
     assert row["git commit"][0] == commit and row["created"][0] == created and row["model"][0] == model
     text = (folder / "index.html").read_text()
-    section = text[text.index('id="substitute-toy"'):text.index('id="substitute-partial"')]
+    start = text.index('<section id="substitute-toy"')
+    section = text[start:text.index("</section>", start)]
     assert f"{model} (8 layers, float32) on grid toy, 12 cells." in section
 
 

@@ -61,6 +61,15 @@ def test_every_figure_loads(page):
     assert len(images) == 2 * len(FIGURES["substitute"]) + len(FIGURES["decompose"]) + len(FIGURES["markers"])
     broken = [i for i in images if not (i["done"] and i["w"] > 0 and i["h"] > 0)]
     assert not broken, f"figures that did not load: {broken}"
+    # Decoded to the end: a truncated PNG keeps its size (naturalWidth) but its last rows stay
+    # transparent, while every figure is drawn on an opaque background.
+    opaque = page.evaluate("""Array.from(document.images).map(img => {
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+        const row = ctx.getImageData(0, c.height - 1, c.width, 1).data;
+        let n = 0; for (let i = 3; i < row.length; i += 4) if (row[i] > 0) n++;
+        return n / c.width; })""")
+    assert all(fraction == 1 for fraction in opaque), f"figures not decoded to their last row: {opaque}"
 
 
 def _table(page, section: str, kind: str) -> list[dict]:
