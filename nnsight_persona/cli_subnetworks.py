@@ -38,6 +38,13 @@ def masks_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}-masks.safetensors")
 
 
+def default_eval_out(mask_file: Path) -> Path:
+    """subnetwork-find-X-masks.safetensors -> subnetwork-eval-X.nc, next to it."""
+    stem = mask_file.stem.removesuffix("-masks")
+    stem = stem.replace("subnetwork-find", "subnetwork-eval", 1) if "subnetwork-find" in stem else f"{stem}-eval"
+    return mask_file.with_name(f"{stem}.nc")
+
+
 @subnetwork.command("find")
 @click.option("--model", "model_spec", default="toy", show_default=True, help="'toy', 'smollm2', a hub id or a folder.")
 @click.option("--set", "set_name", default="toy", show_default=True,
@@ -112,7 +119,7 @@ def find_command(model_spec, set_name, personas, method, activation, tau, sparsi
 @DEVICE_OPTION
 @click.option("--batch-size", default="16", show_default=True, callback=batch_size_option)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Evaluation netCDF [default: next to the masks, subnetwork-eval-<set>.nc]; figures next to it.")
+              help="Evaluation netCDF [default: next to the masks, subnetwork-find-X-masks.safetensors -> subnetwork-eval-X.nc]; figures next to it.")
 @click.option("--remote", is_flag=True, help="Run on NDIF (structured masks only: a weight mask cannot travel).")
 @click.option("--ndif-host", default=None, help="NDIF host URL; 'local' runs nnsight's local simulation of the remote path.")
 @click.option("--progress/--no-progress", default=True)
@@ -143,7 +150,7 @@ def eval_command(masks, model_spec, set_name, random_seeds, n_tokens, no_prompt_
                              mask_spec=json.dumps(mask_spec, sort_keys=True), random_seeds=random_seeds,
                              n_tokens=n_tokens, batch_size=_batch(batch_size), prompt_baseline=not no_prompt_baseline,
                              data_sha256=evaluate.eval_digest(pset))
-    out = out or masks.with_name(f"subnetwork-eval-{pset.name}{'-structured' if structured else ''}.nc")
+    out = out or default_eval_out(masks)
     target = claim_output(out, evaluate.EXPERIMENT, spec.to_dict(), plan.model_id, plan.dtype,
                           lambda: plan.revision, overwrite=overwrite)
     ds = target.existing if target.done else evaluate.run(plan.load(), pset, spec, found, progress=progress)
