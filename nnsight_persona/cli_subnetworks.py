@@ -67,11 +67,13 @@ def default_eval_out(mask_file: Path) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Statistics netCDF [default: runs/<model>/subnetwork-find-<set>.nc]; masks go next to it "
                    "as <stem>-masks.safetensors.")
+@click.option("--masks", "mask_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the masks go [default: next to --out, <stem>-masks.safetensors].")
 @click.option("--progress/--no-progress", default=True)
 @OVERWRITE_OPTION
 @clean_errors
 def find_command(model_spec, set_name, personas, method, activation, tau, sparsity, mlp_only, head, structured, seed,
-                 tokens, dtype, device, batch_size, out, progress, overwrite):
+                 tokens, dtype, device, batch_size, out, mask_file, progress, overwrite):
     """Each persona's mask from its calibration items; statistics (kept fraction, overlap, Jaccard)."""
     from .cli_common import default_out
     from .experiments.subnetworks import data, find
@@ -89,7 +91,8 @@ def find_command(model_spec, set_name, personas, method, activation, tau, sparsi
     out = out or default_out(model_spec, "subnetwork-find", pset.name)
     target = claim_output(out, find.EXPERIMENT, spec.to_dict(), plan.model_id, plan.dtype, lambda: plan.revision,
                           overwrite=overwrite)
-    mask_file = masks_path(out)
+    mask_file = mask_file or masks_path(out)
+    mask_file.parent.mkdir(parents=True, exist_ok=True)
     if target.done and mask_file.exists():
         return
     loaded = plan.load()

@@ -321,3 +321,44 @@ def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
     assert again.exit_code == 0 and "already done" in again.output
     remote = runner.invoke(main, ["subnetwork", "eval", str(mask_file), "--ndif-host", "local"])
     assert remote.exit_code == 1 and "cannot travel" in remote.output
+    # the structured variant, through the file (modules stored alphabetically) and the simulated remote path
+    result = runner.invoke(main, ["subnetwork", "find", "--structured", "--sparsity", "0.3", "--out",
+                                  str(tmp_path / "s.nc"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for extra, name in (([], "here.nc"), (["--ndif-host", "local"], "there.nc")):
+        result = runner.invoke(main, ["subnetwork", "eval", str(tmp_path / "s-masks.safetensors"), "--random-seeds", "1",
+                                      "--n-tokens", "4", "--no-prompt-baseline", "--out", str(tmp_path / name),
+                                      "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+    here, there = load_dataset(tmp_path / "here.nc"), load_dataset(tmp_path / "there.nc")
+    np.testing.assert_allclose(there.margin.values, here.margin.values, rtol=1e-5, atol=1e-4)
+    assert there.attrs["backend"] == "local simulation of the remote path"
+
+
+# --- the committed results are what the code computes ---------------------------------------------
+
+def test_committed_toy_subnetwork_results_recompute(toy):
+    from pathlib import Path
+
+    from nnsight_persona.store import load_dataset, spec_of
+
+    folder = Path(__file__).resolve().parent.parent / "artifacts" / "toy"
+    stats_path, eval_path = folder / "subnetwork-find-toy.nc", folder / "subnetwork-eval-toy.nc"
+    if not (stats_path.exists() and eval_path.exists()):
+        pytest.skip("no committed toy subnetwork results")
+    committed = load_dataset(stats_path)
+    recorded = spec_of(committed)
+    spec = find.FindSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+    pset = data.load_persona_set(spec.persona_set)
+    assert spec.data_sha256 == find.data_digest(pset), "the calibration files changed since the results were made"
+    masks, ds = find.run(toy, pset, spec, progress=False)
+    np.testing.assert_array_equal(ds.n_kept_both.values, committed.n_kept_both.values)
+    evaluated = load_dataset(eval_path)
+    label = str(evaluated.variant.values[evaluated.kind.values.astype(str) == "mask"][0])
+    variant = next(v for v in evaluate.variants(pset, masks, evaluate.EvalSpec(persona_set="toy", masks_sha256="",
+                                                                              mask_spec="{}")) if v.label == label)
+    eval_spec = evaluate.EvalSpec(**spec_of(evaluated))
+    got = evaluate.score_variant(MaskedCopy(toy).with_masks(evaluate.masks_of(variant, masks)), pset, variant, None,
+                                 eval_spec)
+    np.testing.assert_allclose(got["margin"], evaluated.margin.sel(variant=label).values, rtol=1e-4, atol=1e-3)
+    assert got["text"] == evaluated.text.sel(variant=label).values.tolist()

@@ -75,16 +75,16 @@ def comparison(ds, measure: str = "p_matching") -> list[dict]:
 
 
 def eval_rows(source, measure: str = "p_matching") -> str:
-    """Markdown: `measure` per persona and sparsity for every baseline, and whether the persona's
-    own mask beats every random mask of its sparsity and the persona prompt."""
+    """Markdown: `measure` per persona and sparsity for every baseline, whether the persona's own
+    mask beats every random mask of its sparsity, and how far it is from the persona prompt."""
     ds = _ds(source)
-    rows = []
-    for r in comparison(ds, measure):
-        rows.append([r["persona"], f"{r['sparsity']:g}", r["unpruned"], r["prompt"], r["own mask"], r["opposite mask"],
-                     r["random mean"], r["random max"], r["own mask"] > r["random max"], r["own mask"] > r["prompt"]])
+    table = comparison(ds, measure)
+    rows = [[r["persona"], f"{r['sparsity']:g}", r["unpruned"], r["prompt"], r["own mask"], r["opposite mask"],
+             r["random mean"], r["random max"], r["own mask"] > r["random max"], r["own mask"] - r["prompt"]]
+            for r in table]
     return markdown(["persona", "sparsity", "unpruned", "prompt", "own mask", "opposite mask",
-                     f"random mean ({comparison(ds, measure)[0]['n random']})", "random max",
-                     "own > every random", "own > prompt"], rows)
+                     f"random mean ({table[0]['n random'] if table else 0})", "random max",
+                     "own > every random", "own - prompt"], rows)
 
 
 def perplexity_rows(source) -> str:

@@ -161,6 +161,20 @@ def generations(loaded, user_texts: list[str], n_tokens: int, channels=None, bat
     return texts
 
 
+def in_forward_order(loaded, masks: dict) -> dict:
+    """`masks` with each mask dict in the order the model runs its modules (a mask file lists them
+    alphabetically; nnsight must reach modules in forward order). Unknown modules are refused."""
+    from ...errors import SelectionError
+    from .norms import linear_names
+
+    order = {n: i for i, n in enumerate(linear_names(loaded.lm._module, loaded.adapter, head=True))}
+    for by_module in masks.values():
+        unknown = [n for n in by_module if n not in order]
+        if unknown:
+            raise SelectionError(f"the masks name modules this model does not have as nn.Linear: {unknown[:3]}")
+    return {k: dict(sorted(v.items(), key=lambda kv: order[kv[0]])) for k, v in masks.items()}
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 def generation_questions(pset: PersonaSet) -> list[str]:
@@ -201,6 +215,7 @@ def run(loaded, pset: PersonaSet, spec: EvalSpec, masks: dict, progress: bool = 
     from ...provenance import provenance_attrs
 
     structured = bool(json.loads(spec.mask_spec).get("structured"))
+    masks = in_forward_order(loaded, masks)
     copy = None if structured else MaskedCopy(loaded)
     rows = []
     todo = variants(pset, masks, spec)
