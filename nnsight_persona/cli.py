@@ -506,11 +506,13 @@ def models_command():
 
 def _attach_subcommands():
     from .cli_analysis import COMMANDS
+    from .cli_subnetworks import subnetwork
     from .toy.cli import toy
 
     for command in COMMANDS:
         main.add_command(command)
     main.add_command(toy)
+    main.add_command(subnetwork)
 
 
 _attach_subcommands()

@@ -27,3 +27,7 @@ class ResultFileError(PersonaError):
 
 class OutputError(PersonaError):
     """An output path that cannot be written, is in use by another run, or holds another result."""
+
+
+class DataFileError(PersonaError):
+    """A calibration, evaluation or persona-set file that cannot be used (names the file and row)."""

@@ -166,3 +166,7 @@ GENERATORS = {
     "knockout": knockout_table,
     "compare": compare_table,
 }
+
+from .subnetworks import GENERATORS as _SUBNETWORK_TABLES  # noqa: E402 (it uses markdown and number above)
+
+GENERATORS.update(_SUBNETWORK_TABLES)

@@ -110,6 +110,7 @@ from .kl_by_layer import plot_kl_by_layer  # noqa: E402
 from .knockout import plot_knockout_by_band  # noqa: E402
 from .markers import plot_markers  # noqa: E402
 from .models import VARIABLE as ACROSS_MODELS, plot_across_models  # noqa: E402
+from .subnetworks import plot_alignment_vs_sparsity, plot_persona_by_mask  # noqa: E402
 
 FIGURES = {
     "substitute": {"kl_by_layer": plot_kl_by_layer, "controls": plot_controls},
@@ -118,6 +119,7 @@ FIGURES = {
     "inject": {"gap_closed": plot_gap_closed},
     "knockout": {"knockout_by_band": plot_knockout_by_band},
     "heads": {"head_map": plot_head_map},
+    "subnetwork-eval": {"alignment_vs_sparsity": plot_alignment_vs_sparsity, "persona_by_mask": plot_persona_by_mask},
 }
 
 

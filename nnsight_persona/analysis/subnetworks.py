@@ -1,0 +1,118 @@
+"""Tables of persona-subnetwork results (find statistics, evaluation against the baselines), for
+the CLI's summaries and the docs' generated blocks. Pure functions of the datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..store import load_dataset
+
+
+def markdown(header, rows) -> str:
+    from .tables import markdown as table  # tables imports this module for its GENERATORS
+
+    return table(header, rows)
+
+
+def _ds(source):
+    return load_dataset(source) if isinstance(source, str) else source
+
+
+def find_rows(source) -> str:
+    """Per pair of personas and sparsity: the kept fraction, and the Jaccard index of kept and of
+    pruned entries over all masked modules, beside what two independent random masks of that
+    sparsity would give (kept q/(2-q) with q the kept fraction; pruned s/(2-s))."""
+    from ..experiments.subnetworks.masks import overall
+
+    ds = _ds(source)
+    personas = [str(p) for p in ds.persona.values]
+    rows = []
+    for i, a in enumerate(personas):
+        for b in personas[i + 1:]:
+            for s in ds.sparsity.values:
+                q = overall(ds, "kept_fraction", a, None, s)
+                pruned = 1 - q
+                rows.append([f"{a} / {b}", f"{float(s):g}", q, overall(ds, "jaccard", a, b, s), q / (2 - q),
+                             overall(ds, "jaccard_pruned", a, b, s), pruned / (2 - pruned) if pruned else float("nan")])
+    return markdown(["personas", "sparsity", "kept fraction", "Jaccard kept", "random: kept", "Jaccard pruned",
+                     "random: pruned"], rows)
+
+
+def _value(ds, label, persona, measure):
+    return float(ds[measure].sel(variant=label, persona=persona))
+
+
+def comparison(ds, measure: str = "p_matching") -> list[dict]:
+    """Per persona and sparsity: the measure under the unpruned model (no prompt), the persona's
+    prompt, its own mask, the opposite persona's mask, and the random masks (mean, min, max)."""
+    from ..experiments.subnetworks.data import load_persona_set
+
+    kinds = ds.kind.values.astype(str)
+    labels = ds.variant.values.astype(str)
+    personas = [str(p) for p in ds.persona.values]
+    masked = sorted({float(s) for s, k in zip(ds.sparsity.values, kinds) if k == "mask"})
+    try:
+        opposite = {n: p.opposite for n, p in load_persona_set(ds.attrs.get("persona_set", "")).personas.items()}
+    except Exception:  # noqa: BLE001 - a set that moved: pair the two personas
+        opposite = {a: b for a, b in zip(personas, personas[::-1])}
+    out = []
+    for p in personas:
+        for s in masked:
+            rand = [_value(ds, lab, p, measure) for lab, k, sp in zip(labels, kinds, ds.sparsity.values)
+                    if k == "random" and float(sp) == s]
+            row = {
+                "persona": p, "sparsity": s, "unpruned": _value(ds, "unpruned", p, measure),
+                "prompt": _value(ds, f"prompt:{p}", p, measure) if f"prompt:{p}" in labels else float("nan"),
+                "own mask": _value(ds, f"mask:{p}@{s:g}", p, measure),
+                "opposite mask": _value(ds, f"mask:{opposite[p]}@{s:g}", p, measure)
+                if f"mask:{opposite[p]}@{s:g}" in labels else float("nan"),
+                "random mean": float(np.mean(rand)) if rand else float("nan"),
+                "random max": float(np.max(rand)) if rand else float("nan"),
+                "n random": len(rand),
+            }
+            out.append(row)
+    return out
+
+
+def eval_rows(source, measure: str = "p_matching") -> str:
+    """Markdown: `measure` per persona and sparsity for every baseline, whether the persona's own
+    mask beats every random mask of its sparsity, and how far it is from the persona prompt."""
+    ds = _ds(source)
+    table = comparison(ds, measure)
+    rows = [[r["persona"], f"{r['sparsity']:g}", r["unpruned"], r["prompt"], r["own mask"], r["opposite mask"],
+             r["random mean"], r["random max"], r["own mask"] > r["random max"], r["own mask"] - r["prompt"]]
+            for r in table]
+    return markdown(["persona", "sparsity", "unpruned", "prompt", "own mask", "opposite mask",
+                     f"random mean ({table[0]['n random'] if table else 0})", "random max",
+                     "own > every random", "own - prompt"], rows)
+
+
+def perplexity_rows(source) -> str:
+    """Perplexity on the neutral answers per variant kind (random masks: mean over seeds)."""
+    ds = _ds(source)
+    rows, seen = [], set()
+    for label, kind, s in zip(ds.variant.values.astype(str), ds.kind.values.astype(str), ds.sparsity.values):
+        if kind == "random":
+            key = f"random@{float(s):g}"
+            if key in seen:
+                continue
+            seen.add(key)
+            picked = (ds.kind == "random") & (ds.sparsity == s)
+            rows.append([f"random masks @ {float(s):g} (mean of {int(picked.sum())})",
+                         float(ds.perplexity.where(picked, drop=True).mean())])
+        else:
+            rows.append([label, float(ds.perplexity.sel(variant=label))])
+    return markdown(["variant", "perplexity"], rows)
+
+
+def eval_table(path: str, measure: str = "p_matching") -> str:
+    return eval_rows(path, measure)
+
+
+GENERATORS = {
+    "subnetwork-find": find_rows,
+    "subnetwork-eval": eval_table,
+    "subnetwork-perplexity": perplexity_rows,
+}
+
+__all__ = ["find_rows", "eval_rows", "perplexity_rows", "comparison", "GENERATORS"]
