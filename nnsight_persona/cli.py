@@ -673,6 +673,8 @@ def _attach_subcommands():
     for command in COMMANDS:
         main.add_command(command)
     main.add_command(toy)
+    from .cli_vectors import vectors
+    main.add_command(vectors)
 
 
 _attach_subcommands()
