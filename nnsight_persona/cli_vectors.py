@@ -384,3 +384,28 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, n_
         click.echo("  steering delta (p bonferroni): " + ", ".join(
             f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
                                                                          d.p_bonferroni.values)))
+
+
+@vectors.command("vs-delta")
+@click.option("--vectors", "vectors_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--capture", "capture_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A capture file (`nnsight-persona capture`) whose grid has personas named like the traits.")
+@click.option("--position", default="p_last", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@clean_errors
+def vs_delta(vectors_path, capture_path, position, out):
+    """Cosine per layer between each persona vector and the decomposition's Delta_X = h_XB - h_BB
+    at a position (default p_last) of a capture, for personas named like the traits."""
+    from .analysis.vector_delta import vector_vs_delta_x
+    from .errors import SelectionError
+    from .store import load_dataset, save_dataset
+
+    ds = vector_vs_delta_x(load_vectors(vectors_path), load_dataset(capture_path), position)
+    if not ds.sizes["trait"]:
+        raise SelectionError(f"no persona of {capture_path} is a trait of {vectors_path}")
+    save_dataset(ds, out)
+    click.echo(f"wrote {out}")
+    for trait in ds.trait.values.tolist():
+        for s in ds.token_set.values.tolist():
+            click.echo(f"{trait} {s}: " + " ".join(f"L{L} {float(c):.2f}" for L, c in
+                                                   zip(ds.layer.values, ds.cosine.sel(trait=trait, token_set=s).values)))

@@ -188,3 +188,26 @@ def test_original_pt_file_imports_as_layers_by_hidden_states_index(tmp_path):
                                   t.numpy())
     np.testing.assert_allclose(ds.norm.isel(model=0, checkpoint=0, trait=0, token_set=0).values,
                                t.norm(dim=-1).numpy(), rtol=1e-6)
+
+
+def test_persona_vector_against_delta_x_of_a_committed_capture():
+    from pathlib import Path
+
+    import xarray as xr
+
+    from nnsight_persona.analysis.vector_delta import vector_vs_delta_x
+    from nnsight_persona.store import load_dataset
+
+    capture = load_dataset(Path(__file__).resolve().parent.parent / "artifacts" / "toy" / "capture-toy.nc")
+    r = capture.resid.isel(model=0).sel(position="p_last", cell="robot__weather")
+    dx = (r.sel(condition="XB") - r.sel(condition="BB")).values  # [layer, hidden], by hand
+    other = np.random.default_rng(0).standard_normal(dx.shape)
+    vec = np.stack([dx, -2 * dx, other])[None, None, None]  # trait robot, token sets a, b, c
+    vectors = xr.Dataset({"vector": (("model", "checkpoint", "trait", "token_set", "layer", "hidden"), vec)},
+                         coords={"trait": ["robot"], "token_set": ["a", "b", "c"], "layer": capture.layer.values})
+    ds = vector_vs_delta_x(vectors, capture)
+    np.testing.assert_allclose(ds.cosine.sel(trait="robot", token_set="a").values[1:], 1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.cosine.sel(trait="robot", token_set="b").values[1:], -1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.norm_ratio.sel(trait="robot", token_set="b").values[1:], 2.0, rtol=1e-6)
+    want = (other * dx).sum(-1) / np.linalg.norm(other, axis=-1) / np.linalg.norm(dx, axis=-1)
+    np.testing.assert_allclose(ds.cosine.sel(trait="robot", token_set="c").values[1:], want[1:], rtol=1e-6)

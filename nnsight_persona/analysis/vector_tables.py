@@ -74,7 +74,14 @@ def trace_table(path: str, token_set: str = "response_avg") -> str:
                      "trait change", "coherence change", "p (sign-flip, Bonferroni)", "mean change, controls"], rows)
 
 
+def _delta(*args):
+    from .vector_delta import delta_table
+
+    return delta_table(*args)
+
+
 GENERATORS = {
+    "vectors-delta-x": _delta,
     "vectors-extract": extract_table,
     "vectors-steer": steer_table,
     "vectors-monitor": monitor_table,
