@@ -346,7 +346,7 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, n_
     vector_sets, steer_sets = [], []
     for step, folder in folders:
         label = f"step-{step}"
-        plan = _plan(str(folder.resolve()), None, "cpu", None)
+        plan = _plan(str(folder), None, "cpu", None)
         layer_list = _layers(layers, plan.n_layers)
         at = steer_layer if steer_layer is not None else int(round(0.5 * plan.n_layers))
         espec = ext.ExtractSpec(traits=tuple(t.name for t in chosen), layers=layer_list, n_tokens=n_tokens,
