@@ -218,6 +218,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _steer_summary(ds) -> None:
+    import numpy as np
+
     d = ds.isel(model=0)
     for trait in d.trait.values.tolist():
         base = d.baseline_score.sel(trait=trait)
@@ -225,7 +227,7 @@ def _steer_summary(ds) -> None:
                    f"prompted {float(base.sel(baseline='prompted')):.1f}")
         for layer in d.layer.values.tolist():
             best = d.steering_score.sel(trait=trait, layer=layer, kind="vector")
-            coef = float(best.coef[int(best.argmax())])
+            coef = float(best.coef.values[int(np.nanargmax(best.values))]) if np.isfinite(best.values).any() else float('nan')
             click.echo(f"  L{layer}: best coef {coef:g} score {float(best.max()):.1f}; by coef "
                        + " ".join(f"{float(c):g}:{float(s):.1f}" for c, s in zip(best.coef.values, best.values)))
 
