@@ -27,9 +27,10 @@ MAX_EXACT = 20  # questions; beyond, the sign-flip test samples 2**16 sign patte
 def concat_checkpoints(datasets: list[xr.Dataset]) -> xr.Dataset:
     """Vectors datasets of one model's checkpoints, along `checkpoint`, by training step."""
     keep = ["vector", "norm", "resid_norm", "n_kept", "outcome", "shuffled"]
-    parts = [ds[[v for v in keep if v in ds]] for ds in datasets]
+    # Each checkpoint is its own model folder: the model dim is dropped, the checkpoint labels it.
+    parts = [ds[[v for v in keep if v in ds]].isel(model=0, drop=True) for ds in datasets]
     ds = xr.concat(parts, dim="checkpoint", coords="minimal", compat="override", join="outer")
-    return ds.sortby("step")
+    return ds.sortby("step").expand_dims(model=["checkpoints"])
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
