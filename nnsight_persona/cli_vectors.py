@@ -320,6 +320,7 @@ def _checkpoint_step(folder: Path, index: int) -> int:
 @click.option("--scale", type=click.Choice(["raw", "norm"]), default="norm", show_default=True,
               help="norm: coef x the checkpoint's mean residual norm at the layer (the pretraining paper's).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of the Gaussian and label-shuffled controls.")
+@click.option("--token-set", default="response_avg", show_default=True, help="Which vector steers (and is reported).")
 @click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
@@ -328,7 +329,7 @@ def _checkpoint_step(folder: Path, index: int) -> int:
 @click.option("--progress/--no-progress", default=True)
 @OVERWRITE_OPTION
 @clean_errors
-def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, n_tokens, n_questions, batch_size,
+def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
                   threshold, out_dir, progress, overwrite):
     """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
     own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
@@ -358,6 +359,7 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, n_
         vec = target.existing if target.done else ext.run(plan.load(), chosen, espec, progress=progress)
         write_result(vec, target)
         sspec = st.SteerSpec(traits=espec.traits, layers=(at,), coefs=(coef,), scale=scale, seeds=seed_list,
+                             token_set=token_set,
                              n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,
                              vectors_file=f"vectors-{label}.nc", vectors_source=(str(folder.name), label))
         target = _claim(out_dir / f"steer-{label}.nc", "vectors-steer", sspec.to_dict(), plan, overwrite)
@@ -371,17 +373,17 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, n_
     result = xr.merge([geometry, stats])
     result["extract_outcome"] = combined.outcome.isel(model=0)
     result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale,
-                        layer_convention="L = hidden_states[L]; 0 = embeddings",
+                        token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
                         spec=json.dumps({"revisions": [f.name for _, f in folders], "coef": coef, "scale": scale,
                                          "steer_layer": at, "seeds": list(seed_list)}))
     path = save_dataset(result, out_dir / "trace.nc")
     click.echo(f"wrote {path}")
-    _figure(lambda: plot_cos_to_final(geometry), (out_dir / "trace-cos_to_final").as_posix())
-    _figure(lambda: plot_cos_matrix(geometry, at), (out_dir / "trace-cos_matrix").as_posix())
+    _figure(lambda: plot_cos_to_final(geometry, token_set), (out_dir / "trace-cos_to_final").as_posix())
+    _figure(lambda: plot_cos_matrix(geometry, at, token_set), (out_dir / "trace-cos_matrix").as_posix())
     for trait in result.trait.values.tolist():
         click.echo(f"{trait}: cos to final at L{at}: " + ", ".join(
             f"{int(s)} {float(c):.2f}" for s, c in zip(result.step.values, result.cos_to_final.sel(
-                trait=trait, layer=at, token_set="response_avg").values)))
+                trait=trait, layer=at, token_set=token_set).values)))
         d = result.sel(trait=trait, kind="vector")
         click.echo("  steering delta (p bonferroni): " + ", ".join(
             f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,

@@ -211,3 +211,31 @@ def test_persona_vector_against_delta_x_of_a_committed_capture():
     np.testing.assert_allclose(ds.norm_ratio.sel(trait="robot", token_set="b").values[1:], 2.0, rtol=1e-6)
     want = (other * dx).sum(-1) / np.linalg.norm(other, axis=-1) / np.linalg.norm(dx, axis=-1)
     np.testing.assert_allclose(ds.cosine.sel(trait="robot", token_set="c").values[1:], want[1:], rtol=1e-6)
+
+
+def test_trace_geometry_across_checkpoints_of_different_model_folders():
+    import xarray as xr
+
+    rng = np.random.default_rng(1)
+    vs = [rng.standard_normal((1, 3, 8)) for _ in range(3)]  # [trait, layer, hidden] per checkpoint
+    parts = []
+    for k, (step, v) in enumerate(zip([100, 10, 50], vs)):  # given out of order
+        parts.append(xr.Dataset(
+            {"vector": (("model", "checkpoint", "trait", "token_set", "layer", "hidden"), v[None, None, :, None]),
+             "resid_norm": (("model", "checkpoint", "trait", "layer"), np.full((1, 1, 1, 3), 2.0))},
+            coords={"model": [f"ckpt/folder-{k}"], "checkpoint": [f"step-{step}"], "step": ("checkpoint", [step]),
+                    "trait": ["evil"], "token_set": ["response_avg"], "layer": [0, 1, 2]}))
+    g = trace.geometry(trace.concat_checkpoints(parts))
+    assert g.step.values.tolist() == [10, 50, 100]
+    by_step = {10: vs[1], 50: vs[2], 100: vs[0]}
+    cos = lambda a, b: (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    for i, step in enumerate([10, 50, 100]):
+        want = cos(by_step[step][0], by_step[100][0])
+        np.testing.assert_allclose(g.cos_to_final.isel(checkpoint=i, trait=0, token_set=0).values, want, rtol=1e-6)
+        np.testing.assert_allclose(g.rel_norm.isel(checkpoint=i, trait=0, token_set=0).values,
+                                   np.linalg.norm(by_step[step][0], axis=-1) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(g.cos_consecutive.isel(checkpoint=1, trait=0, token_set=0).values,
+                               cos(by_step[50][0], by_step[10][0]), rtol=1e-6)
+    m = g.cos_matrix.isel(trait=0, token_set=0, layer=2).values
+    np.testing.assert_allclose(m, m.T, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(m), 1.0, rtol=1e-6)

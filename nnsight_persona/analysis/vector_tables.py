@@ -56,8 +56,9 @@ def monitor_table(path: str, layers: str = "") -> str:
                     rows)
 
 
-def trace_table(path: str, token_set: str = "response_avg") -> str:
+def trace_table(path: str, token_set: str = "") -> str:
     ds = load_dataset(path)
+    token_set = token_set or ds.attrs.get("token_set", "response_avg")
     at = int(ds.attrs["steer_layer"])
     rows = []
     for trait in ds.trait.values.tolist():
