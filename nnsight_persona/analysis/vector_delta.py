@@ -27,8 +27,8 @@ def vector_vs_delta_x(vectors: xr.Dataset, capture: xr.Dataset, position: str = 
         d = dx.sel(cell=cell, layer=layers).values  # XB and BB hold the baseline task: one Delta_X per persona
         for j, s in enumerate(sets):
             v = vectors.vector.sel(trait=persona, token_set=s, layer=layers).isel(model=0, checkpoint=0).values
-            cos[i, j] = (v * d).sum(-1) / (np.linalg.norm(v, axis=-1) * np.linalg.norm(d, axis=-1))
-            ratio[i, j] = np.linalg.norm(v, axis=-1) / np.linalg.norm(d, axis=-1)
+            with np.errstate(invalid="ignore", divide="ignore"):  # Delta_X is 0 at layer 0 (same token)
+                cos[i, j], ratio[i, j] = _cos_and_ratio(v, d)
     ds = xr.Dataset(
         {"cosine": (("trait", "token_set", "layer"), cos), "norm_ratio": (("trait", "token_set", "layer"), ratio)},
         coords={"trait": personas, "token_set": sets, "layer": layers},
@@ -38,6 +38,11 @@ def vector_vs_delta_x(vectors: xr.Dataset, capture: xr.Dataset, position: str = 
     ds["cosine"].attrs.update(long_name=f"cos(persona vector, Delta_X at {position})")
     ds["norm_ratio"].attrs.update(long_name=f"|persona vector| / |Delta_X at {position}|")
     return ds
+
+
+def _cos_and_ratio(v, d):
+    nv, nd = np.linalg.norm(v, axis=-1), np.linalg.norm(d, axis=-1)
+    return (v * d).sum(-1) / (nv * nd), nv / nd
 
 
 def delta_table(vectors_path: str, capture_path: str, token_sets: str = "prompt_last,response_avg") -> str:
