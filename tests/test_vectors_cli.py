@@ -1,0 +1,57 @@
+"""The `vectors` commands end to end on the toy model: extract, export, steer from the exported
+file, monitor, and trace over two checkpoint folders; the output policy refuses to replace a file."""
+
+import json
+import shutil
+
+import numpy as np
+from click.testing import CliRunner
+
+from nnsight_persona.cli import main
+from nnsight_persona.store import load_dataset
+
+SMALL = ["--n-questions", "2", "--n-tokens", "10", "--no-progress"]
+
+
+def _ok(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_extract_export_steer_monitor(tmp_path):
+    out, st = tmp_path / "v.nc", tmp_path / "v.safetensors"
+    text = _ok(["vectors", "extract", "--traits", "pirate", "--layers", "2,4", "--out", str(out), "--export", str(st), *SMALL])
+    assert "pirate" in text and "extracted" in text
+    ds = load_dataset(out)
+    assert ds.attrs["experiment"] == "vectors-extract" and "hidden_states[L]" in ds.attrs["layer_convention"]
+    # A second run of the same computation reuses the file; a different one is refused without --overwrite.
+    assert "already done" in _ok(["vectors", "extract", "--traits", "pirate", "--layers", "2,4", "--out", str(out), *SMALL])
+    refused = CliRunner().invoke(main, ["vectors", "extract", "--traits", "robot", "--layers", "2,4", "--out", str(out), *SMALL])
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    steer_out = tmp_path / "s.nc"
+    _ok(["vectors", "steer", "--vectors", str(st), "--layers", "4", "--coefs", "0,4", "--kinds", "vector,random",
+         "--out", str(steer_out), *SMALL])
+    s = load_dataset(steer_out)
+    assert s.kind.values.tolist() == ["vector", "random_s0"] and (tmp_path / "s-steering.png").exists()
+    assert s.text.sel(coef=0.0).isel(model=0).values.tolist()[0] == s.baseline_text.sel(baseline="clean").isel(model=0).values.tolist()
+    bad = CliRunner().invoke(main, ["vectors", "steer", "--vectors", str(out), "--layers", "3", "--out", str(tmp_path / "x.nc"), *SMALL])
+    assert bad.exit_code == 1 and "no layer [3]" in bad.output
+    _ok(["vectors", "monitor", "--vectors", str(out), "--out", str(tmp_path / "m.nc"), *SMALL])
+
+
+def test_trace_over_two_checkpoint_folders(tmp_path, toy_dir):
+    folders = []
+    for step in (5, 20):
+        folder = tmp_path / f"ckpt-{step}"
+        shutil.copytree(toy_dir, folder)
+        (folder / "checkpoint.json").write_text(json.dumps({"step": step}))
+        folders += ["--revision", str(folder)]
+    _ok(["vectors", "trace", *folders, "--traits", "pirate", "--layers", "2,4", "--steer-layer", "4", "--seeds", "0",
+         "--out-dir", str(tmp_path / "trace"), *SMALL])
+    ds = load_dataset(tmp_path / "trace" / "trace.nc")
+    assert ds.step.values.tolist() == [5, 20]
+    # The same weights twice: the vectors agree, so every cosine to the final one is 1.
+    np.testing.assert_allclose(ds.cos_to_final.values, 1.0, atol=1e-5)
+    assert set(ds.kind.values.tolist()) == {"vector", "random_s0", "shuffled_s0"}
+    assert (tmp_path / "trace" / "trace-cos_matrix.png").exists()
