@@ -81,6 +81,9 @@ def check_spec(spec: SteerSpec, n_layers: int, vectors: xr.Dataset | None = None
         traits = [t for t in spec.traits if t not in vectors.trait.values.tolist()]
         if traits:
             raise SelectionError(f"the vectors file has no trait {traits}; it holds {vectors.trait.values.tolist()}")
+        if "shuffled" in spec.kinds and "shuffled" not in vectors:
+            raise SelectionError("the vectors file has no label-shuffled controls (an exported or imported file keeps "
+                                 "only the vectors); use --kinds vector,random, or the extract .nc file")
         if spec.token_set not in vectors.token_set.values.tolist():
             raise SelectionError(f"the vectors file has no token set {spec.token_set!r}; it holds "
                                  f"{vectors.token_set.values.tolist()}")
