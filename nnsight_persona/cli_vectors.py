@@ -109,6 +109,8 @@ def load_vectors(path: Path, trait: str | None = None, model: str = ""):
               help="Which mean residuals to take the difference of: response_avg (the original's), prompt_avg, prompt_last.")
 @click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100),
               help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T.")
+@click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
+              help="filter: the original's pair filter; all: every pair (the instruction's direction, expressed or not).")
 @click.option("--checkpoint-label", default="", help="Label of the checkpoint dim [default: the weights' revision].")
 @click.option("--step", default=-1, show_default=True, type=int, help="Training step of this checkpoint (-1: unknown).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -117,7 +119,7 @@ def load_vectors(path: Path, trait: str | None = None, model: str = ""):
               help="Also write the vectors as safetensors with metadata.")
 @clean_errors
 def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
-            overwrite, traits, layers, token_sets, threshold, checkpoint_label, step, out, export_path):
+            overwrite, traits, layers, token_sets, threshold, keep, checkpoint_label, step, out, export_path):
     """Extract persona vectors: difference of mean residuals of kept positive and negative answers,
     at every layer L = hidden_states[L]. A trait with no kept pair is recorded as nonextractable."""
     from .experiments.vectors import extract as exp
@@ -130,7 +132,7 @@ def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
     spec = exp.ExtractSpec(
         traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),
         token_sets=tuple(s.strip() for s in token_sets.split(",")), n_tokens=n_tokens, threshold=threshold,
-        scorer=scorer, judge_model=judge_model, n_questions=n_questions, batch_size=batch_size,
+        scorer=scorer, judge_model=judge_model, n_questions=n_questions, batch_size=batch_size, keep=keep,
         checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
     exp.check_spec(spec, plan.n_layers)
     target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite)
@@ -325,12 +327,15 @@ def _checkpoint_step(folder: Path, index: int) -> int:
 @click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100))
+@click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
+              help="filter: the original's pair filter (a checkpoint that does not express the trait is "
+                   "nonextractable); all: every pair, so the instruction's direction is traced at every checkpoint.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--progress/--no-progress", default=True)
 @OVERWRITE_OPTION
 @clean_errors
 def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
-                  threshold, out_dir, progress, overwrite):
+                  threshold, keep, out_dir, progress, overwrite):
     """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
     own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
     checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
@@ -354,6 +359,7 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, to
         at = steer_layer if steer_layer is not None else int(round(0.5 * plan.n_layers))
         espec = ext.ExtractSpec(traits=tuple(t.name for t in chosen), layers=layer_list, n_tokens=n_tokens,
                                 threshold=threshold, n_questions=n_questions, batch_size=batch_size, checkpoint=label,
+                                keep=keep,
                                 step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
         target = _claim(out_dir / f"vectors-{label}.nc", "vectors-extract", espec.to_dict(), plan, overwrite)
         vec = target.existing if target.done else ext.run(plan.load(), chosen, espec, progress=progress)
@@ -372,7 +378,7 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, to
     stats = tr.steering_stats(steer_sets, coef, at).assign_coords(checkpoint=geometry.checkpoint.values)
     result = xr.merge([geometry, stats])
     result["extract_outcome"] = combined.outcome.isel(model=0)
-    result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale,
+    result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale, keep=keep,
                         token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
                         spec=json.dumps({"revisions": [f.name for _, f in folders], "coef": coef, "scale": scale,
                                          "steer_layer": at, "seeds": list(seed_list)}))

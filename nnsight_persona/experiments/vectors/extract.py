@@ -29,6 +29,7 @@ from .traits import Trait
 
 SIDES = ("pos", "neg")
 SHUFFLE_SEEDS = (0, 1, 2)
+KEEP = ("filter", "all")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ExtractSpec:
     judge_model: str = "judge"
     n_questions: int = 0  # 0: every extraction question of the trait file
     batch_size: int = 16
+    keep: str = "filter"  # "filter": the judge's filter; "all": every pair (the instruction's direction, expressed or not)
     checkpoint: str = ""  # label of the checkpoint dim (default: the model's revision)
     step: int = -1  # training step of the checkpoint (-1: unknown)
     trait_definitions: tuple = field(default=(), compare=False)
@@ -59,6 +61,8 @@ def check_spec(spec: ExtractSpec, n_layers: int) -> None:
     out = [L for L in spec.layers if not 0 <= L <= n_layers]
     if out or not spec.layers:
         raise SelectionError(f"layer(s) {out or []} out of range; allowed: 0..{n_layers} (L = hidden_states[L])")
+    if spec.keep not in KEEP:
+        raise SelectionError(f"unknown --keep {spec.keep!r}; allowed: {list(KEEP)}")
     if not 0 <= spec.threshold <= 100:
         raise SelectionError(f"threshold {spec.threshold} must lie in 0..100")
 
@@ -91,6 +95,8 @@ def run(loaded, traits: list[Trait], spec: ExtractSpec, progress: bool = True, p
         t, c = scorer.score(loaded, trait, [rows[i]["question"] for i in idx], [texts[i] for i in idx], spec.batch_size)
         trait_score[idx], coherence[idx] = t, c
     kept = keep_pairs(rows, trait_score, coherence, spec.threshold)
+    if spec.keep == "all":
+        kept[:] = True
     layers = list(spec.layers)
     means, norms = token_set_means(loaded, prompts, answers, layers, spec.batch_size, progress=progress,
                                    desc="extract: residuals")
