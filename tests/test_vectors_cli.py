@@ -55,3 +55,25 @@ def test_trace_over_two_checkpoint_folders(tmp_path, toy_dir):
     np.testing.assert_allclose(ds.cos_to_final.values, 1.0, atol=1e-5)
     assert set(ds.kind.values.tolist()) == {"vector", "random_s0", "shuffled_s0"}
     assert (tmp_path / "trace" / "trace-cos_matrix.png").exists()
+
+
+def test_toy_train_checkpoints_do_not_change_the_run(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from nnsight_persona.toy.cli import toy
+
+    args = ["--tiny", "--steps", "4", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert CliRunner().invoke(toy, ["train", "--out", str(a), *args]).exit_code == 0
+    result = CliRunner().invoke(toy, ["train", "--out", str(b), "--checkpoints", "2,4", *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads((b / "checkpoints" / "step-00002" / "checkpoint.json").read_text())["step"] == 2
+    final_a, final_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    last = load_file(b / "checkpoints" / "step-00004" / "model.safetensors")
+    early = load_file(b / "checkpoints" / "step-00002" / "model.safetensors")
+    for name in final_a:
+        assert torch.equal(final_a[name], final_b[name]) and torch.equal(final_b[name], last[name]), name
+    assert any(not torch.equal(early[n], last[n]) for n in early)
+    bad = CliRunner().invoke(toy, ["train", "--out", str(tmp_path / "c"), "--checkpoints", "9", *args])
+    assert bad.exit_code == 2 and "1..4" in bad.output
