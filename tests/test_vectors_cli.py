@@ -34,7 +34,8 @@ def test_extract_export_steer_monitor(tmp_path):
          "--out", str(steer_out), *SMALL])
     s = load_dataset(steer_out)
     assert s.kind.values.tolist() == ["vector", "random_s0"] and (tmp_path / "s-steering.png").exists()
-    assert s.text.sel(coef=0.0).isel(model=0).values.tolist()[0] == s.baseline_text.sel(baseline="clean").isel(model=0).values.tolist()
+    steered = s.text.sel(coef=0.0, kind="vector", layer=4).isel(model=0, trait=0).values.tolist()
+    assert steered == s.baseline_text.sel(baseline="clean").isel(model=0, trait=0).values.tolist()
     bad = CliRunner().invoke(main, ["vectors", "steer", "--vectors", str(out), "--layers", "3", "--out", str(tmp_path / "x.nc"), *SMALL])
     assert bad.exit_code == 1 and "no layer [3]" in bad.output
     _ok(["vectors", "monitor", "--vectors", str(out), "--out", str(tmp_path / "m.nc"), *SMALL])
