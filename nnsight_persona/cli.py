@@ -507,12 +507,13 @@ def models_command():
 def _attach_subcommands():
     from .cli_analysis import COMMANDS
     from .cli_subnetworks import subnetwork
+    from .cli_vectors import vectors
     from .toy.cli import toy
 
     for command in COMMANDS:
         main.add_command(command)
-    main.add_command(toy)
-    main.add_command(subnetwork)
+    for group in (toy, subnetwork, vectors):
+        main.add_command(group)
 
 
 _attach_subcommands()

@@ -57,6 +57,10 @@ class GenerationEdit:
     generated token's position) the residual of `rows` at batch columns `cols` of `layer` is
     replaced by `values`. With `deltas` (patching every step), each later step also adds
     `deltas` (the replacement minus the clean residual it replaced) at its new position.
+    With `add`, step `step` adds `values` instead of replacing (a steering vector: persona
+    vectors are such edits, `values` at the prompt columns and `deltas` at every later step).
+    `delta_rows`: the rows `deltas` go to (default `rows`), when step `step` writes several
+    columns of a row.
     """
 
     layer: int
@@ -65,6 +69,8 @@ class GenerationEdit:
     cols: torch.Tensor
     values: torch.Tensor
     deltas: torch.Tensor | None = None
+    add: bool = False
+    delta_rows: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

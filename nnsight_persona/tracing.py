@@ -191,11 +191,12 @@ def _step_writes(edit, step: int) -> list:
     if edit is None or step < edit.step:
         return []
     if step == edit.step:
-        return [LayerWrites(edit.layer, edit.rows, edit.cols, edit.values)]
+        return [LayerWrites(edit.layer, edit.rows, edit.cols, edit.values, add=edit.add)]
     if edit.deltas is None:
         return []
-    last = torch.full_like(edit.rows, -1)  # later steps feed one new token per row
-    return [LayerWrites(edit.layer, edit.rows, last, edit.deltas, add=True)]
+    rows = edit.rows if edit.delta_rows is None else edit.delta_rows
+    last = torch.full_like(rows, -1)  # later steps feed one new token per row
+    return [LayerWrites(edit.layer, rows, last, edit.deltas, add=True)]
 
 
 @retried
@@ -471,3 +472,13 @@ def window_scores_on_prefix(loaded, batch: Batch, writes, window_cols, own_rows,
         logp = _window_logp(loaded, prefix, batch.input_ids.shape[1], writes, knockout)
         scores = window_scores(logp, own_rows, baseline_rows, targets).save()
     return scores.cpu()
+
+
+@retried
+def last_logprobs(loaded, batch: Batch, token_ids: list[int]) -> torch.Tensor:
+    """Log-probabilities [rows, len(token_ids)] of the given tokens as the next token after each
+    row of a left-padded batch (the last column). Only those values leave the trace."""
+    index = torch.tensor(token_ids, dtype=torch.long)
+    with loaded.lm.trace(**batch.inputs(), remote=loaded.remote):
+        logp = loaded.lm.output.logits[:, -1].float().log_softmax(-1)[:, index].save()
+    return logp.cpu()

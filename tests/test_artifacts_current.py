@@ -112,3 +112,18 @@ def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
                 np.testing.assert_allclose(ds[variable].isel(model=0).values,
                                            committed[variable].isel(model=0).sel(cell=[cell]).values,
                                            rtol=1e-3, atol=1e-4, err_msg=f"{name}: {variable}")
+
+
+def test_persona_vectors_recompute_to_the_committed_numbers(toy):
+    from nnsight_persona.experiments.vectors import extract
+    from nnsight_persona.experiments.vectors.traits import trait_from_spec
+
+    committed = _committed("vectors-extract.nc")
+    definition = spec_of(committed)["trait_definitions"][0]
+    trait = trait_from_spec(definition)
+    spec = _spec(extract.ExtractSpec, committed, traits=(trait.name,), trait_definitions=(definition,))
+    ds = extract.run(toy, [trait], spec, progress=False)
+    mine = committed.sample_trait.values == trait.name
+    assert ds.answer.isel(model=0, checkpoint=0).values.tolist() == \
+        committed.answer.isel(model=0, checkpoint=0).values[mine].tolist()
+    np.testing.assert_allclose(ds.vector.values, committed.vector.sel(trait=[trait.name]).values, rtol=1e-4, atol=1e-4)

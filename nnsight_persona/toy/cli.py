@@ -26,15 +26,25 @@ def toy() -> None:
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: TrainConfig.lr).")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--tiny", is_flag=True, help="Use a tiny 2-layer architecture (smoke tests only).")
+@click.option("--checkpoints", default="", help="Comma list of steps after which to also save a checkpoint, "
+              "into OUT/checkpoints/step-NNNNN (e.g. 25,50,100,200): for `vectors trace`.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(out_dir: Path, seed: int, steps: int | None, batch_size: int | None, lr: float | None, threads: int,
-          tiny: bool, no_progress: bool) -> None:
+          tiny: bool, checkpoints: str, no_progress: bool) -> None:
     """Build the corpus and tokenizer, train the toy model and save it to OUT."""
     from .model import TINY_ARCH
     from .train import TrainConfig
     from .train import train as run_train
 
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
+    try:
+        saved = tuple(sorted({int(s) for s in checkpoints.split(",") if s.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{checkpoints!r} is not a comma list of steps", param_hint="--checkpoints") from None
+    total = overrides.get("steps", TrainConfig.steps)
+    if any(not 1 <= s <= total for s in saved):
+        raise click.BadParameter(f"checkpoint steps must lie in 1..{total}, got {list(saved)}", param_hint="--checkpoints")
+    overrides["checkpoints"] = saved
     cfg = TrainConfig(seed=seed, threads=threads, arch=dict(TINY_ARCH) if tiny else {}, **overrides)
     summary = run_train(out_dir, cfg, progress=not no_progress)
     click.echo(f"saved to {out_dir}")

@@ -28,6 +28,7 @@ class TrainConfig:
     vocab_size: int = 1200
     threads: int = 2
     arch: dict = field(default_factory=dict)  # overrides of model.DEFAULT_ARCH
+    checkpoints: tuple = ()  # steps after which to save an intermediate checkpoint (out/checkpoints/step-NNNNN)
 
 
 def render_prompt_ids(tokenizer, user: str) -> list[int]:
@@ -110,6 +111,12 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),
     )
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=96,
+    )
+    out = Path(out_dir)
+    saved = set(cfg.checkpoints)
     losses = []
     bar = tqdm(range(cfg.steps), desc="toy train", disable=not progress, mininterval=2.0)
     for step in bar:
@@ -124,14 +131,11 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if step + 1 in saved:
+            _save_checkpoint(model, tokenizer, out / "checkpoints" / f"step-{step + 1:05d}", step + 1, losses)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=96,
-    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     seconds = time.perf_counter() - t0
@@ -147,3 +151,13 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _save_checkpoint(model, tokenizer, folder: Path, step: int, losses: list[float]) -> None:
+    """An intermediate checkpoint: a loadable model folder plus checkpoint.json (its step and loss).
+    Saving reads the weights only, so the run goes on exactly as without checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    recent = losses[-50:]
+    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "loss": sum(recent) / len(recent)}) + "\n")

@@ -1,0 +1,90 @@
+"""Markdown tables of the persona-vector results, for the docs' generated blocks (docblocks.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..store import load_dataset
+from .tables import markdown
+
+
+def extract_table(path: str, layer: str = "") -> str:
+    ds = load_dataset(path).isel(model=0, checkpoint=0)
+    at = int(layer) if layer else int(ds.layer.values[len(ds.layer) // 2])
+    rows = []
+    for trait in ds.trait.values.tolist():
+        s = ds.sel(trait=trait)
+        rates = s.pass_rate.values
+        rel = float(s.norm.sel(token_set="response_avg", layer=at) / s.resid_norm.sel(layer=at)) \
+            if "response_avg" in ds.token_set.values else float("nan")
+        rows.append([trait, str(s.outcome.values), f"{int(s.n_kept)}/{int(s.n_pairs)}", float(rates[0]), float(rates[1]),
+                     float(rates[2]), float(s.norm.sel(token_set="response_avg", layer=at)), rel])
+    return markdown(["trait", "outcome", "pairs kept", "pos trait pass", "neg trait pass", "coherence pass",
+                     f"\\|v\\| at L{at}", f"\\|v\\| / residual norm at L{at}"], rows)
+
+
+def steer_table(path: str, kinds: str = "vector,random_s0,shuffled_s0") -> str:
+    """Per trait, layer and vector kind: mean trait score / coherence at each coefficient, and
+    the best AxBench steering score beside the prompted and clean baselines'."""
+    ds = load_dataset(path).isel(model=0)
+    coefs = ds.coef.values.tolist()
+    rows = []
+    for trait in ds.trait.values.tolist():
+        base = ds.baseline_score.sel(trait=trait)
+        for layer in ds.layer.values.tolist():
+            for kind in [k for k in kinds.split(",") if k in ds.kind.values.tolist()]:
+                s = ds.sel(trait=trait, layer=layer, kind=kind)
+                cells = [f"{float(s.trait_score.sel(coef=c).mean()):.0f} / {float(s.coherence.sel(coef=c).mean()):.0f}"
+                         for c in coefs]
+                rows.append([trait, str(layer), kind, *cells, float(s.steering_score.max()),
+                             float(base.sel(baseline="prompted")), float(base.sel(baseline="clean"))])
+    return markdown(["trait", "layer", "kind", *[f"coef {c:g}: trait / coh." for c in coefs], "best score",
+                     "prompted score", "clean score"], rows)
+
+
+def monitor_table(path: str, layers: str = "") -> str:
+    ds = load_dataset(path).isel(model=0)
+    chosen = [int(x) for x in layers.split(",")] if layers else ds.layer.values.tolist()
+    rows = []
+    for trait in ds.trait.values.tolist():
+        for layer in chosen:
+            p = ds.projection.sel(trait=trait, layer=layer).mean("question")
+            rows.append([trait, str(layer), *[float(p.sel(read="prompt_last", condition=c)) for c in ds.condition.values],
+                         *[float(p.sel(read="response_avg", condition=c)) for c in ds.condition.values]])
+    cond = ds.condition.values.tolist()
+    return markdown(["trait", "layer", *[f"last prompt token: {c}" for c in cond], *[f"answer mean: {c}" for c in cond]],
+                    rows)
+
+
+def trace_table(path: str, token_set: str = "") -> str:
+    ds = load_dataset(path)
+    token_set = token_set or ds.attrs.get("token_set", "response_avg")
+    at = int(ds.attrs["steer_layer"])
+    rows = []
+    for trait in ds.trait.values.tolist():
+        for i, step in enumerate(ds.step.values.tolist()):
+            g = ds.isel(checkpoint=i).sel(trait=trait)
+            ctrl = [k for k in g.kind.values.tolist() if k != "vector"]
+            rows.append([trait, str(int(step)), float(g.cos_to_final.sel(token_set=token_set, layer=at)),
+                         float(g.cos_consecutive.sel(token_set=token_set, layer=at)),
+                         float(g.rel_norm.sel(token_set=token_set, layer=at)),
+                         float(g.delta_trait.sel(kind="vector")), float(g.delta_coherence.sel(kind="vector")),
+                         float(g.p_bonferroni.sel(kind="vector")),
+                         float(np.nanmean(g.delta_trait.sel(kind=ctrl).values)) if ctrl else float("nan")])
+    return markdown(["trait", "step", f"cos to final (L{at})", "cos to previous", "\\|v\\| / residual",
+                     "trait change", "coherence change", "p (sign-flip, Bonferroni)", "mean change, controls"], rows)
+
+
+def _delta(*args):
+    from .vector_delta import delta_table
+
+    return delta_table(*args)
+
+
+GENERATORS = {
+    "vectors-delta-x": _delta,
+    "vectors-extract": extract_table,
+    "vectors-steer": steer_table,
+    "vectors-monitor": monitor_table,
+    "vectors-trace": trace_table,
+}

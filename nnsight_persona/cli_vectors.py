@@ -1,0 +1,421 @@
+"""`nnsight-persona vectors ...`: persona vectors (extract, steer, monitor, trace, export, import-pt).
+
+Layer convention everywhere: L = hidden_states[L] of transformers (0 = embeddings, L = the output
+of block L-1, which is where steering adds; n_layers = the last block's raw output, before the
+final norm). Steering libraries that index blocks are off by one from this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, clean_errors, write_result
+
+LAYER_HELP = ("'all', or a list like '2,4,6-8'. Layer L = hidden_states[L]: 0 = embeddings, L = output of block L-1 "
+              "(steering adds there); n_layers = last block output before the final norm.")
+
+
+@click.group(name="vectors")
+def vectors() -> None:
+    """Persona vectors: extract, steer, monitor, trace across checkpoints (layer L = hidden_states[L])."""
+
+
+def _model_options(fn):
+    for option in reversed([
+        click.option("--model", "model_spec", default="toy", show_default=True,
+                     help="'toy', 'smollm2', a hub id or a local model directory."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+                     help="Model dtype [default: per family]."),
+        DEVICE_OPTION,
+        click.option("--ndif-host", default=None, help="'local': run through nnsight's local simulation of the remote path."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1)),
+        click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1),
+                     help="Greedy answer tokens (max; an answer ends at end of turn)."),
+        click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Use the first N questions of each trait file (0: all)."),
+        click.option("--scorer", default="offline", show_default=True,
+                     help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence) or "
+                          "the URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
+        click.option("--judge-model", default="judge", show_default=True, help="Model name sent to the endpoint."),
+        click.option("--progress/--no-progress", default=True),
+        OVERWRITE_OPTION,
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _traits(names: str | None, fallback: list[str] | None = None):
+    from .experiments.vectors.traits import list_traits, load_trait
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else (fallback or list_traits())
+    return [load_trait(n) for n in chosen]
+
+
+def _plan(model_spec, dtype, device, ndif_host):
+    from .errors import SelectionError
+    from .preflight import ModelPlan
+
+    if ndif_host not in (None, "local"):
+        raise SelectionError("--ndif-host: only 'local' is supported by the vectors commands")
+    return ModelPlan(model_spec, dtype=dtype, remote="local" if ndif_host == "local" else False, device=device)
+
+
+def _layers(value: str, n_layers: int):
+    from .selection import parse_layers
+
+    return tuple(parse_layers(value, n_layers, default=range(n_layers + 1)))
+
+
+def _claim(out: Path, experiment: str, spec_dict: dict, plan, overwrite: bool):
+    from .cli_common import claim_output
+
+    return claim_output(out, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
+                        overwrite=overwrite)
+
+
+def _default_out(model_spec: str, name: str) -> Path:
+    from .cli_common import default_out
+
+    return default_out(model_spec, "vectors", name).with_name(f"{name}.nc")
+
+
+def load_vectors(path: Path, trait: str | None = None, model: str = ""):
+    """A vectors dataset from .nc (extract's output), .safetensors (export's) or an original .pt."""
+    from .errors import SelectionError
+    from .experiments.vectors import io
+    from .store import load_dataset
+
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return io.import_safetensors(path)
+    if suffix == ".pt":
+        if not trait:
+            raise SelectionError(f"{path}: an original .pt vector holds one trait; name it with --traits")
+        return io.import_original_pt(path, trait, model)
+    ds = load_dataset(path)
+    if "vector" not in ds:
+        raise SelectionError(f"{path} holds no persona vectors (no variable 'vector'); make one with `vectors extract`")
+    return ds
+
+
+@vectors.command()
+@_model_options
+@click.option("--traits", default=None, help="Comma list of trait names (experiments/traits/) or YAML files [default: all].")
+@click.option("--layers", default="all", show_default=True, help=LAYER_HELP)
+@click.option("--token-sets", default="response_avg,prompt_avg,prompt_last", show_default=True,
+              help="Which mean residuals to take the difference of: response_avg (the original's), prompt_avg, prompt_last.")
+@click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T.")
+@click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
+              help="filter: the original's pair filter; all: every pair (the instruction's direction, expressed or not).")
+@click.option("--checkpoint-label", default="", help="Label of the checkpoint dim [default: the weights' revision].")
+@click.option("--step", default=-1, show_default=True, type=int, help="Training step of this checkpoint (-1: unknown).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output netCDF [default: runs/<model>/vectors-extract.nc].")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the vectors as safetensors with metadata.")
+@clean_errors
+def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+            overwrite, traits, layers, token_sets, threshold, keep, checkpoint_label, step, out, export_path):
+    """Extract persona vectors: difference of mean residuals of kept positive and negative answers,
+    at every layer L = hidden_states[L]. A trait with no kept pair is recorded as nonextractable."""
+    from .experiments.vectors import extract as exp
+    from .experiments.vectors import io
+    from .experiments.vectors.scorers import make_scorer
+
+    chosen = _traits(traits)
+    make_scorer(scorer, judge_model)  # a bad --scorer fails before any model loads
+    plan = _plan(model_spec, dtype, device, ndif_host)
+    spec = exp.ExtractSpec(
+        traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),
+        token_sets=tuple(s.strip() for s in token_sets.split(",")), n_tokens=n_tokens, threshold=threshold,
+        scorer=scorer, judge_model=judge_model, n_questions=n_questions, batch_size=batch_size, keep=keep,
+        checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
+    exp.check_spec(spec, plan.n_layers)
+    target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite)
+    ds = target.existing if target.done else exp.run(plan.load(), chosen, spec, progress=progress)
+    write_result(ds, target)
+    for name in ds.trait.values.tolist():
+        sel = ds.sel(trait=name).isel(model=0, checkpoint=0)
+        rates = ", ".join(f"{c} {float(r):.2f}" for c, r in zip(ds.criterion.values, sel.pass_rate.values))
+        click.echo(f"{name:12s} {str(sel.outcome.values):15s} pairs kept {int(sel.n_kept)}/{int(sel.n_pairs)} ({rates})")
+    if export_path is not None:
+        click.echo(f"wrote {io.export_safetensors(ds, export_path)}")
+
+
+def _traits_of(vectors_ds, names):
+    """The traits to use with a vectors file: named ones, else those the file recorded (their
+    definitions from its spec when it has them)."""
+    from .experiments.vectors.traits import trait_from_spec
+    from .store import spec_of
+
+    spec = spec_of(vectors_ds) if "spec" in vectors_ds.attrs else {}
+    recorded = {d["name"]: trait_from_spec(d) for d in spec.get("trait_definitions", [])}
+    wanted = [n.strip() for n in names.split(",")] if names else vectors_ds.trait.values.tolist()
+    return [recorded[n] if n in recorded else _traits(n)[0] for n in wanted]
+
+
+def _steer_options(fn):
+    for option in reversed([
+        click.option("--vectors", "vectors_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Vectors: a `vectors extract` .nc, an exported .safetensors, or an original .pt."),
+        click.option("--traits", default=None, help="Comma list of traits [default: every trait in the vectors file]."),
+        click.option("--layers", default=None, help=LAYER_HELP + " [default: round(0.5 x n_layers)]"),
+        click.option("--token-set", default="response_avg", show_default=True),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@vectors.command()
+@_model_options
+@_steer_options
+@click.option("--coefs", default="0,2,4,8", show_default=True, help="Comma list of steering coefficients.")
+@click.option("--positions", type=click.Choice(["response", "prompt", "all"]), default="response", show_default=True,
+              help="response: the last position of every forward pass (last prompt token, then each new one); "
+                   "prompt: the prompt tokens at the prefill; all: both.")
+@click.option("--scale", type=click.Choice(["raw", "norm", "ratio"]), default="raw", show_default=True,
+              help="raw: add coef x v; norm: coef x mean residual norm at L along v/|v|; ratio: coef x "
+                   "(target/source residual norm) x v.")
+@click.option("--kinds", default="vector,random,shuffled", show_default=True,
+              help="vector, random (Gaussian of equal norm), shuffled (label-shuffled, equal norm).")
+@click.option("--seeds", default="0", show_default=True, help="Seeds of the controls (one run per seed).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@clean_errors
+def steer(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+          overwrite, vectors_path, traits, layers, token_set, coefs, positions, scale, kinds, seeds, out):
+    """Steer generation by adding coef x v at layer L = hidden_states[L] (the output of block L-1);
+    trait score and coherence per question, the AxBench score against the prompting baseline."""
+    from .experiments.vectors import steer as exp
+
+    vec = load_vectors(vectors_path, traits, model_spec)
+    chosen = _traits_of(vec, traits)
+    plan = _plan(model_spec, dtype, device, ndif_host)
+    spec = exp.SteerSpec(
+        traits=tuple(t.name for t in chosen),
+        layers=_layers(layers, plan.n_layers) if layers else (int(round(0.5 * plan.n_layers)),),
+        coefs=tuple(_floats(coefs, "--coefs")), positions=positions, scale=scale,
+        kinds=tuple(k.strip() for k in kinds.split(",")), seeds=tuple(int(x) for x in _floats(seeds, "--seeds")),
+        token_set=token_set, n_tokens=n_tokens, n_questions=n_questions, scorer=scorer, judge_model=judge_model,
+        batch_size=batch_size, vectors_file=vectors_path.name,
+        vectors_source=(str(vec.attrs.get("model_id", "")), str(vec.attrs.get("checkpoint_revision", ""))))
+    exp.check_spec(spec, plan.n_layers, vec)
+    out = out or _default_out(model_spec, "vectors-steer")
+    target = _claim(out, "vectors-steer", spec.to_dict(), plan, overwrite)
+    ds = target.existing if target.done else exp.run(plan.load(), chosen, vec, spec, progress=progress)
+    write_result(ds, target)
+    _steer_summary(ds)
+    _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
+            out.with_suffix("").as_posix() + "-steering")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma list of numbers", param_hint=flag) from None
+
+
+def _steer_summary(ds) -> None:
+    import numpy as np
+
+    d = ds.isel(model=0)
+    for trait in d.trait.values.tolist():
+        base = d.baseline_score.sel(trait=trait)
+        click.echo(f"{trait}: steering score (AxBench) clean {float(base.sel(baseline='clean')):.1f}, "
+                   f"prompted {float(base.sel(baseline='prompted')):.1f}")
+        for layer in d.layer.values.tolist():
+            best = d.steering_score.sel(trait=trait, layer=layer, kind="vector")
+            coef = float(best.coef.values[int(np.nanargmax(best.values))]) if np.isfinite(best.values).any() else float('nan')
+            click.echo(f"  L{layer}: best coef {coef:g} score {float(best.max()):.1f}; by coef "
+                       + " ".join(f"{float(c):g}:{float(s):.1f}" for c, s in zip(best.coef.values, best.values)))
+
+
+def _figure(make, base: str) -> None:
+    from .plots import save_figure
+
+    for path in save_figure(make(), base):
+        click.echo(f"wrote {path}")
+
+
+@vectors.command()
+@_model_options
+@_steer_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@clean_errors
+def monitor(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+            overwrite, vectors_path, traits, layers, token_set, out):
+    """Projections on the unit persona vector (and cosines) of the last prompt token and the mean
+    answer residual, for each evaluation question alone and under the positive and negative instruction."""
+    from .experiments.vectors import monitor as exp
+
+    vec = load_vectors(vectors_path, traits, model_spec)
+    chosen = _traits_of(vec, traits)
+    plan = _plan(model_spec, dtype, device, ndif_host)
+    spec = exp.MonitorSpec(traits=tuple(t.name for t in chosen),
+                           layers=_layers(layers, plan.n_layers) if layers else tuple(int(x) for x in vec.layer.values),
+                           token_set=token_set, n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,
+                           vectors_file=vectors_path.name)
+    target = _claim(out or _default_out(model_spec, "vectors-monitor"), "vectors-monitor", spec.to_dict(), plan, overwrite)
+    ds = target.existing if target.done else exp.run(plan.load(), chosen, vec, spec, progress=progress)
+    write_result(ds, target)
+    d = ds.isel(model=0).sel(read="prompt_last")
+    for trait in d.trait.values.tolist():
+        p = d.projection.sel(trait=trait).mean("question")
+        layer = int(p.layer[len(p.layer) // 2])
+        click.echo(f"{trait} L{layer} prompt_last projection: " + ", ".join(
+            f"{c} {float(p.sel(condition=c, layer=layer)):.2f}" for c in d.condition.values.tolist()))
+
+
+@vectors.command("export")
+@click.argument("vectors_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file.")
+@clean_errors
+def export_command(vectors_path, out):
+    """Write the vectors of an extract file as safetensors, with metadata (model, revision, layer
+    convention, token sets, threshold, scorer, pairs kept)."""
+    from .experiments.vectors import io
+
+    click.echo(f"wrote {io.export_safetensors(load_vectors(vectors_path), out)}")
+
+
+@vectors.command("import-pt")
+@click.argument("pt_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--trait", required=True, help="The trait the vector is of.")
+@click.option("--model", "model_spec", default="", help="The model it was extracted from (recorded).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .nc file to write.")
+@clean_errors
+def import_pt(pt_path, trait, model_spec, out):
+    """Import an original persona-vectors .pt file ([n_layers + 1, hidden], index L = hidden_states[L])."""
+    from .experiments.vectors import io
+    from .store import save_dataset
+
+    ds = io.import_original_pt(pt_path, trait, model_spec)
+    ds.attrs.update(experiment="vectors-import", completed=1, spec=json.dumps({"source": pt_path.name}))
+    save_dataset(ds, out)
+    click.echo(f"wrote {out}: {trait}, {ds.sizes['layer']} layers x {ds.sizes['hidden']}")
+
+
+def _checkpoint_step(folder: Path, index: int) -> int:
+    """A checkpoint folder's training step: its checkpoint.json, else the digits of its name."""
+    import re
+
+    meta = folder / "checkpoint.json"
+    if meta.exists():
+        return int(json.loads(meta.read_text())["step"])
+    digits = re.findall(r"\d+", folder.name)
+    return int(digits[-1]) if digits else index
+
+
+@vectors.command("trace")
+@click.option("--revision", "revisions", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A local checkpoint directory; give it once per checkpoint (ordered by training step, read "
+                   "from checkpoint.json or the folder name). The last step is the final checkpoint.")
+@click.option("--traits", default=None, help="Comma list of traits [default: all].")
+@click.option("--layers", default="all", show_default=True, help=LAYER_HELP)
+@click.option("--steer-layer", default=None, type=int, help="Layer to steer at [default: round(0.5 x n_layers)].")
+@click.option("--coef", default=1.0, show_default=True, type=float, help="Steering coefficient (with --scale).")
+@click.option("--scale", type=click.Choice(["raw", "norm"]), default="norm", show_default=True,
+              help="norm: coef x the checkpoint's mean residual norm at the layer (the pretraining paper's).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of the Gaussian and label-shuffled controls.")
+@click.option("--token-set", default="response_avg", show_default=True, help="Which vector steers (and is reported).")
+@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100))
+@click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
+              help="filter: the original's pair filter (a checkpoint that does not express the trait is "
+                   "nonextractable); all: every pair, so the instruction's direction is traced at every checkpoint.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--progress/--no-progress", default=True)
+@OVERWRITE_OPTION
+@clean_errors
+def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
+                  threshold, keep, out_dir, progress, overwrite):
+    """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
+    own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
+    checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
+    per-question sign-flip and sign tests with Bonferroni within a trait."""
+    import xarray as xr
+
+    from .experiments.vectors import extract as ext
+    from .experiments.vectors import steer as st
+    from .experiments.vectors import trace as tr
+    from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final
+    from .store import save_dataset
+
+    chosen = _traits(traits)
+    folders = sorted(((_checkpoint_step(f, i), f) for i, f in enumerate(revisions)), key=lambda x: x[0])
+    seed_list = tuple(int(x) for x in _floats(seeds, "--seeds"))
+    vector_sets, steer_sets = [], []
+    for step, folder in folders:
+        label = f"step-{step}"
+        plan = _plan(str(folder), None, "cpu", None)
+        layer_list = _layers(layers, plan.n_layers)
+        at = steer_layer if steer_layer is not None else int(round(0.5 * plan.n_layers))
+        espec = ext.ExtractSpec(traits=tuple(t.name for t in chosen), layers=layer_list, n_tokens=n_tokens,
+                                threshold=threshold, n_questions=n_questions, batch_size=batch_size, checkpoint=label,
+                                keep=keep,
+                                step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
+        target = _claim(out_dir / f"vectors-{label}.nc", "vectors-extract", espec.to_dict(), plan, overwrite)
+        vec = target.existing if target.done else ext.run(plan.load(), chosen, espec, progress=progress)
+        write_result(vec, target)
+        sspec = st.SteerSpec(traits=espec.traits, layers=(at,), coefs=(coef,), scale=scale, seeds=seed_list,
+                             token_set=token_set,
+                             n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,
+                             vectors_file=f"vectors-{label}.nc", vectors_source=(str(folder.name), label))
+        target = _claim(out_dir / f"steer-{label}.nc", "vectors-steer", sspec.to_dict(), plan, overwrite)
+        steered = target.existing if target.done else st.run(plan.load(), chosen, vec, sspec, progress=progress)
+        write_result(steered, target)
+        vector_sets.append(vec)
+        steer_sets.append(steered)
+    combined = tr.concat_checkpoints(vector_sets)
+    geometry = tr.geometry(combined)
+    stats = tr.steering_stats(steer_sets, coef, at).assign_coords(checkpoint=geometry.checkpoint.values)
+    result = xr.merge([geometry, stats])
+    result["extract_outcome"] = combined.outcome.isel(model=0)
+    result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale, keep=keep,
+                        token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
+                        spec=json.dumps({"revisions": [f.name for _, f in folders], "coef": coef, "scale": scale,
+                                         "steer_layer": at, "seeds": list(seed_list)}))
+    path = save_dataset(result, out_dir / "trace.nc")
+    click.echo(f"wrote {path}")
+    _figure(lambda: plot_cos_to_final(geometry, token_set), (out_dir / "trace-cos_to_final").as_posix())
+    _figure(lambda: plot_cos_matrix(geometry, at, token_set), (out_dir / "trace-cos_matrix").as_posix())
+    for trait in result.trait.values.tolist():
+        click.echo(f"{trait}: cos to final at L{at}: " + ", ".join(
+            f"{int(s)} {float(c):.2f}" for s, c in zip(result.step.values, result.cos_to_final.sel(
+                trait=trait, layer=at, token_set=token_set).values)))
+        d = result.sel(trait=trait, kind="vector")
+        click.echo("  steering delta (p bonferroni): " + ", ".join(
+            f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
+                                                                         d.p_bonferroni.values)))
+
+
+@vectors.command("vs-delta")
+@click.option("--vectors", "vectors_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--capture", "capture_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A capture file (`nnsight-persona capture`) whose grid has personas named like the traits.")
+@click.option("--position", default="p_last", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@clean_errors
+def vs_delta(vectors_path, capture_path, position, out):
+    """Cosine per layer between each persona vector and the decomposition's Delta_X = h_XB - h_BB
+    at a position (default p_last) of a capture, for personas named like the traits."""
+    from .analysis.vector_delta import vector_vs_delta_x
+    from .errors import SelectionError
+    from .store import load_dataset, save_dataset
+
+    ds = vector_vs_delta_x(load_vectors(vectors_path), load_dataset(capture_path), position)
+    if not ds.sizes["trait"]:
+        raise SelectionError(f"no persona of {capture_path} is a trait of {vectors_path}")
+    save_dataset(ds, out)
+    click.echo(f"wrote {out}")
+    for trait in ds.trait.values.tolist():
+        for s in ds.token_set.values.tolist():
+            click.echo(f"{trait} {s}: " + " ".join(f"L{L} {float(c):.2f}" for L, c in
+                                                   zip(ds.layer.values, ds.cosine.sel(trait=trait, token_set=s).values)))

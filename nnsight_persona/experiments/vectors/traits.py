@@ -1,0 +1,173 @@
+"""Trait files: contrastive instruction pairs, extraction and evaluation questions, and what the
+offline scorer looks for. Loaded strictly: every error is one line naming the file and the key.
+
+A trait file (YAML) holds:
+- ``name``; ``description`` (optional);
+- ``elicitation``: ``system`` (the instruction goes in a system turn: "You are {assistant}
+  assistant. {instruction}", as the original) or ``user`` (it goes in the user turn through
+  ``user_template``, "As {instruction}, {question}" by default; an empty instruction leaves the
+  question alone). The toy model has no system turn in its corpus, so its traits use ``user``;
+- ``assistant`` (system elicitation): ``{pos: "an evil", neg: "a helpful"}``;
+- ``instruction``: a list of ``{pos, neg}`` pairs;
+- ``questions``: ``{extract: [...], eval: [...]}``;
+- ``markers`` (optional): the lexicon of the offline scorer; ``ab_question`` (optional): the
+  yes/no question the offline scorer asks the model itself about an answer;
+- ``eval_prompt`` (optional): the judge prompt of an OpenAI-compatible scorer, with
+  ``{question}`` and ``{answer}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ...errors import PersonaError
+
+TRAITS_DIR = Path(__file__).resolve().parents[3] / "experiments" / "traits"
+ELICITATIONS = ("system", "user")
+DEFAULT_USER_TEMPLATE = "As {instruction}, {question}"
+_REQUIRED = ("name", "elicitation", "instruction", "questions")
+_ALLOWED = set(_REQUIRED) | {"description", "assistant", "user_template", "markers", "ab_question", "eval_prompt"}
+
+
+class TraitError(PersonaError):
+    """A trait file or trait name that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    elicitation: str
+    pairs: tuple[tuple[str, str], ...]  # (pos, neg) instructions
+    extract_questions: tuple[str, ...]
+    eval_questions: tuple[str, ...]
+    assistant: tuple[str, str] = ("", "")  # (pos, neg), system elicitation
+    user_template: str = DEFAULT_USER_TEMPLATE
+    markers: tuple[str, ...] = ()
+    ab_question: str = ""
+    eval_prompt: str = ""
+    description: str = ""
+    source: str = ""
+
+    def messages(self, side: str, pair: int, question: str) -> list[dict]:
+        """The chat messages of one prompt: side 'pos' or 'neg' of instruction pair `pair`, or
+        side 'none' (the question alone, no instruction)."""
+        if side == "none":
+            return [{"role": "user", "content": question}]
+        k = 0 if side == "pos" else 1
+        instruction = self.pairs[pair][k]
+        if self.elicitation == "system":
+            system = f"You are {self.assistant[k]} assistant. {instruction}".strip()
+            return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        user = self.user_template.format(instruction=instruction, question=question) if instruction else question
+        return [{"role": "user", "content": user}]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "elicitation": self.elicitation, "pairs": [list(p) for p in self.pairs],
+            "extract_questions": list(self.extract_questions), "eval_questions": list(self.eval_questions),
+            "assistant": list(self.assistant), "user_template": self.user_template, "markers": list(self.markers),
+            "ab_question": self.ab_question, "eval_prompt": self.eval_prompt,
+        }
+
+
+def list_traits() -> list[str]:
+    return sorted(p.stem for p in TRAITS_DIR.glob("*.yaml")) if TRAITS_DIR.is_dir() else []
+
+
+def load_trait(name_or_path: str | Path) -> Trait:
+    """A bundled trait by name (experiments/traits/NAME.yaml) or any trait YAML file by path."""
+    path = Path(name_or_path)
+    if not path.exists():
+        bundled = TRAITS_DIR / f"{name_or_path}.yaml"
+        if not bundled.exists():
+            raise TraitError(f"no trait named {str(name_or_path)!r} and no such file; bundled traits: {list_traits()}")
+        path = bundled
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TraitError(f"{path}: cannot read the trait file ({reason})") from None
+    return trait_from_dict(data, where=str(path))
+
+
+def _strings(where: str, key: str, value, allow_empty_items: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise TraitError(f"{where}: key {key!r} must be a non-empty list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or (not allow_empty_items and not item.strip()):
+            raise TraitError(f"{where}: key {key}[{i}] must be a non-empty string, got {item!r}")
+    return tuple(value)
+
+
+def trait_from_dict(data: object, where: str = "trait") -> Trait:
+    if not isinstance(data, dict):
+        raise TraitError(f"{where}: a trait file must be a mapping with keys {list(_REQUIRED)}")
+    unknown = sorted(set(data) - _ALLOWED)
+    if unknown:
+        raise TraitError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_ALLOWED)}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise TraitError(f"{where}: missing key {key!r}; a trait needs {list(_REQUIRED)}")
+    name = data["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise TraitError(f"{where}: key 'name' must be a non-empty string")
+    elicitation = data["elicitation"]
+    if elicitation not in ELICITATIONS:
+        raise TraitError(f"{where}: key 'elicitation' is {elicitation!r}; allowed: {list(ELICITATIONS)}")
+    pairs_raw = data["instruction"]
+    if not isinstance(pairs_raw, list) or not pairs_raw:
+        raise TraitError(f"{where}: key 'instruction' must be a non-empty list of {{pos, neg}} pairs")
+    pairs = []
+    for i, pair in enumerate(pairs_raw):
+        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
+            got = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
+            raise TraitError(f"{where}: key instruction[{i}] must be a pair with exactly 'pos' and 'neg', got {got}")
+        for side in ("pos", "neg"):
+            if not isinstance(pair[side], str):
+                raise TraitError(f"{where}: key instruction[{i}].{side} must be a string")
+        if not pair["pos"].strip():
+            raise TraitError(f"{where}: key instruction[{i}].pos is empty; the positive side needs an instruction")
+        pairs.append((pair["pos"], pair["neg"]))
+    questions = data["questions"]
+    if not isinstance(questions, dict) or set(questions) != {"extract", "eval"}:
+        got = sorted(questions) if isinstance(questions, dict) else type(questions).__name__
+        raise TraitError(f"{where}: key 'questions' must be a mapping with 'extract' and 'eval' lists, got {got}")
+    extract = _strings(where, "questions.extract", questions["extract"])
+    evaluate = _strings(where, "questions.eval", questions["eval"])
+    assistant = ("", "")
+    if elicitation == "system":
+        a = data.get("assistant")
+        if not isinstance(a, dict) or set(a) != {"pos", "neg"} or not all(isinstance(a[s], str) and a[s] for s in a):
+            raise TraitError(f"{where}: key 'assistant' must be {{pos: ..., neg: ...}} (e.g. pos: an evil, neg: a helpful) "
+                             "for system elicitation")
+        assistant = (a["pos"], a["neg"])
+    template = data.get("user_template", DEFAULT_USER_TEMPLATE)
+    if not isinstance(template, str) or "{instruction}" not in template or "{question}" not in template:
+        raise TraitError(f"{where}: key 'user_template' must be a string with {{instruction}} and {{question}}")
+    markers = _strings(where, "markers", data["markers"]) if "markers" in data else ()
+    for key in ("ab_question", "eval_prompt", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise TraitError(f"{where}: key {key!r} must be a string")
+    eval_prompt = data.get("eval_prompt", "")
+    if eval_prompt and ("{question}" not in eval_prompt or "{answer}" not in eval_prompt):
+        raise TraitError(f"{where}: key 'eval_prompt' must contain {{question}} and {{answer}}")
+    if not markers and not data.get("ab_question") and not eval_prompt:
+        raise TraitError(f"{where}: a trait needs 'markers', 'ab_question' or 'eval_prompt' so its answers can be scored")
+    return Trait(
+        name=name, elicitation=elicitation, pairs=tuple(pairs), extract_questions=extract, eval_questions=evaluate,
+        assistant=assistant, user_template=template, markers=markers, ab_question=data.get("ab_question", ""),
+        eval_prompt=eval_prompt, description=data.get("description", ""), source=where,
+    )
+
+
+def trait_from_spec(d: dict) -> Trait:
+    """A Trait from its to_dict() (as recorded in a dataset's spec)."""
+    return Trait(
+        name=d["name"], elicitation=d["elicitation"], pairs=tuple(tuple(p) for p in d["pairs"]),
+        extract_questions=tuple(d["extract_questions"]), eval_questions=tuple(d["eval_questions"]),
+        assistant=tuple(d["assistant"]), user_template=d["user_template"], markers=tuple(d["markers"]),
+        ab_question=d["ab_question"], eval_prompt=d["eval_prompt"],
+    )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The persona-vector results committed in artifacts/toy and artifacts/smollm2 (docs/persona-vectors.md).
+# Run from the repository root; each command is a few CPU minutes at most. --overwrite replaces the
+# committed files. The toy trace needs intermediate checkpoints, trained into runs/ (not committed).
+set -euo pipefail
+T=artifacts/toy
+S=artifacts/smollm2
+np() { python -m nnsight_persona.cli "$@"; }
+
+# Toy: its own personas, elicited in the user turn ("As a pirate, ...": the toy has no system turn).
+np vectors extract --model toy --traits pirate,robot,poet --n-tokens 32 --out $T/vectors-extract.nc --no-progress --overwrite
+np vectors steer --model toy --vectors $T/vectors-extract.nc --layers 2,4,6 --coefs 0,1,2,4,8 --n-tokens 32 \
+  --out $T/vectors-steer.nc --no-progress --overwrite
+np vectors steer --model toy --vectors $T/vectors-extract.nc --token-set prompt_last --layers 2,4,6 --coefs 0,1,2,4,8 \
+  --n-tokens 32 --out $T/vectors-steer-prompt_last.nc --no-progress --overwrite
+np vectors monitor --model toy --vectors $T/vectors-extract.nc --n-tokens 32 --out $T/vectors-monitor.nc --no-progress --overwrite
+
+# Toy across training: a separate 400-step run of the toy trainer (seed 0) with checkpoints.
+if [ ! -d runs/toy-trace/final/checkpoints ]; then
+  python -m nnsight_persona.toy train --out runs/toy-trace/final --steps 400 --checkpoints 10,25,50,100,200,400 --no-progress
+fi
+np vectors trace --traits pirate,robot --layers all --steer-layer 4 --coef 1.0 --scale norm --n-tokens 24 \
+  $(for d in runs/toy-trace/final/checkpoints/step-*; do echo --revision "$d"; done) \
+  --out-dir runs/toy-trace/results --no-progress --overwrite
+cp runs/toy-trace/results/trace.nc $T/vectors-trace.nc
+cp runs/toy-trace/results/trace-cos_to_final.png $T/vectors-trace-cos_to_final.png
+cp runs/toy-trace/results/trace-cos_matrix.png $T/vectors-trace-cos_matrix.png
+
+# SmolLM2-135M-Instruct: the original's traits, system-prompt elicitation.
+np vectors extract --model smollm2 --traits evil,sycophantic,humorous,impolite --n-questions 4 --n-tokens 40 \
+  --batch-size 20 --out $S/vectors-extract.nc --no-progress --overwrite
+np vectors steer --model smollm2 --vectors $S/vectors-extract.nc --layers 15 --coefs 0,0.25,0.5,1 --scale norm \
+  --n-tokens 40 --batch-size 20 --out $S/vectors-steer.nc --no-progress --overwrite
+np vectors monitor --model smollm2 --vectors $S/vectors-extract.nc --layers 5,10,15,20,25 --n-tokens 40 --batch-size 20 \
+  --out $S/vectors-monitor.nc --no-progress --overwrite
+np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
