@@ -210,9 +210,7 @@ def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: Ev
 
 def run(loaded, pset: PersonaSet, spec: EvalSpec, masks: dict, progress: bool = True):
     """The evaluation Dataset (dims variant x persona, and generation for the texts)."""
-    from tqdm.auto import tqdm
-
-    from ...provenance import provenance_attrs
+    from ...progress import tqdm
 
     structured = bool(json.loads(spec.mask_spec).get("structured"))
     masks = in_forward_order(loaded, masks)

@@ -81,7 +81,7 @@ def _norms_of_batch(loaded, batch, weights: torch.Tensor, names: list[str]) -> l
 def record_norms(loaded, sequences: list[Sequence], names: list[str], tokens: str = "answer",
                  batch_size: int = 16, progress: bool = False, desc: str = "channel norms") -> dict[str, torch.Tensor]:
     """{module name: float32 [n_samples, in_features]}: each sample's per-input-channel L2 norm."""
-    from tqdm.auto import tqdm
+    from ...progress import tqdm
 
     if tokens not in TOKEN_CHOICES:
         raise ValueError(f"tokens must be one of {TOKEN_CHOICES}, got {tokens!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ...progress import tqdm
 
 from ...batching import chunked, left_pad, length_ordered
 from ...tracing import generate_with_edit, read_residuals
