@@ -93,7 +93,7 @@ def test_markers_figure_has_a_bar_per_condition():
 
 
 def test_registry_covers_each_experiment():
-    assert set(FIGURES) == {"substitute", "decompose", "markers", "inject", "knockout", "heads"}
+    assert set(FIGURES) == {"substitute", "decompose", "markers", "inject", "knockout", "heads", "subnetwork-eval"}
     assert list(figures_for(make_markers())) == ["markers"]
 
 
