@@ -47,6 +47,18 @@ PROGRESS_OPTION = click.option(
 QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress bars (the same as --no-progress).")
 
 
+def progress_options(fn):
+    """--progress/--no-progress and --quiet/-q for a command whose function takes `progress`
+    (--quiet turns it off), for the groups that do not go through the shared experiment options."""
+    @functools.wraps(fn)
+    def wrapper(*args, quiet=False, **kwargs):
+        if quiet:
+            kwargs["progress"] = False
+        return fn(*args, **kwargs)
+
+    return click.option("--progress/--no-progress", default=True)(QUIET_OPTION(wrapper))
+
+
 def given_options(names) -> frozenset:
     """Which of the current command's parameters `names` were given, rather than left at their default."""
     from click.core import ParameterSource

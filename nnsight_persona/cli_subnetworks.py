@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, batch_size_option, claim_output, clean_errors, write_result
+from .cli_common import (DEVICE_OPTION, OVERWRITE_OPTION, batch_size_option, claim_output, clean_errors,
+                         progress_options, write_result)
 from .errors import SelectionError
 
 
@@ -69,7 +70,7 @@ def default_eval_out(mask_file: Path) -> Path:
                    "as <stem>-masks.safetensors.")
 @click.option("--masks", "mask_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where the masks go [default: next to --out, <stem>-masks.safetensors].")
-@click.option("--progress/--no-progress", default=True)
+@progress_options
 @OVERWRITE_OPTION
 @clean_errors
 def find_command(model_spec, set_name, personas, method, activation, tau, sparsity, mlp_only, head, structured, seed,
@@ -125,7 +126,7 @@ def find_command(model_spec, set_name, personas, method, activation, tau, sparsi
               help="Evaluation netCDF [default: next to the masks, subnetwork-find-X-masks.safetensors -> subnetwork-eval-X.nc]; figures next to it.")
 @click.option("--remote", is_flag=True, help="Run on NDIF (structured masks only: a weight mask cannot travel).")
 @click.option("--ndif-host", default=None, help="NDIF host URL; 'local' runs nnsight's local simulation of the remote path.")
-@click.option("--progress/--no-progress", default=True)
+@progress_options
 @OVERWRITE_OPTION
 @clean_errors
 def eval_command(masks, model_spec, set_name, random_seeds, n_tokens, no_prompt_baseline, dtype, device, batch_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, clean_errors, write_result
+from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, clean_errors, progress_options, write_result
 
 LAYER_HELP = ("'all', or a list like '2,4,6-8'. Layer L = hidden_states[L]: 0 = embeddings, L = output of block L-1 "
               "(steering adds there); n_layers = last block output before the final norm.")
@@ -40,7 +40,7 @@ def _model_options(fn):
                      help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence) or "
                           "the URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
         click.option("--judge-model", default="judge", show_default=True, help="Model name sent to the endpoint."),
-        click.option("--progress/--no-progress", default=True),
+        progress_options,
         OVERWRITE_OPTION,
     ]):
         fn = option(fn)

@@ -48,3 +48,16 @@ def test_commands_print_progress_lines_unless_quiet(tiny_dirs, tiny_grid_file, t
     quiet = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b.nc"), "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert "ETA" not in quiet.output and "wrote" in quiet.output
+
+
+def test_the_other_papers_commands_take_quiet_too(tmp_path):
+    from nnsight_persona.cli import main
+
+    base = ["subnetwork", "find", "--model", "toy", "--set", "toy", "--sparsity", "0.3"]
+    shown = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a.nc")])
+    assert shown.exit_code == 0, shown.output
+    assert any("ETA" in line for line in shown.output.splitlines())
+    quiet = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b.nc"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "ETA" not in quiet.output
+    assert "--quiet" in CliRunner().invoke(main, ["vectors", "extract", "--help"]).output
