@@ -23,7 +23,7 @@ import xarray as xr
 from ...errors import SelectionError
 from ...provenance import provenance_attrs
 from .chat import render, system_text, user_text
-from .passes import TOKEN_SETS, generate_answers, token_set_means
+from .passes import TOKEN_SETS, check_layers, generate_answers, token_set_means
 from .scorers import make_scorer
 from .traits import Trait
 
@@ -58,9 +58,7 @@ def check_spec(spec: ExtractSpec, n_layers: int) -> None:
     bad = [t for t in spec.token_sets if t not in TOKEN_SETS]
     if bad or not spec.token_sets:
         raise SelectionError(f"unknown token set(s) {bad or list(spec.token_sets)}; allowed: {list(TOKEN_SETS)}")
-    out = [L for L in spec.layers if not 0 <= L <= n_layers]
-    if out or not spec.layers:
-        raise SelectionError(f"layer(s) {out or []} out of range; allowed: 0..{n_layers} (L = hidden_states[L])")
+    check_layers(spec.layers, n_layers)
     if spec.keep not in KEEP:
         raise SelectionError(f"unknown --keep {spec.keep!r}; allowed: {list(KEEP)}")
     if not 0 <= spec.threshold <= 100:

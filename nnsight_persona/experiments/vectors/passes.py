@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ...errors import SelectionError
 from ...progress import tqdm
 
 from ...batching import chunked, left_pad, length_ordered
@@ -75,3 +77,10 @@ def token_set_means(loaded, prompts: list[list[int]], answers: list[list[int]], 
                 means[i, 0] = answer.mean(1)
                 norms[i] = np.linalg.norm(answer, axis=-1).mean(1)
     return means, norms
+
+
+def check_layers(layers, n_layers: int) -> None:
+    """Every layer a residual index 0..n_layers (L = hidden_states[L]), and at least one."""
+    out = [L for L in layers if not 0 <= L <= n_layers]
+    if out or not layers:
+        raise SelectionError(f"layer(s) {out or []} out of range; allowed: 0..{n_layers} (L = hidden_states[L])")

@@ -30,7 +30,7 @@ from ...edits import GenerationEdit
 from ...errors import SelectionError
 from ...provenance import provenance_attrs
 from .chat import render
-from .passes import generate_answers, token_set_means
+from .passes import check_layers, generate_answers, token_set_means
 from .scorers import make_scorer
 
 POSITIONS = ("response", "prompt", "all")
@@ -69,9 +69,7 @@ def check_spec(spec: SteerSpec, n_layers: int, vectors: xr.Dataset | None = None
     bad = [k for k in spec.kinds if k not in KINDS]
     if bad or not spec.kinds:
         raise SelectionError(f"unknown vector kind(s) {bad or list(spec.kinds)}; allowed: {list(KINDS)}")
-    out = [L for L in spec.layers if not 0 <= L <= n_layers]
-    if out or not spec.layers:
-        raise SelectionError(f"layer(s) {out or []} out of range; allowed: 0..{n_layers} (L = hidden_states[L])")
+    check_layers(spec.layers, n_layers)
     if not spec.coefs:
         raise SelectionError("--coefs needs at least one coefficient")
     if vectors is not None:
