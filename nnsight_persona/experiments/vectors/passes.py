@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...batching import chunked, left_pad, length_ordered
 from ...errors import SelectionError
 from ...progress import tqdm
-
-from ...batching import chunked, left_pad, length_ordered
 from ...tracing import generate_with_edit, read_residuals
 
 TOKEN_SETS = ("response_avg", "prompt_avg", "prompt_last")
