@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--layers", choices=["paper", "all"], default="paper")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+    p.add_argument("--tag", default="", help="a word added to the results file's name (a run of some methods only)")
     o = sub.add_parser("one")
     o.add_argument("method", choices=list(METHODS))
     o.add_argument("model")
@@ -184,6 +185,8 @@ def main(argv=None):
         result = protocol_bench(args.model, args.grid, args.batch_size, args.repeats, args.layers, methods)
         if args.layers != "paper":
             name = f"protocol-{args.layers}"
+        if args.tag:
+            name = f"{name}-{args.tag}"
     elif args.command == "overhead":
         from benchmarks.overhead import overhead_bench
 
