@@ -126,7 +126,16 @@ def prefix_table(*paths: str) -> str:
                      "token positions (whole / shared)", "traces (whole / shared)", "max \|difference\|"], rows)
 
 
+def profile_table(path: str, rows: str = "8") -> str:
+    """The first categories of a benchmarks.profile_summary file (share of samples)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    total = lines[0].split()[-1]
+    body = [line.split(None, 1) for line in lines[1:] if not line.startswith("---")][: int(rows)]
+    return markdown([f"part (of {total} samples)", "share of samples"], [[name, share] for share, name in body])
+
+
 GENERATORS = {
+    "bench-profile": profile_table,
     "bench-reproduce": reproduce_table,
     "bench-prefix": prefix_table,
     "bench-protocol": protocol_table,
