@@ -322,6 +322,24 @@ def _listed(value) -> str:
 CHECKOUT_SLACK_S = 2.0
 
 
+def _published_together(png: Path, path: Path) -> bool:
+    """Whether the folder's MANIFEST.json lists the PNG and the result file with their present
+    hashes: then they were published together, whatever their times (a checkout that updated the
+    result but not its unchanged figure leaves the figure older)."""
+    import hashlib
+
+    from .manifest import NAME, read_manifest
+
+    if not (path.parent / NAME).exists():
+        return False
+    try:
+        listed = read_manifest(path.parent).get("files", {})
+    except (OSError, ValueError):
+        return False
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    return listed.get(png.name) == digest(png) and listed.get(path.name) == digest(path)
+
+
 def figures(ds, path: Path) -> list[dict]:
     """Every figure of the dataset as a data URI: the PNG next to the file where there is one as
     new as the file, else drawn now (in memory)."""
@@ -333,7 +351,8 @@ def figures(ds, path: Path) -> list[dict]:
     drawn = None
     for name in _figure_names(ds):
         png = path.with_name(f"{path.stem}-{name}.png")
-        if png.exists() and png.stat().st_mtime >= path.stat().st_mtime - CHECKOUT_SLACK_S:
+        if png.exists() and (png.stat().st_mtime >= path.stat().st_mtime - CHECKOUT_SLACK_S
+                             or _published_together(png, path)):
             data = png.read_bytes()
         else:
             drawn = drawn if drawn is not None else figures_for(ds)

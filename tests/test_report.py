@@ -153,3 +153,27 @@ def test_the_committed_pages_are_current(tmp_path):
     for page in pages:
         fresh = write_report(page.parent, out=tmp_path / f"{page.parent.name}.html")
         assert fresh.read_bytes() == page.read_bytes(), f"{page} is stale: run nnsight-persona report {page.parent}"
+
+
+def test_a_figure_older_than_its_result_is_used_where_the_manifest_lists_both(tmp_path):
+    """A checkout that updates a result file but not its unchanged figure leaves the figure older;
+    the folder's manifest, which lists both with their hashes, says they belong together."""
+    import base64
+    import os
+    import shutil
+
+    from nnsight_persona.manifest import NAME
+    from nnsight_persona.report import write_report
+
+    src = Path(__file__).resolve().parent.parent / "artifacts" / "toy"
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    for name in ("markers-toy.nc", "markers-toy-markers.png", NAME):
+        shutil.copy(src / name, folder / name)
+    png = folder / "markers-toy-markers.png"
+    old = (folder / "markers-toy.nc").stat().st_mtime - 3600
+    os.utime(png, (old, old))
+    embedded = base64.b64encode(png.read_bytes()).decode("ascii")
+    assert embedded in write_report(folder, out=tmp_path / "a.html").read_text()
+    (folder / NAME).unlink()  # no manifest: an older figure is not trusted, it is drawn again
+    assert embedded not in write_report(folder, out=tmp_path / "b.html").read_text()
