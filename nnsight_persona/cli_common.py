@@ -56,7 +56,7 @@ def progress_options(fn):
             kwargs["progress"] = False
         return fn(*args, **kwargs)
 
-    return click.option("--progress/--no-progress", default=True)(QUIET_OPTION(wrapper))
+    return PROGRESS_OPTION(QUIET_OPTION(wrapper))
 
 
 def given_options(names) -> frozenset:

@@ -423,26 +423,33 @@ def shared_prefix(batch: Batch, window_cols: torch.Tensor, writes=(), knockout=N
 def prefix_cache(loaded, batch: Batch, prefix: int):
     """The KV cache of the first `prefix` columns, one row per batch row, each distinct prefix
     (token ids and mask) run once; and how many distinct prefixes there were."""
-    owner, first = [], {}
+    owner, distinct, firsts = [], {}, []
     for r in range(batch.input_ids.shape[0]):
         key = (batch.input_ids[r, :prefix].numpy().tobytes(), batch.attention_mask[r, :prefix].numpy().tobytes())
-        owner.append(first.setdefault(key, len(first)))
-    index = torch.tensor([owner.index(k) for k in range(len(first))], dtype=torch.long)
+        if key not in distinct:
+            distinct[key] = len(firsts)
+            firsts.append(r)
+        owner.append(distinct[key])
+    index = torch.tensor(firsts, dtype=torch.long)
     with loaded.lm.trace(
         input_ids=batch.input_ids[index, :prefix], attention_mask=batch.attention_mask[index, :prefix],
         position_ids=batch.position_ids[index, :prefix], use_cache=True, logits_to_keep=1,
     ):
         cache = loaded.lm.output.past_key_values.save()
-    return select_rows(cache, owner), len(first)
+    return select_rows(cache, owner), len(firsts)
 
 
-def _window_logp(loaded, prefix: int, width: int, writes, knockout):
-    """Inside a trace of the window columns on a prefix cache: the edits, moved to the window's
-    columns, and the window's log-probs [rows, W, vocab] (the model's logits, after any final
-    soft-capping)."""
+def _on_prefix(loaded, batch: Batch, prefix: int, writes, knockout, score):
+    """Run the batch's window columns on the prefix cache with the edits moved to those columns;
+    `score(logp)` turns the window's log-probs [rows, W, vocab] (the model's logits, after any
+    final soft-capping) into what leaves the trace."""
+    cache, _ = prefix_cache(loaded, batch, prefix)
+    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
     shifted = [LayerWrites(w.layer, w.rows, w.cols - prefix, w.values, w.add) for w in writes]
-    apply_edits(loaded.layers(), loaded.adapter, shifted, knockout, total_len=width)
-    return loaded.lm.output.logits.float().log_softmax(-1)
+    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
+        apply_edits(loaded.layers(), loaded.adapter, shifted, knockout, total_len=batch.input_ids.shape[1])
+        out = score(loaded.lm.output.logits.float().log_softmax(-1)).save()
+    return out.cpu()
 
 
 def window_kl_on_prefix(loaded, batch: Batch, writes, window_cols, reference_rows, knockout=None) -> torch.Tensor:
@@ -451,13 +458,12 @@ def window_kl_on_prefix(loaded, batch: Batch, writes, window_cols, reference_row
     prefix = shared_prefix(batch, window_cols, writes, knockout)
     if prefix is None:
         return window_kl(loaded, batch, writes, window_cols, reference_rows, knockout)
-    cache, _ = prefix_cache(loaded, batch, prefix)
-    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
-    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
-        logp = _window_logp(loaded, prefix, batch.input_ids.shape[1], writes, knockout)
+
+    def kl(logp):
         ref = logp[reference_rows]
-        kl = (ref.exp() * (ref - logp)).sum(-1).sum(-1).save()
-    return kl.cpu()
+        return (ref.exp() * (ref - logp)).sum(-1).sum(-1)
+
+    return _on_prefix(loaded, batch, prefix, writes, knockout, kl)
 
 
 def window_scores_on_prefix(loaded, batch: Batch, writes, window_cols, own_rows, knockout, baseline_rows, targets):
@@ -466,12 +472,8 @@ def window_scores_on_prefix(loaded, batch: Batch, writes, window_cols, own_rows,
     prefix = shared_prefix(batch, window_cols, writes, knockout)
     if prefix is None:
         return window_scores_session(loaded, [(batch, writes, window_cols, own_rows, knockout, baseline_rows, targets)])[0]
-    cache, _ = prefix_cache(loaded, batch, prefix)
-    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
-    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
-        logp = _window_logp(loaded, prefix, batch.input_ids.shape[1], writes, knockout)
-        scores = window_scores(logp, own_rows, baseline_rows, targets).save()
-    return scores.cpu()
+    return _on_prefix(loaded, batch, prefix, writes, knockout,
+                      lambda logp: window_scores(logp, own_rows, baseline_rows, targets))
 
 
 @retried
