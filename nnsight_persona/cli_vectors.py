@@ -98,7 +98,9 @@ def load_vectors(path: Path, trait: str | None = None, model: str = ""):
     ds = load_dataset(path)
     if "vector" not in ds:
         raise SelectionError(f"{path} holds no persona vectors (no variable 'vector'); make one with `vectors extract`")
-    return ds
+    from .experiments.vectors.elicitation import single_variant
+
+    return single_variant(ds, str(path))
 
 
 @vectors.command()
@@ -116,10 +118,15 @@ def load_vectors(path: Path, trait: str | None = None, model: str = ""):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output netCDF [default: runs/<model>/vectors-extract.nc].")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the vectors as safetensors with metadata.")
+              help="Also write the vectors as safetensors with metadata (one file per elicitation variant).")
+@click.option("--elicitation", default="instruction", show_default=True,
+              help="How each side is elicited, or a comma list to compare (an `elicitation` dim): instruction "
+                   "(the trait's pairs), character (a third-person description), two-shot (example dialogue "
+                   "turns), combined (all three).")
 @clean_errors
 def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
-            overwrite, traits, layers, token_sets, threshold, keep, checkpoint_label, step, out, export_path):
+            overwrite, traits, layers, token_sets, threshold, keep, checkpoint_label, step, out, export_path,
+            elicitation):
     """Extract persona vectors: difference of mean residuals of kept positive and negative answers,
     at every layer L = hidden_states[L]. A trait with no kept pair is recorded as nonextractable."""
     from .experiments.vectors import extract as exp
@@ -133,17 +140,28 @@ def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
         traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),
         token_sets=tuple(s.strip() for s in token_sets.split(",")), n_tokens=n_tokens, threshold=threshold,
         scorer=scorer, judge_model=judge_model, n_questions=n_questions, batch_size=batch_size, keep=keep,
-        checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
-    exp.check_spec(spec, plan.n_layers)
+        checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen),
+        elicitation=tuple(v.strip() for v in elicitation.split(",") if v.strip()))
+    exp.check_spec(spec, plan.n_layers, chosen)
     target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite)
-    ds = target.existing if target.done else exp.run(plan.load(), chosen, spec, progress=progress)
+    ds = target.existing if target.done else exp.run(plan.load(), chosen, spec, progress=progress,
+                                                     previous=target.previous, checkpoint=_checkpoint(target))
     write_result(ds, target)
-    for name in ds.trait.values.tolist():
-        sel = ds.sel(trait=name).isel(model=0, checkpoint=0)
-        rates = ", ".join(f"{c} {float(r):.2f}" for c, r in zip(ds.criterion.values, sel.pass_rate.values))
-        click.echo(f"{name:12s} {str(sel.outcome.values):15s} pairs kept {int(sel.n_kept)}/{int(sel.n_pairs)} ({rates})")
+    for line in exp.summary_lines(ds):
+        click.echo(line)
+    if "elicitation" in ds.dims:
+        _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_elicitation_cos(ds),
+                target.path.with_suffix("").as_posix() + "-elicitation")
     if export_path is not None:
-        click.echo(f"wrote {io.export_safetensors(ds, export_path)}")
+        for path in io.export_variants(ds, export_path):
+            click.echo(f"wrote {path}")
+
+
+def _checkpoint(target):
+    """The partial result written to the output every minute (never over a finished file)."""
+    from .store import Checkpoint
+
+    return None if target.protect else Checkpoint(target.path)
 
 
 def _traits_of(vectors_ds, names):

@@ -1,6 +1,6 @@
 """Figures of the persona-vector commands: steering score against coefficient (one panel per
-trait, a line per layer and vector kind), and across checkpoints the cosine-to-final trajectory
-and the checkpoint x checkpoint cosine matrix."""
+trait, a line per layer and vector kind), across checkpoints the cosine-to-final trajectory
+and the checkpoint x checkpoint cosine matrix, and the cosine between elicitation variants per layer."""
 
 from __future__ import annotations
 
@@ -76,4 +76,29 @@ def plot_cos_matrix(geometry: xr.Dataset, layer: int, token_set: str = "response
         ax.set_yticks(range(len(steps)), steps, fontsize="x-small")
         ax.set_title(f"{trait}, layer {layer}", fontsize="medium")
         fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def plot_elicitation_cos(ds: xr.Dataset, token_set: str = "response_avg") -> Figure:
+    """Cosine between the vectors of two elicitation variants against layer, one panel per
+    trait, a line per pair of variants (an extraction with an `elicitation` dim)."""
+    from . import new_figure
+
+    c = ds.elicitation_cos.isel(model=0, checkpoint=0).sel(token_set=token_set)
+    variants = ds.elicitation.values.tolist()
+    pairs = [(a, b) for i, a in enumerate(variants) for b in variants[i + 1:]]
+    traits = c.trait.values.tolist()
+    fig = new_figure(len(traits))
+    for i, trait in enumerate(traits):
+        ax = fig.add_subplot(1, len(traits), i + 1)
+        for j, (a, b) in enumerate(pairs):
+            ax.plot(c.layer.values, c.sel(trait=trait, elicitation=a, versus=b), marker="o", ms=3,
+                    color=f"C{j % 10}", label=f"{a} vs {b}")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("layer L (hidden_states[L])")
+        ax.set_ylabel(f"cosine ({token_set})")
+        ax.set_title(trait, fontsize="medium")
+        if i == 0:
+            ax.legend(fontsize="x-small")
     return fig

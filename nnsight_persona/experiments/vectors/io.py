@@ -4,7 +4,9 @@ original repository's ``.pt`` files ([n_layers + 1, hidden] tensors, index 0 = e
 safetensors: one tensor per (trait, token_set), named ``{trait}.{token_set}``, shape
 [n_layers_read, hidden] for the layers listed in the metadata. The metadata (strings) hold the
 model, its revision, the checkpoint, the layer convention, the token set, the layers, the
-threshold, the scorer and the number of pairs kept per trait.
+threshold, the scorer, the elicitation variant and the number of pairs kept per trait. An
+extraction of several elicitation variants is written as one file per variant
+(`export_variants`: NAME-VARIANT.safetensors).
 """
 
 from __future__ import annotations
@@ -26,10 +28,23 @@ class VectorFileError(PersonaError):
     """A vectors file that cannot be read or written."""
 
 
+def export_variants(ds: xr.Dataset, path: str | Path, checkpoint: int = 0) -> list[Path]:
+    """`export_safetensors` of each elicitation variant of `ds`: `path` itself for a dataset of
+    one variant, else PATH-STEM-VARIANT.safetensors per variant."""
+    path = Path(path)
+    if "elicitation" not in ds.dims:
+        return [export_safetensors(ds, path, checkpoint)]
+    return [export_safetensors(ds.sel(elicitation=v).assign_attrs(elicitation=v),
+                               path.with_name(f"{path.stem}-{v}{path.suffix}"), checkpoint)
+            for v in ds.elicitation.values.tolist()]
+
+
 def export_safetensors(ds: xr.Dataset, path: str | Path, checkpoint: int = 0) -> Path:
     from safetensors.numpy import save_file
 
-    sel = ds.isel(model=0, checkpoint=checkpoint)
+    from .elicitation import single_variant
+
+    sel = single_variant(ds, str(path)).isel(model=0, checkpoint=checkpoint)
     tensors = {f"{t}.{s}": np.ascontiguousarray(sel.vector.sel(trait=t, token_set=s).values.astype(np.float32))
                for t in sel.trait.values.tolist() for s in sel.token_set.values.tolist()}
     meta = {
@@ -43,6 +58,7 @@ def export_safetensors(ds: xr.Dataset, path: str | Path, checkpoint: int = 0) ->
         "token_sets": json.dumps(sel.token_set.values.tolist()),
         "threshold": str(ds.attrs.get("threshold", "")),
         "scorer": str(ds.attrs.get("scorer", "")),
+        "elicitation": str(ds.attrs.get("elicitation", "instruction")),
         "pairs_kept": json.dumps({t: int(sel.n_kept.sel(trait=t)) for t in sel.trait.values.tolist()}),
         "outcome": json.dumps({t: str(sel.outcome.sel(trait=t).values) for t in sel.trait.values.tolist()}),
         "resid_norm": json.dumps({t: [float(x) for x in sel.resid_norm.sel(trait=t).values]

@@ -30,19 +30,27 @@ def cut_at_eos(loaded, ids: list[int]) -> list[int]:
 
 
 def generate_answers(loaded, prompts: list[list[int]], n_tokens: int, batch_size: int, make_edit=None,
-                     progress: bool = False, desc: str = "generate", order: list[int] | None = None) -> list[list[int]]:
+                     progress: bool = False, desc: str = "generate", order: list[int] | None = None,
+                     done=None, on_batch=None) -> list[list[int]]:
     """Greedy answer token ids for each prompt (cut at end of turn). `make_edit(indices, batch)`
     returns the GenerationEdit of a batch (or None). Batches hold prompts of similar length;
-    `order` (optional) gives the batching order instead (e.g. to keep one layer per batch)."""
+    `order` (optional) gives the batching order instead (e.g. to keep one layer per batch).
+    Resuming: a batch whose prompts are all `done` (a boolean per prompt) is skipped (None in the
+    answers), so a resumed run keeps an uninterrupted run's batches and padding; `on_batch(indices,
+    answers)` is called after each batch that ran."""
     answers: list[list[int] | None] = [None] * len(prompts)
     order = order if order is not None else length_ordered(range(len(prompts)), lambda i: len(prompts[i]))
-    for rng in tqdm(list(chunked(len(order), batch_size)), desc=desc, disable=not progress):
-        idx = [order[k] for k in rng]
+    batches = [[order[k] for k in rng] for rng in chunked(len(order), batch_size)]
+    if done is not None:
+        batches = [idx for idx in batches if not all(done[i] for i in idx)]
+    for idx in tqdm(batches, desc=desc, disable=not progress):
         batch = left_pad([prompts[i] for i in idx], loaded.pad_id)
         edit = make_edit(idx, batch) if make_edit is not None else None
         tokens = generate_with_edit(loaded, batch, n_tokens, edit)
         for r, i in enumerate(idx):
             answers[i] = cut_at_eos(loaded, tokens[r].tolist())
+        if on_batch is not None:
+            on_batch(idx, [answers[i] for i in idx])
     return answers
 
 
