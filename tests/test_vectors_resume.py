@@ -140,9 +140,21 @@ def test_cli_keeps_an_interrupted_extraction_resumes_it_and_refuses_a_changed_ar
     changed = CliRunner().invoke(main, [*[a if a != "10" else "12" for a in args], "--out", str(out)])
     assert changed.exit_code == 1 and "differs from this run in n_tokens" in changed.output, changed.output
     assert load_dataset(out).generated.values.sum() == partial.generated.values.sum()  # untouched
-    calls["at"] = 10**9
+    calls["n"], calls["at"] = 0, 10**9
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 0 and "resuming the unfinished run" in result.output, result.output
+    resumed_calls, calls["n"] = calls["n"], 0
     fresh = tmp_path / "fresh.nc"
     assert CliRunner().invoke(main, [*args, "--out", str(fresh)]).exit_code == 0
+    full_calls = calls["n"]
+    assert 0 < resumed_calls < full_calls
     assert_same(load_dataset(out), load_dataset(fresh))
+    # --fresh starts an unfinished run over instead of resuming it.
+    third = tmp_path / "third.nc"
+    calls["n"], calls["at"] = 0, 2
+    assert CliRunner().invoke(main, [*args, "--out", str(third)]).exit_code == 130
+    calls["n"], calls["at"] = 0, 10**9
+    result = CliRunner().invoke(main, [*args, "--out", str(third), "--fresh"])
+    assert result.exit_code == 0 and "resuming" not in result.output, result.output
+    assert calls["n"] == full_calls
+    assert_same(load_dataset(third), load_dataset(fresh))
