@@ -69,11 +69,11 @@ def _layers(value: str, n_layers: int):
     return tuple(parse_layers(value, n_layers, default=range(n_layers + 1)))
 
 
-def _claim(out: Path, experiment: str, spec_dict: dict, plan, overwrite: bool):
+def _claim(out: Path, experiment: str, spec_dict: dict, plan, overwrite: bool, fresh: bool = False):
     from .cli_common import claim_output
 
     return claim_output(out, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
-                        overwrite=overwrite)
+                        overwrite=overwrite, fresh=fresh)
 
 
 def _default_out(model_spec: str, name: str) -> Path:
@@ -123,10 +123,12 @@ def load_vectors(path: Path, trait: str | None = None, model: str = ""):
               help="How each side is elicited, or a comma list to compare (an `elicitation` dim): instruction "
                    "(the trait's pairs), character (a third-person description), two-shot (example dialogue "
                    "turns), combined (all three).")
+@click.option("--fresh", is_flag=True,
+              help="Start over even if --out holds an unfinished run of the same spec (default: resume it).")
 @clean_errors
 def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
             overwrite, traits, layers, token_sets, threshold, keep, checkpoint_label, step, out, export_path,
-            elicitation):
+            elicitation, fresh):
     """Extract persona vectors: difference of mean residuals of kept positive and negative answers,
     at every layer L = hidden_states[L]. A trait with no kept pair is recorded as nonextractable."""
     from .experiments.vectors import extract as exp
@@ -143,7 +145,8 @@ def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
         checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen),
         elicitation=tuple(v.strip() for v in elicitation.split(",") if v.strip()))
     exp.check_spec(spec, plan.n_layers, chosen)
-    target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite)
+    target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite,
+                    fresh)
     ds = target.existing if target.done else exp.run(plan.load(), chosen, spec, progress=progress,
                                                      previous=target.previous, checkpoint=_checkpoint(target))
     write_result(ds, target)
