@@ -28,12 +28,11 @@ the same batches, so the result equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import xarray as xr
-
-import json
 
 from ...batching import length_ordered
 from ...errors import SelectionError

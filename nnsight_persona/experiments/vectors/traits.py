@@ -39,6 +39,8 @@ ELICITATIONS = ("system", "user")
 # What a prompt is made of: the instruction pairs (today's default), a third-person character
 # description, example dialogue turns, or all three.
 VARIANTS = ("instruction", "character", "two-shot", "combined")
+MATERIAL = {"instruction": ("instruction",), "character": ("character",), "two-shot": ("dialogue",),
+            "combined": ("instruction", "character", "dialogue")}  # the trait-file keys each variant uses
 DEFAULT_USER_TEMPLATE = "As {instruction}, {question}"
 _REQUIRED = ("name", "elicitation", "instruction", "questions")
 _ALLOWED = set(_REQUIRED) | {"description", "assistant", "user_template", "markers", "ab_question", "eval_prompt",
@@ -95,8 +97,7 @@ class Trait:
             return [{"role": "user", "content": user}]
         if variant not in VARIANTS:
             raise TraitError(f"unknown elicitation variant {variant!r}; allowed: {list(VARIANTS)}")
-        uses = {"character": ("character",), "two-shot": ("dialogue",), "combined": ("instruction", "character", "dialogue")}
-        parts = uses[variant]
+        parts = MATERIAL[variant]
         instruction = self.pairs[pair % len(self.pairs)][k] if "instruction" in parts else ""
         character = self.characters[pair % len(self.characters)][k] if "character" in parts else ""
         shots = self.dialogues[pair % len(self.dialogues)][k] if "dialogue" in parts else ()
@@ -115,9 +116,9 @@ class Trait:
         the trait does not have."""
         if variant not in VARIANTS:
             raise TraitError(f"unknown elicitation variant {variant!r}; allowed: {list(VARIANTS)}")
-        need = {"character": ("character",), "two-shot": ("dialogue",), "combined": ("character", "dialogue")}
-        for key in need.get(variant, ()):
-            if not (self.characters if key == "character" else self.dialogues):
+        have = {"instruction": self.pairs, "character": self.characters, "dialogue": self.dialogues}
+        for key in MATERIAL[variant]:
+            if not have[key]:
                 raise TraitError(f"{self.source or self.name}: the {variant!r} elicitation needs key {key!r}, "
                                  "which this trait file does not have")
 
