@@ -213,8 +213,11 @@ def test_bad_arguments_are_one_line_errors(extracted, found, toy):
     _one_line(lambda: api.vectors_extract(toy, token_sets=["answers"]), r"unknown token set\(s\) \['answers'\]")
     _one_line(lambda: api.vectors_monitor(toy, vectors=extracted, ndif_host="https://x"), "only 'local'")
     _one_line(lambda: api.subnetwork_find(toy, sparsity=[1.5]), "sparsity 1.5 is out of range")
-    _one_line(lambda: api.subnetwork_eval(found.with_name("subnetwork-find-toy-masks.safetensors"), model="toy",
-                                          ndif_host="local"), "cannot travel")
+    weight_masks = found.with_name("subnetwork-find-toy-masks.safetensors")
+    _one_line(lambda: api.subnetwork_eval(weight_masks, model="toy", ndif_host="local"), "cannot travel")
+    # a model loaded for the remote path runs there: the masks are refused before any work, the same way
+    simulated = nnsight_persona.load_model("toy", remote="local")
+    _one_line(lambda: api.subnetwork_eval(weight_masks, model=simulated), "holds weight masks, which cannot travel")
 
 
 def test_the_functions_are_exported_lazily():
