@@ -15,18 +15,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .assembly import claim_output, default_out, model_name, model_plan
+from .assembly import claim_output, default_out, model_name, model_plan, numbers
 from .errors import SelectionError
 
 
-def _floats(value, what: str) -> tuple[float, ...]:
-    """A comma list ('0.2,0.5') or a sequence of numbers as floats."""
-    try:
-        if isinstance(value, str):
-            return tuple(float(x) for x in value.split(",") if x.strip())
-        return tuple(float(x) for x in ([value] if isinstance(value, (int, float)) else value))
-    except (TypeError, ValueError):
-        raise SelectionError(f"{what} {value!r} is not a comma list of numbers") from None
+def _floats(text, what: str) -> tuple[float, ...]:
+    return tuple(numbers(text, what))
 
 
 def _batch(value) -> int:

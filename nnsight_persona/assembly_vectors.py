@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .assembly import claim_output, default_out, model_name, model_plan
+from .assembly import claim_output, default_out, model_name, model_plan, numbers
 from .errors import SelectionError
 
 
@@ -40,16 +40,6 @@ class VectorsOptions:
     overwrite: bool = False
     out: Path | None = None
     default_out: bool = False
-
-
-def numbers(value, flag: str) -> list[float]:
-    """A comma list ('0,2,4') or a sequence of numbers as floats; one-line error naming `flag`."""
-    try:
-        if isinstance(value, str):
-            return [float(x) for x in value.split(",") if x.strip()]
-        return [float(x) for x in ([value] if isinstance(value, (int, float)) else value)]
-    except (TypeError, ValueError):
-        raise SelectionError(f"{flag} {value!r} is not a comma list of numbers") from None
 
 
 def _traits(names: str | None, fallback: list[str] | None = None):
