@@ -125,9 +125,9 @@ def test_vs_delta_is_the_commands_dataset(extracted, tmp_path):
 
     capture = Path(__file__).resolve().parent.parent / "artifacts" / "toy" / "capture-toy.nc"
     out = tmp_path / "vd.nc"
-    _ok(["vectors", "vs-delta", "--vectors", str(extracted), "--capture", str(capture), "--position", "p_last",
+    _ok(["vectors", "vs-delta", "--vectors", str(extracted), "--capture", str(capture), "--position", "g1",
          "--out", str(out)])
-    ds = nnsight_persona.vectors_vs_delta(load_dataset(extracted), load_dataset(capture), position="p_last")
+    ds = nnsight_persona.vectors_vs_delta(load_dataset(extracted), load_dataset(capture), position="g1")
     xr.testing.assert_allclose(ds, load_dataset(out))
     assert ds.trait.values.tolist() == ["pirate"] and np.isfinite(ds.cosine.values).all()
 
