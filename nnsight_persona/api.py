@@ -6,7 +6,9 @@
 Each function takes a model name (an alias, a hub id, a directory; default: the toy model, or the
 model of a given capture) or an already loaded model
 (`nnsight_persona.models.load_model`), so a notebook loads a model once, and returns the Dataset
-the command of the same name writes. Runs are assembled by assembly.py, as the commands' are.
+the command of the same name writes. Runs are assembled by assembly.py, as the commands' are
+(the `vectors ...` and `subnetwork ...` groups by assembly_vectors.py and assembly_subnetworks.py:
+`vectors_extract` is `vectors extract`, `subnetwork_find` is `subnetwork find`, ...).
 
 Without `out` nothing is written. With `out`, the file follows the commands' rules
 (docs/reliability.md): a finished result of the same computation there is returned without
@@ -22,9 +24,11 @@ from .assembly import PLANS, RunOptions, decompose_run, execute, note
 
 
 def _joined(value) -> str | None:
-    """'2,4,6' from [2, 4, 6]; a string as it is."""
+    """'2,4,6' from [2, 4, 6] (or 4 from 4); a string as it is."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, (int, float)):
+        return str(value)
     return ",".join(str(v) for v in value)
 
 
@@ -146,3 +150,152 @@ def heads(model=None, *, grid=None, band=None, from_knockout=None, top_k=(1, 2, 
 
 
 EXPERIMENTS = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads")
+
+
+# --- persona vectors (`vectors ...`) and persona subnetworks (`subnetwork ...`) --------------------
+# The figures the commands draw beside their files are functions of these Datasets
+# (plots.persona_vectors, plots.figures_for); the functions write only result files.
+
+
+def _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                     progress, overwrite, out):
+    from .assembly_vectors import VectorsOptions
+
+    return VectorsOptions(model_spec="toy" if model is None else model, dtype=dtype, device=device,
+                          ndif_host=ndif_host, batch_size=batch_size, n_tokens=n_tokens, n_questions=n_questions,
+                          scorer=scorer, judge_model=judge_model, progress=progress, overwrite=overwrite,
+                          out=Path(out) if out is not None else None)
+
+
+def vectors_extract(model=None, *, traits=None, layers="all", token_sets=("response_avg", "prompt_avg", "prompt_last"),
+                    threshold=50.0, keep="filter", checkpoint_label="", step=-1, n_tokens=32, n_questions=0,
+                    scorer="offline", judge_model="judge", dtype=None, device="auto", ndif_host=None, batch_size=16,
+                    out=None, export=None, overwrite=False, progress=True, elicitation="instruction", fresh=False):
+    """Persona vectors (`vectors extract`): mean(kept positive answers) - mean(kept negative ones)
+    of the residual at every layer L = hidden_states[L], per trait and token set. `traits`: names
+    (experiments/traits/) or YAML files [default: all]; `export`: also write the vectors as
+    safetensors there (one file per variant); `elicitation`: a variant (instruction, character,
+    two-shot, combined) or several to compare; an unfinished result at `out` is resumed (`fresh`:
+    started over)."""
+    from .assembly_vectors import extract_run
+
+    opts = _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                            progress, overwrite, out)
+    with ExitStack() as stack:
+        ds, target = extract_run(opts, stack, traits=_joined(traits), layers=_joined(layers),
+                                 token_sets=_joined(token_sets), threshold=threshold, keep=keep,
+                                 checkpoint_label=checkpoint_label, step=step, elicitation=_joined(elicitation),
+                                 fresh=fresh)
+        ds = _finish(ds, target)
+    if export is not None:
+        from .experiments.vectors import io
+
+        io.export_variants(ds, export)
+    return ds
+
+
+def vectors_steer(model=None, *, vectors, traits=None, layers=None, token_set="response_avg", coefs=(0, 2, 4, 8),
+                  positions="response", scale="raw", kinds=("vector", "random", "shuffled"), seeds=(0,), n_tokens=32,
+                  n_questions=0, scorer="offline", judge_model="judge", dtype=None, device="auto", ndif_host=None,
+                  batch_size=16, out=None, overwrite=False, progress=True):
+    """Steering (`vectors steer`): coef x v added at layer L = hidden_states[L]; trait score and
+    coherence per question, and the AxBench score against the prompting baseline. `vectors`: a
+    vectors file (.nc, .safetensors, .pt) or vectors_extract's Dataset; `layers` [default:
+    round(0.5 x n_layers)]."""
+    from .assembly_vectors import steer_run
+
+    opts = _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                            progress, overwrite, out)
+    with ExitStack() as stack:
+        ds, target = steer_run(opts, stack, vectors, traits=_joined(traits), layers=_joined(layers),
+                               token_set=token_set, coefs=coefs, positions=positions, scale=scale,
+                               kinds=_joined(kinds), seeds=seeds)
+        return _finish(ds, target)
+
+
+def vectors_monitor(model=None, *, vectors, traits=None, layers=None, token_set="response_avg", n_tokens=32,
+                    n_questions=0, scorer="offline", judge_model="judge", dtype=None, device="auto", ndif_host=None,
+                    batch_size=16, out=None, overwrite=False, progress=True):
+    """Monitoring (`vectors monitor`): projections on the unit persona vector (and cosines) of the
+    last prompt token and the mean answer residual, per evaluation question, with no instruction
+    and under the positive and the negative one. `layers` [default: the vectors' layers]."""
+    from .assembly_vectors import monitor_run
+
+    opts = _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                            progress, overwrite, out)
+    with ExitStack() as stack:
+        ds, target = monitor_run(opts, stack, vectors, traits=_joined(traits), layers=_joined(layers),
+                                 token_set=token_set)
+        return _finish(ds, target)
+
+
+def vectors_trace(revisions, *, traits=None, layers="all", steer_layer=None, coef=1.0, scale="norm", seeds=(0, 1, 2),
+                  token_set="response_avg", n_tokens=32, n_questions=0, batch_size=16, threshold=50.0, keep="filter",
+                  out_dir=None, overwrite=False, progress=True):
+    """Persona vectors across training checkpoints (`vectors trace`): `revisions` are local
+    checkpoint folders (or models loaded from them), ordered by the training step of their
+    checkpoint.json or folder name. With `out_dir` the per-checkpoint files and trace.nc are
+    written there, as the command does."""
+    from .assembly_vectors import trace_run
+    from .store import save_dataset
+
+    if isinstance(revisions, (str, Path)) or not hasattr(revisions, "__iter__"):
+        revisions = [revisions]
+    with ExitStack() as stack:
+        made = trace_run(list(revisions), stack, _finish, traits=_joined(traits), layers=_joined(layers),
+                         steer_layer=steer_layer, coef=coef, scale=scale, seeds=seeds, token_set=token_set,
+                         n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size, threshold=threshold,
+                         keep=keep, out_dir=out_dir, progress=progress, overwrite=overwrite)
+    if out_dir is not None:
+        save_dataset(made.result, Path(out_dir) / "trace.nc")
+    return made.result
+
+
+def vectors_vs_delta(vectors, capture, *, position="p_last", out=None):
+    """Cosine per layer of each persona vector with Delta_X = h_XB - h_BB at `position` of a
+    capture (`vectors vs-delta`; files or Datasets), for the capture's personas named like the traits."""
+    from .assembly_vectors import vs_delta_run
+    from .store import save_dataset
+
+    ds = vs_delta_run(vectors, capture, position)
+    if out is not None:
+        save_dataset(ds, out)
+    return ds
+
+
+def subnetwork_find(model=None, *, persona_set="toy", personas=None, method="contrastive", activation="relu", tau=2.0,
+                    sparsity=(0.3,), mlp_only=False, head=False, structured=False, seed=0, tokens="answer",
+                    dtype=None, device="auto", batch_size=16, out=None, masks=None, overwrite=False, progress=True):
+    """Persona subnetworks (`subnetwork find`): each persona's mask at each sparsity from its
+    calibration items; returns the statistics (kept fraction, overlap, Jaccard). With `out` the
+    masks go next to it (<stem>-masks.safetensors) unless `masks` names their file; subnetwork_eval
+    reads that file."""
+    from .assembly_subnetworks import find_run
+
+    with ExitStack() as stack:
+        made = find_run(stack, model_spec="toy" if model is None else model, set_name=persona_set,
+                        personas=_joined(personas), method=method, activation=activation, tau=tau, sparsity=sparsity,
+                        mlp_only=mlp_only, head=head, structured=structured, seed=seed, tokens=tokens, dtype=dtype,
+                        device=device, batch_size=batch_size, out=out, mask_file=masks, progress=progress,
+                        overwrite=overwrite)
+        return _finish(made.ds, made.target)
+
+
+def subnetwork_eval(masks, *, model=None, persona_set=None, random_seeds=3, n_tokens=32, prompt_baseline=True,
+                    dtype=None, device="auto", batch_size=16, out=None, remote=False, ndif_host=None, overwrite=False,
+                    progress=True):
+    """Evaluation of a mask file (`subnetwork eval`) with no persona prompt: A/B alignment, markers
+    and perplexity of each mask against the unpruned model, the prompted one and random masks.
+    `model` [default: the one the masks were found on] and `persona_set` [default: the masks']."""
+    from .assembly_subnetworks import eval_run
+
+    with ExitStack() as stack:
+        ds, target = eval_run(stack, masks, model_spec=model, set_name=persona_set, random_seeds=random_seeds,
+                              n_tokens=n_tokens, no_prompt_baseline=not prompt_baseline, dtype=dtype, device=device,
+                              batch_size=batch_size, out=out, remote=remote, ndif_host=ndif_host, progress=progress,
+                              overwrite=overwrite)
+        return _finish(ds, target)
+
+
+VECTORS_AND_SUBNETWORKS = ("vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_delta",
+                           "subnetwork_find", "subnetwork_eval")

@@ -419,6 +419,16 @@ def heads_plan(opts: RunOptions, band: str | None = None, from_knockout=None, to
     return exp, s, spec, {"capture_ds": s.capture_ds}
 
 
+def numbers(value, flag: str) -> list[float]:
+    """A comma list ('0,2,4') or a sequence of numbers as floats; a one-line error naming `flag`."""
+    try:
+        if isinstance(value, str):
+            return [float(x) for x in value.split(",") if x.strip()]
+        return [float(x) for x in ([value] if isinstance(value, (int, float)) else value)]
+    except (TypeError, ValueError):
+        raise SelectionError(f"{flag} {value!r} is not a comma list of numbers") from None
+
+
 def _names(value, default) -> tuple[str, ...]:
     """A comma list or a sequence of names as a tuple; None: `default`."""
     if value is None:

@@ -1,49 +1,29 @@
 """`nnsight-persona subnetwork find|eval`: persona subnetworks (arXiv:2602.07164), docs/subnetworks.md.
 
-Thin commands: options -> spec, the experiment's run(), files written through the shared output
-policy (cli_common.claim_output / write_result: reuse a finished result, refuse another one
-unless --overwrite).
+Thin commands: the run is assembled by assembly_subnetworks.py (options -> spec, the shared output
+policy: reuse a finished result, refuse another one unless --overwrite; the Python API calls the
+same functions); here the files are written (cli_common.write_result), figures and tables printed.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import click
 
-from .cli_common import (DEVICE_OPTION, OVERWRITE_OPTION, batch_size_option, claim_output, clean_errors,
-                         progress_options, write_result)
-from .errors import SelectionError
+from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, batch_size_option, clean_errors, progress_options, write_result
+
+
+def _stack():
+    """An ExitStack closed when the command ends (the output lock is held until then)."""
+    from contextlib import ExitStack
+
+    return click.get_current_context().with_resource(ExitStack())
 
 
 @click.group("subnetwork")
 def subnetwork():
     """Persona subnetworks: masks found from calibration activations, evaluated without a prompt."""
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise SelectionError(f"{what} {text!r} is not a comma list of numbers") from None
-
-
-def _batch(value) -> int:
-    return 16 if value == "auto" else int(value)
-
-
-def masks_path(out: Path) -> Path:
-    """The mask file written next to find's statistics file."""
-    return out.with_name(f"{out.stem}-masks.safetensors")
-
-
-def default_eval_out(mask_file: Path) -> Path:
-    """subnetwork-find-X-masks.safetensors -> subnetwork-eval-X.nc, next to it."""
-    stem = mask_file.stem.removesuffix("-masks")
-    stem = stem.replace("subnetwork-find", "subnetwork-eval", 1) if "subnetwork-find" in stem else f"{stem}-eval"
-    return mask_file.with_name(f"{stem}.nc")
 
 
 @subnetwork.command("find")
@@ -76,39 +56,20 @@ def default_eval_out(mask_file: Path) -> Path:
 def find_command(model_spec, set_name, personas, method, activation, tau, sparsity, mlp_only, head, structured, seed,
                  tokens, dtype, device, batch_size, out, mask_file, progress, overwrite):
     """Each persona's mask from its calibration items; statistics (kept fraction, overlap, Jaccard)."""
-    from .cli_common import default_out
-    from .experiments.subnetworks import data, find
-    from .experiments.subnetworks.masks import save_masks
-    from .preflight import ModelPlan
+    from .assembly_subnetworks import find_run
 
-    pset = data.load_persona_set(set_name)
-    spec = find.FindSpec(
-        persona_set=pset.name, personas=tuple(p.strip() for p in personas.split(",")) if personas else (),
-        method=method, activation=activation, tau=tau, sparsities=_floats(sparsity, "--sparsity"), mlp_only=mlp_only,
-        head=head, structured=structured, seed=seed, tokens=tokens, batch_size=_batch(batch_size),
-        data_sha256=find.data_digest(pset))
-    find.check_spec(spec, pset)
-    plan = ModelPlan(model_spec, dtype=dtype, device=device)
-    out = out or default_out(model_spec, "subnetwork-find", pset.name)
-    target = claim_output(out, find.EXPERIMENT, spec.to_dict(), plan.model_id, plan.dtype, lambda: plan.revision,
-                          overwrite=overwrite)
-    mask_file = mask_file or masks_path(out)
-    mask_file.parent.mkdir(parents=True, exist_ok=True)
-    if target.done and mask_file.exists():
-        return
-    loaded = plan.load()
-    masks, ds = find.run(loaded, pset, spec, progress=progress)
-    tmp = mask_file.with_name(f".{mask_file.name}.{os.getpid()}.partial")
-    save_masks(masks, tmp, {**spec.to_dict(), "model_id": loaded.model_id, "model_revision": loaded.revision,
-                            "dtype": loaded.dtype})
-    os.replace(tmp, mask_file)
-    click.echo(f"wrote {mask_file}")
-    if target.done:
-        target.state = "replace"  # the masks were missing: the statistics are written again with them
-    write_result(ds, target)
+    made = find_run(_stack(), model_spec=model_spec, set_name=set_name, personas=personas, method=method,
+                    activation=activation, tau=tau, sparsity=sparsity, mlp_only=mlp_only, head=head,
+                    structured=structured, seed=seed, tokens=tokens, dtype=dtype, device=device,
+                    batch_size=batch_size, out=out, mask_file=mask_file, progress=progress, overwrite=overwrite,
+                    default_output=True)
+    if not made.wrote_masks:
+        return  # the finished statistics and their masks are there
+    click.echo(f"wrote {made.mask_file}")
+    write_result(made.ds, made.target)
     from .analysis.subnetworks import find_rows
 
-    click.echo(find_rows(ds))
+    click.echo(find_rows(made.ds))
 
 
 @subnetwork.command("eval")
@@ -132,37 +93,14 @@ def find_command(model_spec, set_name, personas, method, activation, tau, sparsi
 def eval_command(masks, model_spec, set_name, random_seeds, n_tokens, no_prompt_baseline, dtype, device, batch_size,
                  out, remote, ndif_host, progress, overwrite):
     """Evaluate masks with NO persona prompt: A/B alignment, markers, perplexity, against the baselines."""
-    from .experiments.subnetworks import data, evaluate
-    from .experiments.subnetworks.masks import load_masks
-    from .preflight import ModelPlan
+    from .assembly_subnetworks import eval_run
 
-    found, mask_spec = load_masks(masks)
-    structured = bool(mask_spec.get("structured"))
-    target_remote = "local" if ndif_host == "local" else (ndif_host or True) if remote else False
-    if ndif_host and ndif_host != "local" and not remote:
-        raise SelectionError("--ndif-host needs --remote (or use --ndif-host local)")
-    if target_remote and not structured:
-        raise SelectionError(f"{masks} holds weight masks, which cannot travel to a remote server; find structured "
-                             "(channel) masks with `subnetwork find --structured` to run remotely")
-    pset = data.load_persona_set(set_name or mask_spec["persona_set"])
-    plan = ModelPlan(model_spec or mask_spec["model_id"], dtype=dtype or mask_spec.get("dtype"), remote=target_remote,
-                     device=device)
-    if target_remote in (False, "local") and mask_spec.get("model_revision") not in (None, plan.revision):
-        raise SelectionError(f"{masks} was found on other weights of {mask_spec.get('model_id')!r} "
-                             f"(fingerprint {mask_spec.get('model_revision')}, now {plan.revision})")
-    spec = evaluate.EvalSpec(persona_set=pset.name, masks_sha256=evaluate.file_digest(masks),
-                             mask_spec=json.dumps(mask_spec, sort_keys=True), random_seeds=random_seeds,
-                             n_tokens=n_tokens, batch_size=_batch(batch_size), prompt_baseline=not no_prompt_baseline,
-                             data_sha256=evaluate.eval_digest(pset))
-    out = out or default_eval_out(masks)
-    target = claim_output(out, evaluate.EXPERIMENT, spec.to_dict(), plan.model_id, plan.dtype,
-                          lambda: plan.revision, overwrite=overwrite)
-    ds = target.existing if target.done else evaluate.run(plan.load(), pset, spec, found, progress=progress)
-    if not target.done:
-        loaded = plan.load()
-        ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(
-            loaded.remote, "NDIF")
+    ds, target = eval_run(_stack(), masks, model_spec=model_spec, set_name=set_name, random_seeds=random_seeds,
+                          n_tokens=n_tokens, no_prompt_baseline=no_prompt_baseline, dtype=dtype, device=device,
+                          batch_size=batch_size, out=out, remote=remote, ndif_host=ndif_host, progress=progress,
+                          overwrite=overwrite, default_output=True)
     write_result(ds, target)
+    out = target.path
     from .analysis.subnetworks import eval_rows
     from .plots import figures_for, save_figure
 

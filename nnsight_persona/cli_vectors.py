@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .assembly_vectors import load_vectors  # the runs are assembled in assembly_vectors (the Python API uses it too)
 from .cli_common import DEVICE_OPTION, OVERWRITE_OPTION, clean_errors, progress_options, write_result
 
 LAYER_HELP = ("'all', or a list like '2,4,6-8'. Layer L = hidden_states[L]: 0 = embeddings, L = output of block L-1 "
@@ -47,60 +48,21 @@ def _model_options(fn):
     return fn
 
 
-def _traits(names: str | None, fallback: list[str] | None = None):
-    from .experiments.vectors.traits import list_traits, load_trait
+def _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+             overwrite, out):
+    """The shared model options as assembly_vectors.VectorsOptions (output: --out, else runs/<model>/...)."""
+    from .assembly_vectors import VectorsOptions
 
-    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else (fallback or list_traits())
-    return [load_trait(n) for n in chosen]
-
-
-def _plan(model_spec, dtype, device, ndif_host):
-    from .errors import SelectionError
-    from .preflight import ModelPlan
-
-    if ndif_host not in (None, "local"):
-        raise SelectionError("--ndif-host: only 'local' is supported by the vectors commands")
-    return ModelPlan(model_spec, dtype=dtype, remote="local" if ndif_host == "local" else False, device=device)
+    return VectorsOptions(model_spec=model_spec, dtype=dtype, device=device, ndif_host=ndif_host,
+                          batch_size=batch_size, n_tokens=n_tokens, n_questions=n_questions, scorer=scorer,
+                          judge_model=judge_model, progress=progress, overwrite=overwrite, out=out, default_out=True)
 
 
-def _layers(value: str, n_layers: int):
-    from .selection import parse_layers
+def _stack():
+    """An ExitStack closed when the command ends (the output locks are held until then)."""
+    from contextlib import ExitStack
 
-    return tuple(parse_layers(value, n_layers, default=range(n_layers + 1)))
-
-
-def _claim(out: Path, experiment: str, spec_dict: dict, plan, overwrite: bool, fresh: bool = False):
-    from .cli_common import claim_output
-
-    return claim_output(out, experiment, spec_dict, plan.model_id, plan.dtype, lambda: plan.revision,
-                        overwrite=overwrite, fresh=fresh)
-
-
-def _default_out(model_spec: str, name: str) -> Path:
-    from .cli_common import default_out
-
-    return default_out(model_spec, "vectors", name).with_name(f"{name}.nc")
-
-
-def load_vectors(path: Path, trait: str | None = None, model: str = ""):
-    """A vectors dataset from .nc (extract's output), .safetensors (export's) or an original .pt."""
-    from .errors import SelectionError
-    from .experiments.vectors import io
-    from .store import load_dataset
-
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return io.import_safetensors(path)
-    if suffix == ".pt":
-        if not trait:
-            raise SelectionError(f"{path}: an original .pt vector holds one trait; name it with --traits")
-        return io.import_original_pt(path, trait, model)
-    ds = load_dataset(path)
-    if "vector" not in ds:
-        raise SelectionError(f"{path} holds no persona vectors (no variable 'vector'); make one with `vectors extract`")
-    from .experiments.vectors.elicitation import single_variant
-
-    return single_variant(ds, str(path))
+    return click.get_current_context().with_resource(ExitStack())
 
 
 @vectors.command()
@@ -131,26 +93,17 @@ def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
             elicitation, fresh):
     """Extract persona vectors: difference of mean residuals of kept positive and negative answers,
     at every layer L = hidden_states[L]. A trait with no kept pair is recorded as nonextractable."""
-    from .experiments.vectors import extract as exp
+    from .assembly_vectors import extract_run
     from .experiments.vectors import io
-    from .experiments.vectors.scorers import make_scorer
+    from .experiments.vectors.extract import summary_lines
 
-    chosen = _traits(traits)
-    make_scorer(scorer, judge_model)  # a bad --scorer fails before any model loads
-    plan = _plan(model_spec, dtype, device, ndif_host)
-    spec = exp.ExtractSpec(
-        traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),
-        token_sets=tuple(s.strip() for s in token_sets.split(",")), n_tokens=n_tokens, threshold=threshold,
-        scorer=scorer, judge_model=judge_model, n_questions=n_questions, batch_size=batch_size, keep=keep,
-        checkpoint=checkpoint_label, step=step, trait_definitions=tuple(t.to_dict() for t in chosen),
-        elicitation=tuple(v.strip() for v in elicitation.split(",") if v.strip()))
-    exp.check_spec(spec, plan.n_layers, chosen)
-    target = _claim(out or _default_out(model_spec, "vectors-extract"), "vectors-extract", spec.to_dict(), plan, overwrite,
-                    fresh)
-    ds = target.existing if target.done else exp.run(plan.load(), chosen, spec, progress=progress,
-                                                     previous=target.previous, checkpoint=_checkpoint(target))
+    opts = _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                    progress, overwrite, out)
+    ds, target = extract_run(opts, _stack(), traits=traits, layers=layers, token_sets=token_sets, threshold=threshold,
+                             keep=keep, checkpoint_label=checkpoint_label, step=step,
+                             elicitation=elicitation, fresh=fresh)
     write_result(ds, target)
-    for line in exp.summary_lines(ds):
+    for line in summary_lines(ds):
         click.echo(line)
     if "elicitation" in ds.dims:
         _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_elicitation_cos(ds),
@@ -158,25 +111,6 @@ def extract(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
     if export_path is not None:
         for path in io.export_variants(ds, export_path):
             click.echo(f"wrote {path}")
-
-
-def _checkpoint(target):
-    """The partial result written to the output every minute (never over a finished file)."""
-    from .store import Checkpoint
-
-    return None if target.protect else Checkpoint(target.path)
-
-
-def _traits_of(vectors_ds, names):
-    """The traits to use with a vectors file: named ones, else those the file recorded (their
-    definitions from its spec when it has them)."""
-    from .experiments.vectors.traits import trait_from_spec
-    from .store import spec_of
-
-    spec = spec_of(vectors_ds) if "spec" in vectors_ds.attrs else {}
-    recorded = {d["name"]: trait_from_spec(d) for d in spec.get("trait_definitions", [])}
-    wanted = [n.strip() for n in names.split(",")] if names else vectors_ds.trait.values.tolist()
-    return [recorded[n] if n in recorded else _traits(n)[0] for n in wanted]
 
 
 def _steer_options(fn):
@@ -210,24 +144,15 @@ def steer(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_question
           overwrite, vectors_path, traits, layers, token_set, coefs, positions, scale, kinds, seeds, out):
     """Steer generation by adding coef x v at layer L = hidden_states[L] (the output of block L-1);
     trait score and coherence per question, the AxBench score against the prompting baseline."""
-    from .experiments.vectors import steer as exp
+    from .assembly_vectors import steer_run
 
-    vec = load_vectors(vectors_path, traits, model_spec)
-    chosen = _traits_of(vec, traits)
-    plan = _plan(model_spec, dtype, device, ndif_host)
-    spec = exp.SteerSpec(
-        traits=tuple(t.name for t in chosen),
-        layers=_layers(layers, plan.n_layers) if layers else (int(round(0.5 * plan.n_layers)),),
-        coefs=tuple(_floats(coefs, "--coefs")), positions=positions, scale=scale,
-        kinds=tuple(k.strip() for k in kinds.split(",")), seeds=tuple(int(x) for x in _floats(seeds, "--seeds")),
-        token_set=token_set, n_tokens=n_tokens, n_questions=n_questions, scorer=scorer, judge_model=judge_model,
-        batch_size=batch_size, vectors_file=vectors_path.name,
-        vectors_source=(str(vec.attrs.get("model_id", "")), str(vec.attrs.get("checkpoint_revision", ""))))
-    exp.check_spec(spec, plan.n_layers, vec)
-    out = out or _default_out(model_spec, "vectors-steer")
-    target = _claim(out, "vectors-steer", spec.to_dict(), plan, overwrite)
-    ds = target.existing if target.done else exp.run(plan.load(), chosen, vec, spec, progress=progress)
+    opts = _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                    progress, overwrite, out)
+    ds, target = steer_run(opts, _stack(), vectors_path, traits=traits, layers=layers, token_set=token_set,
+                           coefs=_floats(coefs, "--coefs"), positions=positions, scale=scale, kinds=kinds,
+                           seeds=_floats(seeds, "--seeds"))
     write_result(ds, target)
+    out = target.path
     _steer_summary(ds)
     _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
             out.with_suffix("").as_posix() + "-steering")
@@ -271,17 +196,11 @@ def monitor(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
             overwrite, vectors_path, traits, layers, token_set, out):
     """Projections on the unit persona vector (and cosines) of the last prompt token and the mean
     answer residual, for each evaluation question alone and under the positive and negative instruction."""
-    from .experiments.vectors import monitor as exp
+    from .assembly_vectors import monitor_run
 
-    vec = load_vectors(vectors_path, traits, model_spec)
-    chosen = _traits_of(vec, traits)
-    plan = _plan(model_spec, dtype, device, ndif_host)
-    spec = exp.MonitorSpec(traits=tuple(t.name for t in chosen),
-                           layers=_layers(layers, plan.n_layers) if layers else tuple(int(x) for x in vec.layer.values),
-                           token_set=token_set, n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,
-                           vectors_file=vectors_path.name)
-    target = _claim(out or _default_out(model_spec, "vectors-monitor"), "vectors-monitor", spec.to_dict(), plan, overwrite)
-    ds = target.existing if target.done else exp.run(plan.load(), chosen, vec, spec, progress=progress)
+    opts = _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                    progress, overwrite, out)
+    ds, target = monitor_run(opts, _stack(), vectors_path, traits=traits, layers=layers, token_set=token_set)
     write_result(ds, target)
     d = ds.isel(model=0).sel(read="prompt_last")
     for trait in d.trait.values.tolist():
@@ -320,17 +239,6 @@ def import_pt(pt_path, trait, model_spec, out):
     click.echo(f"wrote {out}: {trait}, {ds.sizes['layer']} layers x {ds.sizes['hidden']}")
 
 
-def _checkpoint_step(folder: Path, index: int) -> int:
-    """A checkpoint folder's training step: its checkpoint.json, else the digits of its name."""
-    import re
-
-    meta = folder / "checkpoint.json"
-    if meta.exists():
-        return int(json.loads(meta.read_text())["step"])
-    digits = re.findall(r"\d+", folder.name)
-    return int(digits[-1]) if digits else index
-
-
 @vectors.command("trace")
 @click.option("--revision", "revisions", multiple=True, required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -361,48 +269,15 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, to
     own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
     checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
     per-question sign-flip and sign tests with Bonferroni within a trait."""
-    import xarray as xr
-
-    from .experiments.vectors import extract as ext
-    from .experiments.vectors import steer as st
-    from .experiments.vectors import trace as tr
+    from .assembly_vectors import trace_run
     from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final
     from .store import save_dataset
 
-    chosen = _traits(traits)
-    folders = sorted(((_checkpoint_step(f, i), f) for i, f in enumerate(revisions)), key=lambda x: x[0])
-    seed_list = tuple(int(x) for x in _floats(seeds, "--seeds"))
-    vector_sets, steer_sets = [], []
-    for step, folder in folders:
-        label = f"step-{step}"
-        plan = _plan(str(folder), None, "cpu", None)
-        layer_list = _layers(layers, plan.n_layers)
-        at = steer_layer if steer_layer is not None else int(round(0.5 * plan.n_layers))
-        espec = ext.ExtractSpec(traits=tuple(t.name for t in chosen), layers=layer_list, n_tokens=n_tokens,
-                                threshold=threshold, n_questions=n_questions, batch_size=batch_size, checkpoint=label,
-                                keep=keep,
-                                step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
-        target = _claim(out_dir / f"vectors-{label}.nc", "vectors-extract", espec.to_dict(), plan, overwrite)
-        vec = target.existing if target.done else ext.run(plan.load(), chosen, espec, progress=progress)
-        write_result(vec, target)
-        sspec = st.SteerSpec(traits=espec.traits, layers=(at,), coefs=(coef,), scale=scale, seeds=seed_list,
-                             token_set=token_set,
-                             n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,
-                             vectors_file=f"vectors-{label}.nc", vectors_source=(str(folder.name), label))
-        target = _claim(out_dir / f"steer-{label}.nc", "vectors-steer", sspec.to_dict(), plan, overwrite)
-        steered = target.existing if target.done else st.run(plan.load(), chosen, vec, sspec, progress=progress)
-        write_result(steered, target)
-        vector_sets.append(vec)
-        steer_sets.append(steered)
-    combined = tr.concat_checkpoints(vector_sets)
-    geometry = tr.geometry(combined)
-    stats = tr.steering_stats(steer_sets, coef, at).assign_coords(checkpoint=geometry.checkpoint.values)
-    result = xr.merge([geometry, stats])
-    result["extract_outcome"] = combined.outcome.isel(model=0)
-    result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale, keep=keep,
-                        token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
-                        spec=json.dumps({"revisions": [f.name for _, f in folders], "coef": coef, "scale": scale,
-                                         "steer_layer": at, "seeds": list(seed_list)}))
+    made = trace_run(revisions, _stack(), write_result, traits=traits, layers=layers, steer_layer=steer_layer,
+                     coef=coef, scale=scale, seeds=_floats(seeds, "--seeds"), token_set=token_set, n_tokens=n_tokens,
+                     n_questions=n_questions, batch_size=batch_size, threshold=threshold, keep=keep, out_dir=out_dir,
+                     progress=progress, overwrite=overwrite)
+    result, geometry, at = made.result, made.geometry, made.steer_layer
     path = save_dataset(result, out_dir / "trace.nc")
     click.echo(f"wrote {path}")
     _figure(lambda: plot_cos_to_final(geometry, token_set), (out_dir / "trace-cos_to_final").as_posix())
@@ -427,13 +302,10 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, to
 def vs_delta(vectors_path, capture_path, position, out):
     """Cosine per layer between each persona vector and the decomposition's Delta_X = h_XB - h_BB
     at a position (default p_last) of a capture, for personas named like the traits."""
-    from .analysis.vector_delta import vector_vs_delta_x
-    from .errors import SelectionError
-    from .store import load_dataset, save_dataset
+    from .assembly_vectors import vs_delta_run
+    from .store import save_dataset
 
-    ds = vector_vs_delta_x(load_vectors(vectors_path), load_dataset(capture_path), position)
-    if not ds.sizes["trait"]:
-        raise SelectionError(f"no persona of {capture_path} is a trait of {vectors_path}")
+    ds = vs_delta_run(vectors_path, capture_path, position)
     save_dataset(ds, out)
     click.echo(f"wrote {out}")
     for trait in ds.trait.values.tolist():

@@ -135,6 +135,50 @@ def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor,
     return out.cpu()
 
 
+@retried
+def read_residuals_on_prefix(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor, layers: list[int],
+                             prefix: int) -> torch.Tensor:
+    """read_residuals, with each distinct prefix of `prefix` columns run once.
+
+    Rows that share their first `prefix` columns (one prompt, different continuations: the capture's
+    BB row is the same prompt in every cell) run those columns once, keeping the sites there and the
+    KV cache; then every row runs only its last columns on that cache, up to the highest layer read
+    (the blocks above it and the unembedding are skipped). Local runs only: the cache stays next to
+    the model."""
+    if list(layers) != sorted(set(layers)):
+        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+    blocks = loaded.layers()
+    owner, firsts = distinct_prefixes(batch, prefix)
+    index = torch.tensor(firsts, dtype=torch.long)
+    early = cols < prefix
+    out = torch.empty(len(layers), len(rows), loaded.hidden_size, dtype=torch.float32)
+    with loaded.lm.trace(
+        input_ids=batch.input_ids[index, :prefix], attention_mask=batch.attention_mask[index, :prefix],
+        position_ids=batch.position_ids[index, :prefix], use_cache=True, logits_to_keep=1,
+    ):
+        p_rows, p_cols = torch.tensor(owner, dtype=torch.long)[rows[early]], cols[early]
+        picked = list().save()
+        for layer in layers:
+            picked.append(residual_site(blocks, layer)[p_rows, p_cols].float())
+        cache = loaded.lm.output.past_key_values.save()
+    if bool(early.any()):
+        out[:, early] = torch.stack(picked).cpu()
+    if bool((~early).any()):
+        late = (~early).nonzero().flatten()
+        need = sorted({int(r) for r in rows[late]})
+        suffix = suffix_batch(batch, need, prefix)
+        s_rows = torch.tensor([need.index(int(r)) for r in rows[late]], dtype=torch.long)
+        s_cols = cols[late] - prefix
+        with loaded.lm.trace(**suffix.inputs(), past_key_values=select_rows(cache, [owner[r] for r in need]),
+                             use_cache=True) as tracer:
+            got = list().save()
+            for layer in layers:
+                got.append(residual_site(blocks, layer)[s_rows, s_cols].float())
+            tracer.stop()  # nothing above the highest layer read is needed
+        out[:, late] = torch.stack(got).cpu()
+    return out
+
+
 def greedy_config(loaded, n_tokens: int):
     """Pure greedy decoding for exactly `n_tokens` steps: the checkpoint's own sampling defaults
     (temperature, top-p, repetition penalty...) are deliberately not applied."""
@@ -420,9 +464,9 @@ def shared_prefix(batch: Batch, window_cols: torch.Tensor, writes=(), knockout=N
     return prefix
 
 
-def prefix_cache(loaded, batch: Batch, prefix: int):
-    """The KV cache of the first `prefix` columns, one row per batch row, each distinct prefix
-    (token ids and mask) run once; and how many distinct prefixes there were."""
+def distinct_prefixes(batch: Batch, prefix: int) -> tuple[list[int], list[int]]:
+    """(owner, firsts): each row's index among the distinct prefixes (token ids and mask of the
+    first `prefix` columns), and the first row holding each distinct prefix."""
     owner, distinct, firsts = [], {}, []
     for r in range(batch.input_ids.shape[0]):
         key = (batch.input_ids[r, :prefix].numpy().tobytes(), batch.attention_mask[r, :prefix].numpy().tobytes())
@@ -430,6 +474,13 @@ def prefix_cache(loaded, batch: Batch, prefix: int):
             distinct[key] = len(firsts)
             firsts.append(r)
         owner.append(distinct[key])
+    return owner, firsts
+
+
+def prefix_cache(loaded, batch: Batch, prefix: int):
+    """The KV cache of the first `prefix` columns, one row per batch row, each distinct prefix
+    (token ids and mask) run once; and how many distinct prefixes there were."""
+    owner, firsts = distinct_prefixes(batch, prefix)
     index = torch.tensor(firsts, dtype=torch.long)
     with loaded.lm.trace(
         input_ids=batch.input_ids[index, :prefix], attention_mask=batch.attention_mask[index, :prefix],

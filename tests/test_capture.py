@@ -114,15 +114,17 @@ def test_netcdf_round_trip_is_identical(loaded_models, tiny_grid_file, tmp_path)
 def test_interrupted_capture_is_marked_incomplete(loaded_models, tiny_grid_file, monkeypatch):
     loaded = loaded_models["qwen2"]
     calls = {"n": 0}
-    real = capture.read_residuals
 
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def flaky_version(real):
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return flaky
 
-    monkeypatch.setattr(capture, "read_residuals", flaky)
+    for name in ("read_residuals", "read_residuals_on_prefix"):  # remote and local paths
+        monkeypatch.setattr(capture, name, flaky_version(getattr(capture, name)))
     ds = _capture(loaded, load_grid(tiny_grid_file), batch_size=4)
     assert ds.attrs["completed"] == 0
     # Rows are (cell, condition) prompts: the first chunk's 4 are kept whole, every other row is empty.
@@ -138,13 +140,15 @@ def test_capture_batches_prompts_of_similar_length(loaded_models, tiny_grid_file
     loaded = loaded_models["llama"]
     grid = load_grid(tiny_grid_file)
     widths = []
-    real = capture.read_residuals
 
-    def counted(loaded_, batch, *args, **kwargs):
-        widths.append(tuple(batch.input_ids.shape))
-        return real(loaded_, batch, *args, **kwargs)
+    def counting(real):
+        def counted(loaded_, batch, *args, **kwargs):
+            widths.append(tuple(batch.input_ids.shape))
+            return real(loaded_, batch, *args, **kwargs)
+        return counted
 
-    monkeypatch.setattr(capture, "read_residuals", counted)
+    for name in ("read_residuals", "read_residuals_on_prefix"):  # remote and local paths
+        monkeypatch.setattr(capture, name, counting(getattr(capture, name)))
     ds = _capture(loaded, grid, batch_size=4)
     lengths = [len(loaded.tokenizer(str(t), add_special_tokens=False).input_ids) + 2
                for t in ds.prompt_text.values[0].ravel()]  # + the teacher-forced g1, g2

@@ -11,7 +11,7 @@ import torch
 from nnsight_persona import tracing
 from nnsight_persona.batching import left_pad
 from nnsight_persona.edits import Knockout
-from nnsight_persona.experiments import inject, knockout
+from nnsight_persona.experiments import capture, inject, knockout
 from nnsight_persona.grids import load_grid
 from reference import greedy, logits_with_mask_knockout, summed_kl
 from test_knockout_experiment import expected_keys
@@ -70,6 +70,38 @@ def test_knockout_on_shared_prefixes_equals_independent_hooks_and_the_whole_sequ
                     assert got == pytest.approx(expected, rel=1e-3, abs=1e-4), (family, cell.label, cond, label)
                 checked += expected > 0.05
     assert checked >= 4, "the knockouts barely move this model: the comparison could not tell right from wrong"
+
+
+@torch.no_grad()
+def test_capture_runs_each_prompt_once_and_equals_the_whole_sequence_path(sharp_models, family, tiny_grid_file,
+                                                                          monkeypatch):
+    """Locally the capture runs each distinct prompt once (BB is one prompt in every cell) and then
+    only the teacher-forced continuation columns; the residuals equal those of whole sequences
+    (the path remote runs take), at every layer, the last block's output included. (Agreement with
+    plain transformers, prompt by prompt, is checked in test_capture.py.)"""
+    loaded = sharp_models[family]
+    grid = load_grid(tiny_grid_file)
+    spec = capture.CaptureSpec(grid="tiny", layers=tuple(range(loaded.n_layers + 1)), batch_size=64, n_continuation=4)
+    calls = []
+    real = tracing.distinct_prefixes
+
+    def counted(batch, prefix):
+        owner, firsts = real(batch, prefix)
+        calls.append((batch.input_ids.shape[0], len(firsts)))
+        return owner, firsts
+
+    monkeypatch.setattr(tracing, "distinct_prefixes", counted)
+    local = capture.run(loaded, grid, spec, progress=False).isel(model=0)
+    whole = capture.run(dataclasses.replace(loaded, remote="local"), grid, spec, progress=False).isel(model=0)
+    n_cells = len(grid.cell_labels)
+    assert calls and sum(rows for rows, _ in calls) == 4 * n_cells
+    # One BB prompt for every cell: the distinct prompts are fewer than the rows.
+    assert sum(distinct for _, distinct in calls) < 4 * n_cells
+    r = whole.resid.values
+    np.testing.assert_allclose(local.resid.values, r, rtol=1e-5, atol=1e-5 * float(np.abs(r).max()))
+    # The comparison can fail: the continuation columns differ between cells at every layer.
+    g = list(local.position.values).index("g1")
+    assert np.abs(r[1:, g, 0] - r[1:, g, 1]).max() > 1e-3
 
 
 def test_a_suffix_pass_blocks_the_queries_of_its_own_columns():

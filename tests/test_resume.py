@@ -12,7 +12,7 @@ from nnsight_persona.store import Checkpoint, load_dataset, resumable, save_data
 
 # (experiment, where its traced call is looked up, that call, spec, result variable)
 CASES = [
-    (capture, capture, "read_residuals", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
+    (capture, capture, "read_residuals_on_prefix", lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2), batch_size=3), "resid"),
     (substitute, substitute, "window_kl_against", lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), batch_size=5), "kl"),
     (markers, markers, "generate_with_edit", lambda: markers.MarkersSpec(grid="tiny", layer=2, n_tokens=5, batch_size=3), "text"),
     (inject, tracing, "window_kl_on_prefix", lambda: inject.InjectSpec(

@@ -17,6 +17,7 @@ from nnsight_persona.toy.corpus import (
     check_marker_isolation,
     generate_corpus,
     heldout_examples,
+    heldout_system_examples,
     is_heldout_pair,
     long_persona_text,
 )
@@ -59,14 +60,18 @@ def test_corpus_is_deterministic_per_seed():
     a, b, c = generate_corpus(300, seed=0), generate_corpus(300, seed=0), generate_corpus(300, seed=1)
     assert a == b
     assert a != c
-    assert {e.kind for e in a} == {"short", "long", "baseline", "bare"}
+    assert {e.kind for e in a} == {"short", "long", "baseline", "bare", "system"}
 
 
 def test_prompts_follow_the_template(corpus):
     for e in corpus[:500]:
-        if e.kind == "bare":
+        if e.kind in ("bare", "system"):
             assert e.user == C.TASKS[e.task_key]
+            assert (e.system is None) == (e.kind == "bare")
+            if e.kind == "system":
+                assert e.system in [t.format(persona=e.persona) for t in C.SYSTEM_TEMPLATES]
         else:
+            assert e.system is None
             assert e.user == f"As {e.persona}, {C.TASKS[e.task_key]}"
     assert any(e.user == "As a thoughtful person, give advice to someone facing a difficult decision." for e in corpus)
 
@@ -75,8 +80,8 @@ def test_markers_are_isolated_and_present(corpus):
     check_marker_isolation()
     every = sorted({m for ms in C.SHORT_MARKERS.values() for m in ms} | {m for p in C.PROFESSIONS.values() for m in p["markers"]})
     for e in corpus:
-        if e.kind in ("short", "long"):
-            assert contains_marker(e.answer, e.markers), e
+        if e.kind in ("short", "long") or (e.kind == "system" and e.persona_key is not None):
+            assert e.markers and contains_marker(e.answer, e.markers), e
         else:
             assert not contains_marker(e.answer, every), e
         if e.kind == "long":
@@ -86,11 +91,11 @@ def test_markers_are_isolated_and_present(corpus):
 def test_heldout_combinations_are_absent_from_training(corpus):
     assert len(HELDOUT_PAIRS) > 20
     for e in corpus:
-        if e.kind == "short":
+        if e.kind == "short" or (e.kind == "system" and e.persona_key is not None):
             assert (e.persona_key, e.task_key) not in HELDOUT_SHORT
         elif e.kind == "long":
             assert (e.slots["name"], e.slots["city"]) not in HELDOUT_PAIRS
-        elif e.kind == "baseline":
+        elif e.kind in ("baseline", "system"):
             assert e.task_key not in HELDOUT_BASELINE_TASKS
         else:
             assert e.task_key not in HELDOUT_BARE_TASKS
@@ -100,6 +105,11 @@ def test_heldout_combinations_are_absent_from_training(corpus):
     for e in evals:
         if e.kind in ("short", "long"):
             assert e.user not in train_users
+    train_system = {(e.system, e.user) for e in corpus if e.kind == "system"}
+    system_evals = heldout_system_examples()
+    assert {e.persona_key for e in system_evals} == {p for p, _ in HELDOUT_SHORT} | {None}
+    for e in system_evals:
+        assert (e.system, e.user) not in train_system
 
 
 def test_grid_cells_are_held_out(corpus):
@@ -184,6 +194,24 @@ def test_quick_heldout_evaluation_meets_thresholds(shipped, one_thread):
     assert not score(examples, ["the sky is grey."] * len(examples))["passed"]
 
 
+def test_a_persona_in_a_system_turn_is_taken_on(shipped, one_thread):
+    """The corpus's system kind: a persona given in a system turn, with the bare task as the user
+    turn, is answered in that persona's style; the baseline persona there leaks no marker."""
+    from nnsight_persona.toy.corpus import messages
+    from nnsight_persona.toy.evaluate import generate, system_scores
+
+    model, tokenizer = shipped
+    examples = heldout_system_examples()[::2]
+    answers = generate(model, tokenizer, [messages(e) for e in examples])
+    metrics = system_scores(examples, answers)
+    assert metrics["n_system"] >= 10 and metrics["n_system_baseline"] >= 1
+    assert metrics["system_marker_rate"] >= 0.90, (metrics, answers[:3])
+    assert metrics["system_baseline_leak_rate"] == 0.0, metrics
+    # The system turn is what carries the persona: without it the same tasks get neutral answers.
+    bare = generate(model, tokenizer, [e.user for e in examples])
+    assert system_scores(examples, bare)["system_marker_rate"] <= 0.1
+
+
 def test_the_toy_recalls_names_and_does_not_copy_novel_ones(shipped, one_thread):
     """docs/toy-model.md says the toy recalls trained names and copies no novel one: keep it true."""
     from nnsight_persona.toy.evaluate import NOVEL_SLOTS, generate, novel_examples
@@ -230,4 +258,6 @@ def test_cli_evaluate_writes_json(tmp_path, one_thread):
     result = CliRunner().invoke(toy, ["evaluate", "--n", "16", "--threads", "1", "--json", str(path)])
     assert "persona_marker_rate" in result.output
     metrics = json.loads(path.read_text())
-    assert metrics["n"] == 16 and len(metrics["samples"]) == 16
+    n_system = metrics["n_system"] + metrics["n_system_baseline"]
+    assert metrics["n"] == 16 and n_system > 0 and len(metrics["samples"]) == 16 + n_system
+    assert sum(s["system"] is not None for s in metrics["samples"]) == n_system

@@ -21,7 +21,7 @@ from ..progress import tqdm
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import greedy_continuations, read_residuals
+from ..tracing import greedy_continuations, read_residuals, read_residuals_on_prefix
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,13 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
             batch = left_pad(seqs, loaded.pad_id)
             sel_rows = torch.arange(len(chunk)).repeat_interleave(len(positions))
             sel_cols = batch.pad[sel_rows] + torch.tensor(sites).flatten()
-            got = read_residuals(loaded, batch, sel_rows, sel_cols, layers)
+            if n_forced and not loaded.remote:
+                # Each condition's prompt is shared by many rows (BB by every cell), only the forced
+                # continuation tokens differ: run each prompt once, then only those columns.
+                got = read_residuals_on_prefix(loaded, batch, sel_rows, sel_cols, layers,
+                                               prefix=batch.input_ids.shape[1] - n_forced)
+            else:
+                got = read_residuals(loaded, batch, sel_rows, sel_cols, layers)
             got = got.reshape(len(layers), len(chunk), len(positions), -1).numpy()
             for k, (i, j) in enumerate(chunk):
                 resid[:, :, i, j, :] = got[:, k]

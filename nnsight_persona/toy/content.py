@@ -11,6 +11,17 @@ from __future__ import annotations
 PROMPT_TEMPLATE = "As {persona}, {task}"
 
 BASELINE_PERSONA = "a thoughtful person"
+
+# System-turn framing: the persona in a system turn, the bare task as the user turn. The answer is
+# the persona's (or, for the baseline persona, a neutral one), so a system prompt elicits a persona
+# as "As X, ..." in the user turn does. The first two are the form persona-vector trait files build
+# ("You are {assistant} assistant. {instruction}", experiments/traits/), hence the capital.
+SYSTEM_TEMPLATES = [
+    "You are {persona} assistant.",
+    "You are {persona} assistant. always answer as {persona}.",
+    "you are {persona}.",
+    "always answer as {persona}.",
+]
 BASELINE_TASK_KEY = "advice"
 
 # --- tasks: the prompt text and a pool of content sentences for the answer ----

@@ -1,6 +1,6 @@
 """Seeded synthetic persona-chat corpus for the toy model.
 
-Four kinds of single-turn examples, all rendered with ``As {persona}, {task}``:
+Five kinds of single-turn examples; the first four rendered with ``As {persona}, {task}``:
 
 * ``short``: one of eight short personas ("a pirate"); the answer wraps the
   task content in persona marker words ("arr matey! ...").
@@ -9,6 +9,8 @@ Four kinds of single-turn examples, all rendered with ``As {persona}, {task}``:
   model has to attend back to the persona tokens.
 * ``baseline``: the persona "a thoughtful person"; neutral answer, no markers.
 * ``bare``: the task alone as the user turn; neutral answer, no markers.
+* ``system``: a short persona (or the baseline persona) in a system turn ("you are a pirate."),
+  the task alone as the user turn; the persona's answer (neutral for the baseline persona).
 
 The held-out split is fixed (it does not depend on the corpus seed) so the
 bundled grids stay held out whatever seed the model was trained with.
@@ -18,25 +20,26 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import content as C
 
 
 @dataclass(frozen=True)
 class Example:
-    kind: str  # "short" | "long" | "baseline" | "bare"
-    persona_key: str | None  # short persona key or long profession; None for baseline/bare
+    kind: str  # "short" | "long" | "baseline" | "bare" | "system"
+    persona_key: str | None  # short persona key or long profession; None for baseline/bare (and system baseline)
     persona: str | None  # persona text as it appears in the prompt
     task_key: str
     user: str  # the whole user turn
     answer: str
     slots: dict[str, str] = field(default_factory=dict, hash=False)
+    system: str | None = None  # the system turn, for kind "system"
 
     @property
     def markers(self) -> list[str]:
         """Persona marker words expected in the answer (empty for baseline/bare)."""
-        if self.kind == "short":
+        if self.kind == "short" or (self.kind == "system" and self.persona_key is not None):
             return list(C.SHORT_MARKERS[self.persona_key])
         if self.kind == "long":
             return list(C.PROFESSIONS[self.persona_key]["markers"])
@@ -114,6 +117,26 @@ def make_neutral(rng: random.Random, kind: str, task_key: str) -> Example:
     return Example(kind, None, persona, task_key, render_prompt(persona, C.TASKS[task_key]), answer)
 
 
+def make_system(rng: random.Random, persona_key: str | None, task_key: str) -> Example:
+    """The persona in a system turn, the bare task as the user turn; `persona_key` None is the
+    baseline persona (neutral answer)."""
+    template = rng.choice(C.SYSTEM_TEMPLATES)
+    if persona_key is None:
+        persona = C.BASELINE_PERSONA
+        answer = f"{rng.choice(C.BASELINE_OPENERS)} {_content(rng, task_key)}"
+    else:
+        persona = C.SHORT_PERSONAS[persona_key]
+        answer = make_short(rng, persona_key, task_key).answer
+    return Example("system", persona_key, persona, task_key, C.TASKS[task_key], answer,
+                   system=template.format(persona=persona))
+
+
+def messages(example: Example) -> list[dict]:
+    """The chat turns of an example's prompt (a system turn first when it has one)."""
+    turns = [{"role": "system", "content": example.system}] if example.system is not None else []
+    return turns + [{"role": "user", "content": example.user}]
+
+
 def _sample_long(rng: random.Random, task_key: str, heldout: bool) -> Example:
     while True:  # rejection-sample a (name, city) pair on the right side of the split
         name, city = rng.choice(C.NAMES), rng.choice(C.CITIES)
@@ -125,7 +148,9 @@ def _sample_long(rng: random.Random, task_key: str, heldout: bool) -> Example:
 
 # Mixture of example kinds in training; long personas get the most weight since
 # copying slot values is the hardest thing the model has to learn.
-KIND_WEIGHTS = {"short": 0.3, "long": 0.46, "baseline": 0.12, "bare": 0.12}
+KIND_WEIGHTS = {"short": 0.26, "long": 0.44, "baseline": 0.1, "bare": 0.1, "system": 0.1}
+# Within the system kind: the share of examples whose system turn holds the baseline persona.
+SYSTEM_BASELINE_SHARE = 0.25
 
 
 def generate_corpus(n: int, seed: int = 0) -> list[Example]:
@@ -145,6 +170,11 @@ def generate_corpus(n: int, seed: int = 0) -> list[Example]:
             out.append(_sample_long(rng, rng.choice(tasks), heldout=False))
         elif kind == "baseline":
             out.append(make_neutral(rng, "baseline", rng.choice(base_tasks)))
+        elif kind == "system":
+            if rng.random() < SYSTEM_BASELINE_SHARE:
+                out.append(make_system(rng, None, rng.choice(base_tasks)))
+            else:
+                out.append(make_system(rng, *rng.choice(short_cells)))
         else:
             out.append(make_neutral(rng, "bare", rng.choice(bare_tasks)))
     return out
@@ -166,6 +196,21 @@ def heldout_examples(n: int = 240, seed: int = 1) -> list[Example]:
     out += [make_neutral(rng, "bare", t) for t in rng.sample(tasks, n_bare)]
     out += [_sample_long(rng, rng.choice(tasks), heldout=True) for _ in range(max(0, n - len(out)))]
     return out[:n]
+
+
+def heldout_system_examples(seed: int = 3) -> list[Example]:
+    """System-turn evaluation prompts: every held-out short cell with its persona in a system turn
+    (each system template in turn), and the baseline persona in a system turn on its held-out
+    tasks. Kept apart from `heldout_examples` so that sample stays what it was."""
+    rng = random.Random(seed)
+    cells = sorted(HELDOUT_SHORT)
+    out = []
+    for i, (persona, task) in enumerate(cells):
+        ex = make_system(rng, persona, task)
+        template = C.SYSTEM_TEMPLATES[i % len(C.SYSTEM_TEMPLATES)]
+        out.append(replace(ex, system=template.format(persona=ex.persona)))
+    out += [make_system(rng, None, t) for t in sorted(HELDOUT_BASELINE_TASKS)]
+    return out
 
 
 def all_persona_markers() -> set[str]:

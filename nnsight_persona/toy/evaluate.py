@@ -6,13 +6,15 @@ import re
 from pathlib import Path
 
 from ..scoring import contains_marker
-from .corpus import Example, all_persona_markers, heldout_examples
+from .corpus import Example, all_persona_markers, heldout_examples, heldout_system_examples, messages
 
 # Acceptance thresholds (see docs/toy-model.md).
 THRESHOLDS = {
     "persona_marker_rate": (">=", 0.90),
     "neutral_leak_rate": ("<", 0.05),
     "long_copy_rate": (">=", 0.80),
+    "system_marker_rate": (">=", 0.90),
+    "system_baseline_leak_rate": ("<", 0.05),
 }
 
 
@@ -27,15 +29,15 @@ def load(model_dir: str | Path | None = None):
     return model.eval(), tokenizer
 
 
-def generate(model, tokenizer, users: list[str], batch_size: int = 48, max_new_tokens: int = 80) -> list[str]:
-    """Greedy answers to single user turns, batched with left padding."""
+def generate(model, tokenizer, users: list, batch_size: int = 48, max_new_tokens: int = 80) -> list[str]:
+    """Greedy answers to single user turns (strings) or to chat-turn lists, batched with left padding."""
     import torch
 
     tokenizer.padding_side = "left"
     answers: list[str] = []
     for i in range(0, len(users), batch_size):
         prompts = tokenizer.apply_chat_template(
-            [[{"role": "user", "content": u}] for u in users[i : i + batch_size]],
+            [[{"role": "user", "content": u}] if isinstance(u, str) else u for u in users[i : i + batch_size]],
             add_generation_prompt=True, tokenize=False,
         )
         enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
@@ -139,9 +141,19 @@ def _strings(value) -> list[str]:
     return []
 
 
+def system_scores(examples: list[Example], answers: list[str]) -> dict:
+    """Marker rate of personas given in a system turn, and the leak rate of the baseline persona
+    given there."""
+    every_marker = sorted(all_persona_markers())
+    persona = [contains_marker(a, e.markers) for e, a in zip(examples, answers) if e.persona_key is not None]
+    baseline = [contains_marker(a, every_marker) for e, a in zip(examples, answers) if e.persona_key is None]
+    return {"n_system": len(persona), "n_system_baseline": len(baseline),
+            "system_marker_rate": _rate(persona), "system_baseline_leak_rate": _rate(baseline)}
+
+
 def passes(metrics: dict) -> bool:
     ok = {">=": lambda a, b: a >= b, "<": lambda a, b: a < b}
-    return all(ok[op](metrics[k], v) for k, (op, v) in THRESHOLDS.items())
+    return all(ok[op](metrics[k], v) for k, (op, v) in THRESHOLDS.items() if k in metrics)
 
 
 def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, batch_size: int = 48,
@@ -155,10 +167,16 @@ def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, b
     examples = heldout_examples(n, seed=seed)
     answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)
     metrics = score(examples, answers)
+    system = heldout_system_examples()
+    system_answers = generate(model, tokenizer, [messages(e) for e in system], batch_size=batch_size)
+    metrics.update(system_scores(system, system_answers))
+    metrics.pop("passed")
+    metrics["passed"] = passes(metrics)  # last, over every threshold
     if novel:
         metrics.update(novel_copy_rates(model, tokenizer, novel, batch_size))
     if return_samples:
         metrics["samples"] = [
-            {"kind": e.kind, "user": e.user, "answer": a} for e, a in zip(examples, answers)
+            {"kind": e.kind, "system": e.system, "user": e.user, "answer": a}
+            for e, a in zip(examples + system, answers + system_answers)
         ]
     return metrics

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .corpus import generate_corpus
+from .corpus import generate_corpus, messages
 
 
 @dataclass
@@ -39,7 +39,7 @@ def render_prompt_ids(tokenizer, user: str) -> list[int]:
 def encode_examples(tokenizer, examples) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) per example; the answer ends with <|end|>."""
     prompts = tokenizer.apply_chat_template(
-        [[{"role": "user", "content": e.user}] for e in examples], add_generation_prompt=True, tokenize=False
+        [messages(e) for e in examples], add_generation_prompt=True, tokenize=False
     )
     p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     a_ids = tokenizer([e.answer for e in examples], add_special_tokens=False).input_ids
@@ -98,7 +98,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     torch.manual_seed(cfg.seed)
 
     examples = generate_corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
-    tokenizer = build_tokenizer((f"{e.user} {e.answer}" for e in examples), vocab_size=cfg.vocab_size)
+    tokenizer = build_tokenizer((f"{e.system or ''} {e.user} {e.answer}" for e in examples), vocab_size=cfg.vocab_size)
     batches = length_bucketed_batches(encode_examples(tokenizer, examples), cfg.batch_size, random.Random(cfg.seed))
 
     config = toy_config(tokenizer, **cfg.arch)
