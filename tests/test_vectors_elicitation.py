@@ -242,3 +242,12 @@ def test_a_multi_variant_file_is_refused_by_steer_in_one_line(variants_run, tmp_
                      "--out", str(tmp_path / "s.nc"), "--no-progress"])
     assert "several elicitation variants" in out and "--export" in out
     assert load_dataset(path).elicitation.values.tolist() == ["two-shot", "combined", "character"]
+
+
+def test_the_python_api_takes_the_variants_as_a_list(toy, tmp_path):
+    import nnsight_persona
+
+    ds = nnsight_persona.vectors_extract(toy, traits=["pirate"], layers=[2], n_questions=1, n_tokens=6, progress=False,
+                                         elicitation=["two-shot", "character"], export=tmp_path / "p.safetensors")
+    assert ds.elicitation.values.tolist() == ["two-shot", "character"] and ds.attrs["elicitation"] == "two-shot, character"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p-character.safetensors", "p-two-shot.safetensors"]
