@@ -262,8 +262,12 @@ def trace_run(revisions, stack, write, traits=None, layers="all", steer_layer=No
                                 keep=keep,
                                 step=step, trait_definitions=tuple(t.to_dict() for t in chosen))
         target = claim(f"vectors-{label}.nc", "vectors-extract", espec.to_dict(), plan)
-        vec = _computed(target, lambda: ext.run(plan.load(), chosen, espec, progress=progress))
+        vec = _computed(target, lambda: ext.run(plan.load(), chosen, espec, progress=progress,
+                                                previous=target.previous if target is not None else None,
+                                                checkpoint=_checkpoint(target)))
         write(vec, target)
+        if not vec.attrs.get("completed"):
+            raise KeyboardInterrupt  # Ctrl-C stopped this extraction (its partial result is kept): it stops the trace
         sspec = st.SteerSpec(traits=espec.traits, layers=(at,), coefs=(coef,), scale=scale, seeds=seed_list,
                              token_set=token_set,
                              n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size,

@@ -158,3 +158,32 @@ def test_cli_keeps_an_interrupted_extraction_resumes_it_and_refuses_a_changed_ar
     assert result.exit_code == 0 and "resuming" not in result.output, result.output
     assert calls["n"] == full_calls
     assert_same(load_dataset(third), load_dataset(fresh))
+
+
+def test_trace_resumes_an_interrupted_checkpoint_extraction(tmp_path, toy_dir, monkeypatch):
+    import json
+    import shutil
+
+    folders = []
+    for step in (5, 20):
+        folder = tmp_path / f"ckpt-{step}"
+        shutil.copytree(toy_dir, folder)
+        (folder / "checkpoint.json").write_text(json.dumps({"step": step}))
+        folders += ["--revision", str(folder)]
+    args = ["vectors", "trace", *folders, "--traits", "pirate", "--layers", "2,4", "--steer-layer", "4", "--seeds", "0",
+            "--n-questions", "2", "--n-tokens", "8", "--batch-size", "3", "--no-progress"]
+    reference = tmp_path / "reference"
+    calls = _interrupt(monkeypatch, passes, "generate_with_edit", at=10**9)
+    assert CliRunner().invoke(main, [*args, "--out-dir", str(reference)]).exit_code == 0
+    full, calls["n"], calls["at"] = calls["n"], 0, 2
+    out = tmp_path / "trace"
+    result = CliRunner().invoke(main, [*args, "--out-dir", str(out)])
+    assert result.exit_code == 130 and "kept the finished part" in result.output, result.output
+    assert load_dataset(out / "vectors-step-5.nc").attrs["completed"] == 0
+    calls["n"], calls["at"] = 0, 10**9
+    result = CliRunner().invoke(main, [*args, "--out-dir", str(out)])
+    assert result.exit_code == 0 and "resuming the unfinished run" in result.output, result.output
+    assert calls["n"] == full - 1  # every generation but the kept batch (the steering generates too)
+    assert_same(load_dataset(out / "vectors-step-5.nc"), load_dataset(reference / "vectors-step-5.nc"))
+    np.testing.assert_array_equal(load_dataset(out / "trace.nc").cos_matrix.values,
+                                  load_dataset(reference / "trace.nc").cos_matrix.values)
