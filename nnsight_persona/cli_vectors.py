@@ -331,27 +331,31 @@ def _checkpoint_step(folder: Path, index: int) -> int:
               help="filter: the original's pair filter (a checkpoint that does not express the trait is "
                    "nonextractable); all: every pair, so the instruction's direction is traced at every checkpoint.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--transfer/--no-transfer", default=True, show_default=True,
+              help="Also steer the final checkpoint with each checkpoint's vector (and controls), scaled by the "
+                   "final/source residual-norm ratio at the steer layer.")
 @click.option("--progress/--no-progress", default=True)
 @OVERWRITE_OPTION
 @clean_errors
 def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
-                  threshold, keep, out_dir, progress, overwrite):
+                  threshold, keep, out_dir, transfer, progress, overwrite):
     """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
     own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
     checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
     per-question sign-flip and sign tests with Bonferroni within a trait."""
+    import numpy as np
     import xarray as xr
 
     from .experiments.vectors import extract as ext
     from .experiments.vectors import steer as st
     from .experiments.vectors import trace as tr
-    from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final
+    from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final, plot_trace_steering
     from .store import save_dataset
 
     chosen = _traits(traits)
     folders = sorted(((_checkpoint_step(f, i), f) for i, f in enumerate(revisions)), key=lambda x: x[0])
     seed_list = tuple(int(x) for x in _floats(seeds, "--seeds"))
-    vector_sets, steer_sets = [], []
+    vector_sets, steer_sets, steer_specs = [], [], []
     for step, folder in folders:
         label = f"step-{step}"
         plan = _plan(str(folder), None, "cpu", None)
@@ -373,27 +377,42 @@ def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, to
         write_result(steered, target)
         vector_sets.append(vec)
         steer_sets.append(steered)
+        steer_specs.append(sspec)
     combined = tr.concat_checkpoints(vector_sets)
     geometry = tr.geometry(combined)
     stats = tr.steering_stats(steer_sets, coef, at).assign_coords(checkpoint=geometry.checkpoint.values)
+    if transfer:  # each checkpoint's vector on the final checkpoint (`plan` is the final one's)
+        transferred = []
+        for (step, _), vec, sspec, steered in zip(folders, vector_sets, steer_specs, steer_sets):
+            tspec = tr.transfer_spec(sspec, vec, steered, vector_sets[-1], f"step-{folders[-1][0]}")
+            target = _claim(out_dir / f"steer-step-{step}-on-final.nc", "vectors-steer", tspec.to_dict(), plan, overwrite)
+            ds = target.existing if target.done else st.run(plan.load(), chosen, vec, tspec, progress=progress)
+            write_result(ds, target)
+            transferred.append(ds)
+        ratios = [[tr.transfer_ratio(v, vector_sets[-1], t.name, at) for t in chosen] for v in vector_sets]
+        stats = tr.with_transfer(stats, tr.steering_stats(transferred, coef, at).assign_coords(
+            checkpoint=geometry.checkpoint.values), np.array(ratios))
     result = xr.merge([geometry, stats])
     result["extract_outcome"] = combined.outcome.isel(model=0)
     result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale, keep=keep,
                         token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
+                        transfer=int(transfer),
                         spec=json.dumps({"revisions": [f.name for _, f in folders], "coef": coef, "scale": scale,
-                                         "steer_layer": at, "seeds": list(seed_list)}))
+                                         "steer_layer": at, "seeds": list(seed_list), "transfer": transfer}))
     path = save_dataset(result, out_dir / "trace.nc")
     click.echo(f"wrote {path}")
     _figure(lambda: plot_cos_to_final(geometry, token_set), (out_dir / "trace-cos_to_final").as_posix())
     _figure(lambda: plot_cos_matrix(geometry, at, token_set), (out_dir / "trace-cos_matrix").as_posix())
+    _figure(lambda: plot_trace_steering(result), (out_dir / "trace-steering").as_posix())
     for trait in result.trait.values.tolist():
         click.echo(f"{trait}: cos to final at L{at}: " + ", ".join(
             f"{int(s)} {float(c):.2f}" for s, c in zip(result.step.values, result.cos_to_final.sel(
                 trait=trait, layer=at, token_set=token_set).values)))
-        d = result.sel(trait=trait, kind="vector")
-        click.echo("  steering delta (p bonferroni): " + ", ".join(
-            f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
-                                                                         d.p_bonferroni.values)))
+        for tgt in (result.target.values.tolist() if "target" in result.dims else [None]):
+            d = result.sel(trait=trait, kind="vector", **({"target": tgt} if tgt else {}))
+            click.echo(f"  steering delta{' on ' + tgt if tgt else ''} (p bonferroni): " + ", ".join(
+                f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
+                                                                             d.p_bonferroni.values)))
 
 
 @vectors.command("vs-delta")
@@ -419,3 +438,68 @@ def vs_delta(vectors_path, capture_path, position, out):
         for s in ds.token_set.values.tolist():
             click.echo(f"{trait} {s}: " + " ".join(f"L{L} {float(c):.2f}" for L, c in
                                                    zip(ds.layer.values, ds.cosine.sel(trait=trait, token_set=s).values)))
+
+
+@vectors.command("vs-edit")
+@click.option("--vectors", "vectors_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A `vectors extract` .nc (or exported .safetensors) of the same model, with traits named like "
+                   "the grid's personas.")
+@click.option("--model", "model_spec", default="toy", show_default=True, help="'toy', 'smollm2', a hub id or a local model directory.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Model dtype [default: per family].")
+@DEVICE_OPTION
+@click.option("--grid", "grid_name", default="toy", show_default=True, help="A grid with markers (name or YAML file).")
+@click.option("--personas", default=None, help="Comma list [default: the grid's personas with markers that are traits of the vectors file].")
+@click.option("--layers", default=None, help=LAYER_HELP + " [default: round(0.55 x n_layers), the markers layer]")
+@click.option("--coefs", default="0,0.5,1,2,4,8", show_default=True,
+              help="Steering coefficients in units of |Delta_X| at the cell's p_last and layer (1: the one-site edit's size).")
+@click.option("--conditions", default="vector,delta_x", show_default=True,
+              help="Steered at every response step: vector (coef x |Delta_X| x v/|v|), delta_x (coef x Delta_X).")
+@click.option("--token-set", default="response_avg", show_default=True, help="Which persona vector steers.")
+@click.option("--capture", "capture_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A capture file holding p_last at the layers [default: capture the cells first].")
+@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--scorer", default="offline", show_default=True, help="'offline' or an OpenAI-compatible endpoint URL.")
+@click.option("--judge-model", default="judge", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output netCDF [default: runs/<model>/vectors-vs-edit.nc]; the figure is written beside it.")
+@progress_options
+@OVERWRITE_OPTION
+@clean_errors
+def vs_edit(vectors_path, model_spec, dtype, device, grid_name, personas, layers, coefs, conditions, token_set,
+            capture_path, n_tokens, batch_size, scorer, judge_model, out, progress, overwrite):
+    """Steering with the persona vector at every response step against the one-site Delta_X edit at
+    p_last (and Delta_X at every step), on the bare task prompts, with the persona prompt as ceiling:
+    persona-marker rate, trait score and coherence per condition, coefficient and layer."""
+    from .experiments.vectors import vs_edit as exp
+    from .grids import load_grid
+    from .store import load_dataset
+
+    vec = load_vectors(vectors_path)
+    grid = load_grid(grid_name)
+    named = [p.strip() for p in personas.split(",") if p.strip()] if personas else [
+        p for p in grid.personas if (grid.markers or {}).get(p) and p in vec.trait.values.tolist()]
+    plan = _plan(model_spec, dtype, device, None)
+    spec = exp.VsEditSpec(
+        grid=grid_name, personas=tuple(named),
+        layers=_layers(layers, plan.n_layers) if layers else (int(round(0.55 * plan.n_layers)),),
+        coefs=tuple(_floats(coefs, "--coefs")), conditions=tuple(c.strip() for c in conditions.split(",")),
+        token_set=token_set, n_tokens=n_tokens, batch_size=batch_size, scorer=scorer, judge_model=judge_model,
+        vectors_file=vectors_path.name)
+    exp.check_spec(spec, grid, plan.n_layers, vec)
+    chosen = _traits_of(vec, ",".join(named))
+    out = out or _default_out(model_spec, "vectors-vs-edit")
+    target = _claim(out, "vectors-vs-edit", spec.to_dict(), plan, overwrite)
+    cap = load_dataset(capture_path) if capture_path else None
+    ds = target.existing if target.done else exp.run(plan.load(), grid, chosen, vec, spec, capture_ds=cap,
+                                                     progress=progress)
+    write_result(ds, target)
+    d = ds.isel(model=0)
+    for layer in d.layer.values.tolist():
+        r = d.ref_marker_rate.sel(layer=layer)
+        click.echo(f"L{layer} marker rate: " + ", ".join(f"{k} {float(r.sel(reference=k)):.2f}" for k in d.reference.values))
+        for cond in d.condition.values.tolist():
+            click.echo(f"  steer {cond}: " + " ".join(
+                f"{float(c):g}:{float(x):.2f}" for c, x in zip(d.coef.values, d.marker_rate.sel(condition=cond, layer=layer).values)))
+    _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_vs_edit(ds),
+            out.with_suffix("").as_posix())

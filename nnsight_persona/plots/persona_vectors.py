@@ -77,3 +77,75 @@ def plot_cos_matrix(geometry: xr.Dataset, layer: int, token_set: str = "response
         ax.set_title(f"{trait}, layer {layer}", fontsize="medium")
         fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
+
+
+def plot_trace_steering(trace: xr.Dataset) -> Figure:
+    """The steering effect (mean trait change against the unsteered answers) per checkpoint, one
+    panel per trait: the vector on its own checkpoint (solid) and transferred to the final one
+    (dashed, when the trace has a `target` dim), each control seed as a thin grey line; filled
+    markers where the Bonferroni-corrected sign-flip p is below 0.05."""
+    from . import new_figure
+
+    traits = trace.trait.values.tolist()
+    targets = trace.target.values.tolist() if "target" in trace.dims else [None]
+    fig = new_figure(len(traits))
+    steps = trace.step.values
+    for i, trait in enumerate(traits):
+        ax = fig.add_subplot(1, len(traits), i + 1)
+        for j, target in enumerate(targets):
+            d = trace.sel(trait=trait, **({"target": target} if target else {}))
+            style = "-" if target in (None, "own") else "--"
+            for kind in d.kind.values.tolist():
+                if kind != "vector":
+                    ax.plot(steps, d.delta_trait.sel(kind=kind), style, color="grey", lw=0.6, alpha=0.6)
+            v = d.sel(kind="vector")
+            ax.plot(steps, v.delta_trait, style, color=f"C{j}", label=f"vector, {target or 'own'} checkpoint")
+            sig = np.asarray(v.p_bonferroni.values) < 0.05
+            ax.scatter(steps, v.delta_trait, s=18, edgecolors=f"C{j}", facecolors=[f"C{j}" if s else "none" for s in sig],
+                       zorder=3)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("training step of the vector")
+        ax.set_ylabel("trait score change")
+        ax.set_title(trait, fontsize="medium")
+        if i == 0:
+            ax.legend(fontsize="x-small")
+    fig.suptitle(f"steering at L{trace.attrs.get('steer_layer')}, coef {trace.attrs.get('coef')} "
+                 f"({trace.attrs.get('scale')}); grey: controls; filled: p (Bonferroni) < 0.05", fontsize="medium")
+    return fig
+
+
+def plot_vs_edit(ds: xr.Dataset) -> Figure:
+    """vs-edit: the persona-marker rate (fraction of the persona's cells whose answer has a marker)
+    against the coefficient (units of |Delta_X|), one panel per persona: steering at every response
+    step along the persona vector (solid) and along Delta_X (dashed), a colour per layer; the
+    one-site Delta_X edit (dash-dotted, the layer's colour), the persona prompt (grey, the ceiling)
+    and the bare prompt (grey dotted) as horizontal lines."""
+    from . import new_figure
+
+    ds = ds.isel(model=0)
+    personas = list(dict.fromkeys(ds.persona.values.tolist()))
+    fig = new_figure(len(personas))
+    styles = {"vector": "-", "delta_x": "--"}
+    for i, persona in enumerate(personas):
+        d = ds.sel(cell=ds.persona == persona)
+        ax = fig.add_subplot(1, len(personas), i + 1)
+        for j, layer in enumerate(d.layer.values.tolist()):
+            for cond in d.condition.values.tolist():
+                rate = d.any_marker.sel(condition=cond, layer=layer).mean("cell")
+                ax.plot(d.coef.values, rate, styles.get(cond, ":"), marker="o", ms=3, color=f"C{j}",
+                        label=f"L{layer} steer {cond}")
+            ax.axhline(float(d.ref_any_marker.sel(reference="one_site", layer=layer).mean()), color=f"C{j}", ls="-.",
+                       lw=1, label=f"L{layer} one-site Delta_X")
+        ref = d.ref_any_marker.isel(layer=0)
+        ax.axhline(float(ref.sel(reference="prompted").mean()), color="grey", lw=1, label="persona prompt")
+        ax.axhline(float(ref.sel(reference="bare").mean()), color="grey", ls=":", lw=1, label="bare prompt")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("coef (units of |Delta_X|)")
+        ax.set_ylabel("cells with a persona marker")
+        ax.set_title(persona, fontsize="medium")
+        if i == 0:
+            ax.legend(fontsize="x-small")
+    fig.suptitle(f"{ds.model.values.item()}: steering at every response step vs the one-site Delta_X edit",
+                 fontsize="medium")
+    return fig
