@@ -450,7 +450,7 @@ def vs_delta(vectors_path, capture_path, position, out):
 @click.option("--grid", "grid_name", default="toy", show_default=True, help="A grid with markers (name or YAML file).")
 @click.option("--personas", default=None, help="Comma list [default: the grid's personas with markers that are traits of the vectors file].")
 @click.option("--layers", default=None, help=LAYER_HELP + " [default: round(0.55 x n_layers), the markers layer]")
-@click.option("--coefs", default="0,0.5,1,2,4,8", show_default=True,
+@click.option("--coefs", default="0,0.05,0.1,0.2,0.5,1,2,4", show_default=True,
               help="Steering coefficients in units of |Delta_X| at the cell's p_last and layer (1: the one-site edit's size).")
 @click.option("--conditions", default="vector,delta_x", show_default=True,
               help="Steered at every response step: vector (coef x |Delta_X| x v/|v|), delta_x (coef x Delta_X).")

@@ -37,4 +37,4 @@ np vectors monitor --model smollm2 --vectors $S/vectors-extract.nc --layers 5,10
 np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
 # Toy, beyond the papers: steering along the persona vector at every response step against the one-site Delta_X edit.
 np vectors vs-edit --model toy --vectors $T/vectors-extract.nc --grid toy --personas pirate,robot,poet --layers 2,4,6 \
-  --coefs 0,0.5,1,2,4,8 --n-tokens 32 --capture $T/capture-toy.nc --out $T/vectors-vs-edit.nc --no-progress --overwrite
+  --coefs 0,0.05,0.1,0.2,0.5,1,2,4 --n-tokens 32 --capture $T/capture-toy.nc --out $T/vectors-vs-edit.nc --no-progress --overwrite

@@ -116,36 +116,44 @@ def plot_trace_steering(trace: xr.Dataset) -> Figure:
 
 
 def plot_vs_edit(ds: xr.Dataset) -> Figure:
-    """vs-edit: the persona-marker rate (fraction of the persona's cells whose answer has a marker)
-    against the coefficient (units of |Delta_X|), one panel per persona: steering at every response
-    step along the persona vector (solid) and along Delta_X (dashed), a colour per layer; the
-    one-site Delta_X edit (dash-dotted, the layer's colour), the persona prompt (grey, the ceiling)
-    and the bare prompt (grey dotted) as horizontal lines."""
+    """vs-edit, one column per persona: the persona-marker rate (top; fraction of the persona's
+    cells whose answer has a marker) and the mean coherence (bottom) against the coefficient
+    (units of |Delta_X|, symlog axis): steering at every response step along the persona vector
+    (solid) and along Delta_X (dashed), a colour per layer; the one-site Delta_X edit (dash-dotted,
+    the layer's colour), the persona prompt (grey, the ceiling) and the bare prompt (grey dotted)
+    as horizontal lines."""
     from . import new_figure
 
     ds = ds.isel(model=0)
     personas = list(dict.fromkeys(ds.persona.values.tolist()))
-    fig = new_figure(len(personas))
+    fig = new_figure(len(personas), height=6.4)
     styles = {"vector": "-", "delta_x": "--"}
+    coefs = np.asarray(ds.coef.values, dtype=float)
+    positive = coefs[coefs > 0]
     for i, persona in enumerate(personas):
         d = ds.sel(cell=ds.persona == persona)
-        ax = fig.add_subplot(1, len(personas), i + 1)
-        for j, layer in enumerate(d.layer.values.tolist()):
-            for cond in d.condition.values.tolist():
-                rate = d.any_marker.sel(condition=cond, layer=layer).mean("cell")
-                ax.plot(d.coef.values, rate, styles.get(cond, ":"), marker="o", ms=3, color=f"C{j}",
-                        label=f"L{layer} steer {cond}")
-            ax.axhline(float(d.ref_any_marker.sel(reference="one_site", layer=layer).mean()), color=f"C{j}", ls="-.",
-                       lw=1, label=f"L{layer} one-site Delta_X")
-        ref = d.ref_any_marker.isel(layer=0)
-        ax.axhline(float(ref.sel(reference="prompted").mean()), color="grey", lw=1, label="persona prompt")
-        ax.axhline(float(ref.sel(reference="bare").mean()), color="grey", ls=":", lw=1, label="bare prompt")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("coef (units of |Delta_X|)")
-        ax.set_ylabel("cells with a persona marker")
-        ax.set_title(persona, fontsize="medium")
-        if i == 0:
-            ax.legend(fontsize="x-small")
-    fig.suptitle(f"{ds.model.values.item()}: steering at every response step vs the one-site Delta_X edit",
-                 fontsize="medium")
+        for row, (var, label, top) in enumerate((("any_marker", "cells with a persona marker", 1.05),
+                                                 ("coherence", "coherence (0-100)", 103))):
+            ax = fig.add_subplot(2, len(personas), row * len(personas) + i + 1)
+            for j, layer in enumerate(d.layer.values.tolist()):
+                for cond in d.condition.values.tolist():
+                    ax.plot(coefs, d[var].sel(condition=cond, layer=layer).mean("cell"), styles.get(cond, ":"),
+                            marker="o", ms=3, color=f"C{j}", label=f"L{layer} steer {cond}")
+                ax.axhline(float(d["ref_" + var].sel(reference="one_site", layer=layer).mean()), color=f"C{j}",
+                           ls="-.", lw=1, label=f"L{layer} one-site Delta_X")
+            ref = d["ref_" + var].isel(layer=0)
+            ax.axhline(float(ref.sel(reference="prompted").mean()), color="grey", lw=1, label="persona prompt")
+            ax.axhline(float(ref.sel(reference="bare").mean()), color="grey", ls=":", lw=1, label="bare prompt")
+            if len(positive):
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_ylim(-0.05 * top, top)
+            ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(persona, fontsize="medium")
+            else:
+                ax.set_xlabel("coef (units of |Delta_X|)")
+            if i == 0 and row == 0:
+                ax.legend(fontsize="x-small")
+    fig.suptitle(f"{ds.model.values.item()}: steering at every response step vs the one-site Delta_X edit "
+                 "(bare task prompts)", fontsize="medium")
     return fig

@@ -47,7 +47,7 @@ class VsEditSpec:
     grid: str
     personas: tuple[str, ...]
     layers: tuple[int, ...]
-    coefs: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # in units of |Delta_X| at the cell and layer
+    coefs: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)  # in units of |Delta_X| at the cell and layer
     conditions: tuple[str, ...] = CONDITIONS
     token_set: str = "response_avg"
     n_tokens: int = 32
