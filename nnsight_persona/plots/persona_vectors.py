@@ -146,6 +146,8 @@ def plot_vs_edit(ds: xr.Dataset) -> Figure:
             ax.axhline(float(ref.sel(reference="bare").mean()), color="grey", ls=":", lw=1, label="bare prompt")
             if len(positive):
                 ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_xticks(coefs, [f"{c:g}" for c in coefs], fontsize="x-small")
+            ax.set_xlim(coefs.min(), coefs.max())
             ax.set_ylim(-0.05 * top, top)
             ax.set_ylabel(label)
             if row == 0:
