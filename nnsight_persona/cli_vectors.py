@@ -340,7 +340,8 @@ def _checkpoint_step(folder: Path, index: int) -> int:
 def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
                   threshold, keep, out_dir, transfer, progress, overwrite):
     """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
-    own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
+    own vector (and Gaussian / label-shuffled controls of equal norm) and, with --transfer, the final
+    checkpoint with each checkpoint's vector (times the final/source residual-norm ratio), then cosine to the final
     checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
     per-question sign-flip and sign tests with Bonferroni within a trait."""
     import numpy as np
