@@ -488,6 +488,7 @@ def vs_edit(vectors_path, model_spec, dtype, device, grid_name, personas, layers
         token_set=token_set, n_tokens=n_tokens, batch_size=batch_size, scorer=scorer, judge_model=judge_model,
         vectors_file=vectors_path.name)
     exp.check_spec(spec, grid, plan.n_layers, vec)
+    exp.check_model(vec, plan.model_id)
     chosen = _traits_of(vec, ",".join(named))
     out = out or _default_out(model_spec, "vectors-vs-edit")
     target = _claim(out, "vectors-vs-edit", spec.to_dict(), plan, overwrite)

@@ -193,3 +193,28 @@ def test_bad_inputs_are_one_line_errors(toy, grid, vectors):
     with pytest.raises(SelectionError, match="allowed"):
         vs_edit.check_spec(vs_edit.VsEditSpec(grid="toy", personas=("pirate",), layers=(LAYER,), conditions=("x",)),
                            grid, toy.n_layers, vectors)
+
+
+def test_cli_writes_the_dataset_and_figure_and_refuses_bad_inputs(tmp_path, vectors):
+    from click.testing import CliRunner
+
+    from nnsight_persona.cli import main
+    from nnsight_persona.store import load_dataset, save_dataset
+
+    path = save_dataset(vectors, tmp_path / "v.nc")
+    out = tmp_path / "e.nc"
+    args = ["vectors", "vs-edit", "--vectors", str(path), "--layers", "2,4", "--coefs", "0,1", "--n-tokens", "6",
+            "--batch-size", "8", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    assert ds.attrs["experiment"] == "vectors-vs-edit" and ds.persona.values.tolist() == ["pirate"] * 3
+    assert ds.layer.values.tolist() == [2, 4] and (tmp_path / "e.png").exists()
+    assert "one_site" in result.output
+    bad = CliRunner().invoke(main, [*args, "--personas", "knight", "--out", str(tmp_path / "x.nc")])
+    assert bad.exit_code == 1 and "no trait ['knight']" in bad.output and len(bad.output.strip().splitlines()) == 1
+    other = vectors.assign_attrs(model_id="smollm2")
+    other_path = save_dataset(other, tmp_path / "other.nc")
+    bad = CliRunner().invoke(main, ["vectors", "vs-edit", "--vectors", str(other_path), "--layers", "4",
+                                    "--out", str(tmp_path / "y.nc"), "--no-progress"])
+    assert bad.exit_code == 1 and "made with model 'smollm2'" in bad.output

@@ -105,9 +105,18 @@ def _edit_maker(kind: str, layer: int, values: list[np.ndarray]):
     return make_edit
 
 
+def check_model(vectors: xr.Dataset, model_id: str) -> None:
+    """A persona vector compared with this model's Delta_X must be this model's."""
+    made_with = vectors.attrs.get("model_id")
+    if made_with and made_with != model_id:
+        raise SelectionError(f"the vectors file was made with model {made_with!r}, not {model_id!r}; extract "
+                             f"vectors of {model_id!r} first")
+
+
 def run(loaded, grid: Grid, traits, vectors: xr.Dataset, spec: VsEditSpec, capture_ds: xr.Dataset | None = None,
         progress: bool = True, scorer=None) -> xr.Dataset:
     check_spec(spec, grid, loaded.n_layers, vectors)
+    check_model(vectors, loaded.model_id)
     scorer = scorer or make_scorer(spec.scorer, spec.judge_model)
     by_name = {t.name: t for t in traits}
     cells = [c for c in grid.cells if c.persona in spec.personas]
