@@ -231,11 +231,12 @@ def vectors_monitor(model=None, *, vectors, traits=None, layers=None, token_set=
 
 def vectors_trace(revisions, *, traits=None, layers="all", steer_layer=None, coef=1.0, scale="norm", seeds=(0, 1, 2),
                   token_set="response_avg", n_tokens=32, n_questions=0, batch_size=16, threshold=50.0, keep="filter",
-                  out_dir=None, overwrite=False, progress=True):
+                  out_dir=None, overwrite=False, progress=True, transfer=True):
     """Persona vectors across training checkpoints (`vectors trace`): `revisions` are local
     checkpoint folders (or models loaded from them), ordered by the training step of their
-    checkpoint.json or folder name. With `out_dir` the per-checkpoint files and trace.nc are
-    written there, as the command does."""
+    checkpoint.json or folder name. `transfer`: also steer the final checkpoint with each
+    checkpoint's vector (times the final/source residual-norm ratio). With `out_dir` the
+    per-checkpoint files and trace.nc are written there, as the command does."""
     from .assembly_vectors import trace_run
     from .store import save_dataset
 
@@ -245,10 +246,28 @@ def vectors_trace(revisions, *, traits=None, layers="all", steer_layer=None, coe
         made = trace_run(list(revisions), stack, _finish, traits=_joined(traits), layers=_joined(layers),
                          steer_layer=steer_layer, coef=coef, scale=scale, seeds=seeds, token_set=token_set,
                          n_tokens=n_tokens, n_questions=n_questions, batch_size=batch_size, threshold=threshold,
-                         keep=keep, out_dir=out_dir, progress=progress, overwrite=overwrite)
+                         keep=keep, out_dir=out_dir, progress=progress, overwrite=overwrite, transfer=transfer)
     if out_dir is not None:
         save_dataset(made.result, Path(out_dir) / "trace.nc")
     return made.result
+
+
+def vectors_vs_edit(model=None, *, vectors, grid="toy", personas=None, layers=None,
+                    coefs=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 4), conditions=("vector", "delta_x"), token_set="response_avg",
+                    capture=None, n_tokens=32, scorer="offline", judge_model="judge", dtype=None, device="auto",
+                    batch_size=16, out=None, overwrite=False, progress=True):
+    """Steering along the persona vector at every response step against the one-site Delta_X edit
+    at p_last (`vectors vs-edit`), on the grid's bare task prompts, with the persona prompt as the
+    ceiling. `coefs` are in units of |Delta_X| at the cell and layer; `layers` [default:
+    round(0.55 x n_layers)]; `capture`: a capture file or Dataset holding p_last at the layers."""
+    from .assembly_vectors import vs_edit_run
+
+    opts = _vectors_options(model, dtype, device, None, batch_size, n_tokens, 0, scorer, judge_model,
+                            progress, overwrite, out)
+    with ExitStack() as stack:
+        ds, target = vs_edit_run(opts, stack, vectors, grid=grid, personas=_joined(personas), layers=_joined(layers),
+                                 coefs=coefs, conditions=_joined(conditions), token_set=token_set, capture=capture)
+        return _finish(ds, target)
 
 
 def vectors_vs_delta(vectors, capture, *, position="p_last", out=None):
@@ -297,5 +316,6 @@ def subnetwork_eval(masks, *, model=None, persona_set=None, random_seeds=3, n_to
         return _finish(ds, target)
 
 
-VECTORS_AND_SUBNETWORKS = ("vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_delta",
+VECTORS_AND_SUBNETWORKS = ("vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_edit",
+                           "vectors_vs_delta",
                            "subnetwork_find", "subnetwork_eval")

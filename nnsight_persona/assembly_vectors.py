@@ -230,11 +230,14 @@ class Trace:
 def trace_run(revisions, stack, write, traits=None, layers="all", steer_layer=None, coef: float = 1.0,
               scale: str = "norm", seeds="0,1,2", token_set: str = "response_avg", n_tokens: int = 32,
               n_questions: int = 0, batch_size: int = 16, threshold: float = 50.0, keep: str = "filter",
-              out_dir=None, progress: bool = True, overwrite: bool = False) -> Trace:
+              out_dir=None, progress: bool = True, overwrite: bool = False, transfer: bool = True) -> Trace:
     """`vectors trace`: extract at each checkpoint (a local checkpoint folder, or a model loaded
-    from one), steer each with its own vector, then the geometry and steering statistics. With
+    from one), steer each with its own vector and, with `transfer`, the final checkpoint with each
+    checkpoint's vector (times the final/source residual-norm ratio at the steer layer, written as
+    steer-step-S-on-final.nc), then the geometry and steering statistics. With
     `out_dir` each checkpoint's vectors-step-S.nc and steer-step-S.nc are claimed there and passed
     to `write(dataset, target)`; without it nothing is written (trace.nc is the caller's)."""
+    import numpy as np
     import xarray as xr
 
     from .experiments.vectors import extract as ext
@@ -251,7 +254,7 @@ def trace_run(revisions, stack, write, traits=None, layers="all", steer_layer=No
             return None
         return _claim(VectorsOptions(overwrite=overwrite, out=Path(out_dir) / name), experiment, spec, plan, stack)
 
-    vector_sets, steer_sets = [], []
+    vector_sets, steer_sets, steer_specs = [], [], []
     for step, folder in folders:
         label = f"step-{step}"
         plan = _plan(folder, None, "cpu", None)
@@ -278,16 +281,62 @@ def trace_run(revisions, stack, write, traits=None, layers="all", steer_layer=No
         write(steered, target)
         vector_sets.append(vec)
         steer_sets.append(steered)
+        steer_specs.append(sspec)
     combined = tr.concat_checkpoints(vector_sets)
     geometry = tr.geometry(combined)
     stats = tr.steering_stats(steer_sets, coef, at).assign_coords(checkpoint=geometry.checkpoint.values)
+    if transfer:  # each checkpoint's vector on the final checkpoint (`plan` is the final one's)
+        transferred = []
+        for (step, _), vec, sspec, steered in zip(folders, vector_sets, steer_specs, steer_sets):
+            tspec = tr.transfer_spec(sspec, vec, steered, vector_sets[-1], f"step-{folders[-1][0]}")
+            target = claim(f"steer-step-{step}-on-final.nc", "vectors-steer", tspec.to_dict(), plan)
+            ds = _computed(target, lambda: st.run(plan.load(), chosen, vec, tspec, progress=progress))
+            write(ds, target)
+            transferred.append(ds)
+        ratios = [[tr.transfer_ratio(v, vector_sets[-1], t.name, at) for t in chosen] for v in vector_sets]
+        stats = tr.with_transfer(stats, tr.steering_stats(transferred, coef, at).assign_coords(
+            checkpoint=geometry.checkpoint.values), np.array(ratios))
     result = xr.merge([geometry, stats])
     result["extract_outcome"] = combined.outcome.isel(model=0)
     result.attrs.update(experiment="vectors-trace", completed=1, steer_layer=at, coef=coef, scale=scale, keep=keep,
                         token_set=token_set, layer_convention="L = hidden_states[L]; 0 = embeddings",
+                        transfer=int(transfer),
                         spec=json.dumps({"revisions": [Path(model_name(f)).name for _, f in folders], "coef": coef,
-                                         "scale": scale, "steer_layer": at, "seeds": list(seed_list)}))
+                                         "scale": scale, "steer_layer": at, "seeds": list(seed_list),
+                                         "transfer": transfer}))
     return Trace(result, geometry, at, vector_sets, steer_sets)
+
+
+def vs_edit_run(opts: VectorsOptions, stack, vectors, grid: str = "toy", personas=None, layers=None,
+                coefs="0,0.05,0.1,0.2,0.5,1,2,4", conditions="vector,delta_x", token_set: str = "response_avg",
+                capture=None):
+    """`vectors vs-edit`: (dataset, target). Steering with the persona vector at every response
+    step against the one-site Delta_X edit at p_last, on the grid's bare task prompts; `vectors` is
+    a vectors file or a vectors Dataset of the same model, `capture` a capture file or Dataset."""
+    from .experiments.vectors import vs_edit as exp
+    from .grids import load_grid
+    from .store import load_dataset
+
+    vec, vectors_file = _vectors(vectors, None, opts.model_spec)
+    the_grid = load_grid(grid)
+    named = ([p.strip() for p in personas.split(",") if p.strip()] if isinstance(personas, str) else list(personas)) \
+        if personas else [p for p in the_grid.personas if (the_grid.markers or {}).get(p) and p in vec.trait.values.tolist()]
+    plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
+    spec = exp.VsEditSpec(
+        grid=grid, personas=tuple(named),
+        layers=_layers(layers, plan.n_layers) if layers else (int(round(0.55 * plan.n_layers)),),
+        coefs=tuple(numbers(coefs, "--coefs")),
+        conditions=tuple(c.strip() for c in (conditions.split(",") if isinstance(conditions, str) else conditions)),
+        token_set=token_set, n_tokens=opts.n_tokens, batch_size=opts.batch_size, scorer=opts.scorer,
+        judge_model=opts.judge_model, vectors_file=vectors_file)
+    exp.check_spec(spec, the_grid, plan.n_layers, vec)
+    exp.check_model(vec, plan.model_id)
+    chosen = _traits_of(vec, ",".join(named))
+    target = _claim(opts, "vectors-vs-edit", spec.to_dict(), plan, stack)
+    cap = load_dataset(capture) if isinstance(capture, (str, Path)) else capture
+    ds = _computed(target, lambda: exp.run(plan.load(), the_grid, chosen, vec, spec, capture_ds=cap,
+                                           progress=opts.progress))
+    return ds, target
 
 
 def vs_delta_run(vectors, capture, position: str = "p_last"):

@@ -260,36 +260,42 @@ def import_pt(pt_path, trait, model_spec, out):
               help="filter: the original's pair filter (a checkpoint that does not express the trait is "
                    "nonextractable); all: every pair, so the instruction's direction is traced at every checkpoint.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--transfer/--no-transfer", default=True, show_default=True,
+              help="Also steer the final checkpoint with each checkpoint's vector (and controls), scaled by the "
+                   "final/source residual-norm ratio at the steer layer.")
 @click.option("--progress/--no-progress", default=True)
 @OVERWRITE_OPTION
 @clean_errors
 def trace_command(revisions, traits, layers, steer_layer, coef, scale, seeds, token_set, n_tokens, n_questions, batch_size,
-                  threshold, keep, out_dir, progress, overwrite):
+                  threshold, keep, out_dir, transfer, progress, overwrite):
     """Persona vectors across training checkpoints: extract at each, steer each checkpoint with its
-    own vector (and Gaussian / label-shuffled controls of equal norm), then cosine to the final
+    own vector (and Gaussian / label-shuffled controls of equal norm) and, with --transfer, the final
+    checkpoint with each checkpoint's vector (times the final/source residual-norm ratio), then cosine to the final
     checkpoint, between consecutive ones, the full matrix, norms relative to the residual, and
     per-question sign-flip and sign tests with Bonferroni within a trait."""
     from .assembly_vectors import trace_run
-    from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final
+    from .plots.persona_vectors import plot_cos_matrix, plot_cos_to_final, plot_trace_steering
     from .store import save_dataset
 
     made = trace_run(revisions, _stack(), write_result, traits=traits, layers=layers, steer_layer=steer_layer,
                      coef=coef, scale=scale, seeds=_floats(seeds, "--seeds"), token_set=token_set, n_tokens=n_tokens,
                      n_questions=n_questions, batch_size=batch_size, threshold=threshold, keep=keep, out_dir=out_dir,
-                     progress=progress, overwrite=overwrite)
+                     progress=progress, overwrite=overwrite, transfer=transfer)
     result, geometry, at = made.result, made.geometry, made.steer_layer
     path = save_dataset(result, out_dir / "trace.nc")
     click.echo(f"wrote {path}")
     _figure(lambda: plot_cos_to_final(geometry, token_set), (out_dir / "trace-cos_to_final").as_posix())
     _figure(lambda: plot_cos_matrix(geometry, at, token_set), (out_dir / "trace-cos_matrix").as_posix())
+    _figure(lambda: plot_trace_steering(result), (out_dir / "trace-steering").as_posix())
     for trait in result.trait.values.tolist():
         click.echo(f"{trait}: cos to final at L{at}: " + ", ".join(
             f"{int(s)} {float(c):.2f}" for s, c in zip(result.step.values, result.cos_to_final.sel(
                 trait=trait, layer=at, token_set=token_set).values)))
-        d = result.sel(trait=trait, kind="vector")
-        click.echo("  steering delta (p bonferroni): " + ", ".join(
-            f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
-                                                                         d.p_bonferroni.values)))
+        for tgt in (result.target.values.tolist() if "target" in result.dims else [None]):
+            d = result.sel(trait=trait, kind="vector", **({"target": tgt} if tgt else {}))
+            click.echo(f"  steering delta{' on ' + tgt if tgt else ''} (p bonferroni): " + ", ".join(
+                f"{int(s)} {float(x):+.1f} ({float(p):.3f})" for s, x, p in zip(result.step.values, d.delta_trait.values,
+                                                                             d.p_bonferroni.values)))
 
 
 @vectors.command("vs-delta")
@@ -312,3 +318,54 @@ def vs_delta(vectors_path, capture_path, position, out):
         for s in ds.token_set.values.tolist():
             click.echo(f"{trait} {s}: " + " ".join(f"L{L} {float(c):.2f}" for L, c in
                                                    zip(ds.layer.values, ds.cosine.sel(trait=trait, token_set=s).values)))
+
+
+@vectors.command("vs-edit")
+@click.option("--vectors", "vectors_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A `vectors extract` .nc (or exported .safetensors) of the same model, with traits named like "
+                   "the grid's personas.")
+@click.option("--model", "model_spec", default="toy", show_default=True, help="'toy', 'smollm2', a hub id or a local model directory.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Model dtype [default: per family].")
+@DEVICE_OPTION
+@click.option("--grid", "grid_name", default="toy", show_default=True, help="A grid with markers (name or YAML file).")
+@click.option("--personas", default=None, help="Comma list [default: the grid's personas with markers that are traits of the vectors file].")
+@click.option("--layers", default=None, help=LAYER_HELP + " [default: round(0.55 x n_layers), the markers layer]")
+@click.option("--coefs", default="0,0.05,0.1,0.2,0.5,1,2,4", show_default=True,
+              help="Steering coefficients in units of |Delta_X| at the cell's p_last and layer (1: the one-site edit's size).")
+@click.option("--conditions", default="vector,delta_x", show_default=True,
+              help="Steered at every response step: vector (coef x |Delta_X| x v/|v|), delta_x (coef x Delta_X).")
+@click.option("--token-set", default="response_avg", show_default=True, help="Which persona vector steers.")
+@click.option("--capture", "capture_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A capture file holding p_last at the layers [default: capture the cells first].")
+@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--scorer", default="offline", show_default=True, help="'offline' or an OpenAI-compatible endpoint URL.")
+@click.option("--judge-model", default="judge", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output netCDF [default: runs/<model>/vectors-vs-edit.nc]; the figure is written beside it.")
+@progress_options
+@OVERWRITE_OPTION
+@clean_errors
+def vs_edit(vectors_path, model_spec, dtype, device, grid_name, personas, layers, coefs, conditions, token_set,
+            capture_path, n_tokens, batch_size, scorer, judge_model, out, progress, overwrite):
+    """Steering with the persona vector at every response step against the one-site Delta_X edit at
+    p_last (and Delta_X at every step), on the bare task prompts, with the persona prompt as ceiling:
+    persona-marker rate, trait score and coherence per condition, coefficient and layer."""
+    from .assembly_vectors import vs_edit_run
+
+    opts = _options(model_spec, dtype, device, None, batch_size, n_tokens, 0, scorer, judge_model, progress,
+                    overwrite, out)
+    ds, target = vs_edit_run(opts, _stack(), vectors_path, grid=grid_name, personas=personas, layers=layers,
+                             coefs=_floats(coefs, "--coefs"), conditions=conditions, token_set=token_set,
+                             capture=capture_path)
+    out = target.path
+    write_result(ds, target)
+    d = ds.isel(model=0)
+    for layer in d.layer.values.tolist():
+        r = d.ref_marker_rate.sel(layer=layer)
+        click.echo(f"L{layer} marker rate: " + ", ".join(f"{k} {float(r.sel(reference=k)):.2f}" for k in d.reference.values))
+        for cond in d.condition.values.tolist():
+            click.echo(f"  steer {cond}: " + " ".join(
+                f"{float(c):g}:{float(x):.2f}" for c, x in zip(d.coef.values, d.marker_rate.sel(condition=cond, layer=layer).values)))
+    _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_vs_edit(ds),
+            out.with_suffix("").as_posix())

@@ -54,6 +54,11 @@ def random_direction(seed: int, layer: int, position: str, cell: str, hidden: in
     return direction / np.linalg.norm(direction)
 
 
+def delta_x(h: np.ndarray) -> np.ndarray:
+    """Delta_X = h_XB - h_BB from h [..., 4, hidden] (BB, XB, BY, XY): what the persona adds."""
+    return h[..., ORDER.index("XB"), :] - h[..., ORDER.index("BB"), :]
+
+
 def vector(h: np.ndarray, name: str, direction: np.ndarray | None = None) -> np.ndarray:
     """The vector `name` from h [..., 4, hidden] (BB, XB, BY, XY)."""
     bb, xb, by, xy = h[..., 0, :], h[..., 1, :], h[..., 2, :], h[..., 3, :]

@@ -25,6 +25,7 @@ np vectors trace --traits pirate,robot --layers all --steer-layer 4 --coef 1.0 -
 cp runs/toy-trace/results/trace.nc $T/vectors-trace.nc
 cp runs/toy-trace/results/trace-cos_to_final.png $T/vectors-trace-cos_to_final.png
 cp runs/toy-trace/results/trace-cos_matrix.png $T/vectors-trace-cos_matrix.png
+cp runs/toy-trace/results/trace-steering.png $T/vectors-trace-steering.png
 
 # SmolLM2-135M-Instruct: the original's traits, system-prompt elicitation.
 np vectors extract --model smollm2 --traits evil,sycophantic,humorous,impolite --n-questions 4 --n-tokens 40 \
@@ -34,3 +35,6 @@ np vectors steer --model smollm2 --vectors $S/vectors-extract.nc --layers 15 --c
 np vectors monitor --model smollm2 --vectors $S/vectors-extract.nc --layers 5,10,15,20,25 --n-tokens 40 --batch-size 20 \
   --out $S/vectors-monitor.nc --no-progress --overwrite
 np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
+# Toy, beyond the papers: steering along the persona vector at every response step against the one-site Delta_X edit.
+np vectors vs-edit --model toy --vectors $T/vectors-extract.nc --grid toy --personas pirate,robot,poet --layers 2,4,6 \
+  --coefs 0,0.05,0.1,0.2,0.5,1,2,4 --n-tokens 32 --capture $T/capture-toy.nc --out $T/vectors-vs-edit.nc --no-progress --overwrite

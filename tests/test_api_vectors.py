@@ -132,6 +132,18 @@ def test_vs_delta_is_the_commands_dataset(extracted, tmp_path):
     assert ds.trait.values.tolist() == ["pirate"] and np.isfinite(ds.cosine.values).all()
 
 
+def test_vs_edit_on_a_loaded_model_is_the_commands_dataset(extracted, toy, no_second_load, tmp_path):
+    out = tmp_path / "ve.nc"
+    _ok(["vectors", "vs-edit", "--vectors", str(extracted), "--personas", "pirate", "--layers", "4",
+         "--coefs", "0,1.5", "--conditions", "delta_x", "--n-tokens", "4", "--out", str(out), "--no-progress"])
+    assert (tmp_path / "ve.png").exists()
+    no_second_load()
+    ds = nnsight_persona.vectors_vs_edit(toy, vectors=extracted, personas=["pirate"], layers=[4], coefs=[0, 1.5],
+                                         conditions=["delta_x"], n_tokens=4, progress=False)
+    same_result(ds, load_dataset(out))
+    assert ds.coef.values.tolist() == [0, 1.5] and ds.condition.values.tolist() == ["delta_x"]
+
+
 def test_trace_is_the_commands_dataset(toy_dir, tmp_path, no_second_load):
     folders = []
     for step in (3, 9):

@@ -61,9 +61,12 @@ def trace_table(path: str, token_set: str = "") -> str:
     token_set = token_set or ds.attrs.get("token_set", "response_avg")
     at = int(ds.attrs["steer_layer"])
     rows = []
+    transfer = "target" in ds.dims  # a trace with transfer: own steering here, the transfer as extra columns
     for trait in ds.trait.values.tolist():
         for i, step in enumerate(ds.step.values.tolist()):
             g = ds.isel(checkpoint=i).sel(trait=trait)
+            t = g.sel(target="final") if transfer else None
+            g = g.sel(target="own") if transfer else g
             ctrl = [k for k in g.kind.values.tolist() if k != "vector"]
             rows.append([trait, str(int(step)), float(g.cos_to_final.sel(token_set=token_set, layer=at)),
                          float(g.cos_consecutive.sel(token_set=token_set, layer=at)),
@@ -71,8 +74,15 @@ def trace_table(path: str, token_set: str = "") -> str:
                          float(g.delta_trait.sel(kind="vector")), float(g.delta_coherence.sel(kind="vector")),
                          float(g.p_bonferroni.sel(kind="vector")),
                          float(np.nanmean(g.delta_trait.sel(kind=ctrl).values)) if ctrl else float("nan")])
+            if transfer:
+                rows[-1] += [float(t.transfer_ratio), float(t.delta_trait.sel(kind="vector")),
+                             float(t.delta_coherence.sel(kind="vector")), float(t.p_bonferroni.sel(kind="vector")),
+                             float(np.nanmean(t.delta_trait.sel(kind=ctrl).values)) if ctrl else float("nan")]
+    extra = ["norm ratio final / here", "on final: trait change", "on final: coherence change",
+             "on final: p (Bonferroni)", "on final: controls"] if transfer else []
     return markdown(["trait", "step", f"cos to final (L{at})", "cos to previous", "\\|v\\| / residual",
-                     "trait change", "coherence change", "p (sign-flip, Bonferroni)", "mean change, controls"], rows)
+                     "trait change", "coherence change", "p (sign-flip, Bonferroni)", "mean change, controls", *extra],
+                    rows)
 
 
 def _delta(*args):

@@ -102,3 +102,85 @@ def plot_elicitation_cos(ds: xr.Dataset, token_set: str = "response_avg") -> Fig
         if i == 0:
             ax.legend(fontsize="x-small")
     return fig
+
+
+def plot_trace_steering(trace: xr.Dataset) -> Figure:
+    """The steering effect (mean trait change against the unsteered answers) per checkpoint, one
+    panel per trait: the vector on its own checkpoint (solid) and transferred to the final one
+    (dashed, when the trace has a `target` dim), each control seed as a thin grey line; filled
+    markers where the Bonferroni-corrected sign-flip p is below 0.05."""
+    from . import new_figure
+
+    traits = trace.trait.values.tolist()
+    targets = trace.target.values.tolist() if "target" in trace.dims else [None]
+    fig = new_figure(len(traits))
+    steps = trace.step.values
+    for i, trait in enumerate(traits):
+        ax = fig.add_subplot(1, len(traits), i + 1)
+        for j, target in enumerate(targets):
+            d = trace.sel(trait=trait, **({"target": target} if target else {}))
+            style = "-" if target in (None, "own") else "--"
+            for kind in d.kind.values.tolist():
+                if kind != "vector":
+                    ax.plot(steps, d.delta_trait.sel(kind=kind), style, color="grey", lw=0.6, alpha=0.6)
+            v = d.sel(kind="vector")
+            ax.plot(steps, v.delta_trait, style, color=f"C{j}", label=f"vector, {target or 'own'} checkpoint")
+            sig = np.asarray(v.p_bonferroni.values) < 0.05
+            ax.scatter(steps, v.delta_trait, s=18, edgecolors=f"C{j}", facecolors=[f"C{j}" if s else "none" for s in sig],
+                       zorder=3)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("training step of the vector")
+        ax.set_ylabel("trait score change")
+        ax.set_title(trait, fontsize="medium")
+        if i == 0:
+            ax.legend(fontsize="x-small")
+    fig.suptitle(f"steering at L{trace.attrs.get('steer_layer')}, coef {trace.attrs.get('coef')} "
+                 f"({trace.attrs.get('scale')}); grey: controls; filled: p (Bonferroni) < 0.05", fontsize="medium")
+    return fig
+
+
+def plot_vs_edit(ds: xr.Dataset) -> Figure:
+    """vs-edit, one column per persona: the persona-marker rate (top; fraction of the persona's
+    cells whose answer has a marker) and the mean coherence (bottom) against the coefficient
+    (units of |Delta_X|, symlog axis): steering at every response step along the persona vector
+    (solid) and along Delta_X (dashed), a colour per layer; the one-site Delta_X edit (dash-dotted,
+    the layer's colour), the persona prompt (grey, the ceiling) and the bare prompt (grey dotted)
+    as horizontal lines."""
+    from . import new_figure
+
+    ds = ds.isel(model=0)
+    personas = list(dict.fromkeys(ds.persona.values.tolist()))
+    fig = new_figure(len(personas), height=6.4)
+    styles = {"vector": "-", "delta_x": "--"}
+    coefs = np.asarray(ds.coef.values, dtype=float)
+    positive = coefs[coefs > 0]
+    for i, persona in enumerate(personas):
+        d = ds.sel(cell=ds.persona == persona)
+        for row, (var, label, top) in enumerate((("any_marker", "cells with a persona marker", 1.05),
+                                                 ("coherence", "coherence (0-100)", 103))):
+            ax = fig.add_subplot(2, len(personas), row * len(personas) + i + 1)
+            for j, layer in enumerate(d.layer.values.tolist()):
+                for cond in d.condition.values.tolist():
+                    ax.plot(coefs, d[var].sel(condition=cond, layer=layer).mean("cell"), styles.get(cond, ":"),
+                            marker="o", ms=3, color=f"C{j}", label=f"L{layer} steer {cond}")
+                ax.axhline(float(d["ref_" + var].sel(reference="one_site", layer=layer).mean()), color=f"C{j}",
+                           ls="-.", lw=1, label=f"L{layer} one-site Delta_X")
+            ref = d["ref_" + var].isel(layer=0)
+            ax.axhline(float(ref.sel(reference="prompted").mean()), color="grey", lw=1, label="persona prompt")
+            ax.axhline(float(ref.sel(reference="bare").mean()), color="grey", ls=":", lw=1, label="bare prompt")
+            if len(positive):
+                ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_xticks(coefs, [f"{c:g}" for c in coefs], fontsize="x-small")
+            ax.set_xlim(coefs.min(), coefs.max())
+            ax.set_ylim(-0.05 * top, top)
+            ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(persona, fontsize="medium")
+            else:
+                ax.set_xlabel("coef (units of |Delta_X|)")
+            if i == 0 and row == 0:
+                ax.legend(fontsize="x-small")
+    fig.suptitle(f"{ds.model.values.item()}: steering at every response step vs the one-site Delta_X edit "
+                 "(bare task prompts)", fontsize="medium")
+    return fig

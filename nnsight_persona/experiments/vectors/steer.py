@@ -56,6 +56,9 @@ class SteerSpec:
     batch_size: int = 16
     vectors_file: str = ""
     vectors_source: tuple = ()  # provenance of the vectors (model, revision, checkpoint)
+    # ((trait, layer, factor), ...): fixed multipliers of v replacing --scale, for a vector moved
+    # from another checkpoint (trace: its own factor there x target / source residual norm).
+    transfer: tuple = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +170,8 @@ def run(loaded, traits, vectors: xr.Dataset, spec: SteerSpec, progress: bool = T
             controls = control_vectors(vectors, t.name, layer, spec.token_set, spec.seeds)
             source = float(vectors.resid_norm.sel(trait=t.name, layer=layer).isel(model=0, checkpoint=0))
             factor = scale_factor(spec.scale, controls["vector"], target_norm[layer], source)
+            if spec.transfer:
+                factor = fixed_factor(spec.transfer, t.name, layer)
             for kind in kind_labels(spec.kinds, spec.seeds):
                 for coef in spec.coefs:
                     for qi, q in enumerate(t.eval_questions[:nq]):
@@ -203,6 +208,15 @@ def scale_factor(scale: str, v: np.ndarray, target_norm: float, source_norm: flo
     if scale == "norm":
         return target_norm / norm
     return target_norm / source_norm
+
+
+def fixed_factor(transfer, trait: str, layer: int) -> float:
+    """The multiplier a transferred vector of `trait` at `layer` steers with (SteerSpec.transfer)."""
+    for name, at, factor in transfer:
+        if name == trait and int(at) == layer:
+            return float(factor)
+    raise SelectionError(f"the transfer factors name no ({trait!r}, layer {layer}); they hold "
+                         f"{[(n, int(a)) for n, a, _ in transfer]}")
 
 
 def _generate_by_layer(loaded, prompts, spec, make_edit, order, rows, progress):

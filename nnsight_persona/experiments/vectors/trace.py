@@ -9,12 +9,19 @@ checkpoint, this module computes what the pretraining paper reports:
 - per checkpoint: the steering effect (mean trait-score change against the unsteered answer, per
   question), the coherence change beside it, and its statistics against zero: the paired exact
   sign-flip test (two-sided and one-sided, trait up), the sign test, and Bonferroni over the
-  checkpoints of a trait; the same for each control (Gaussian and label-shuffled, seeds 0-2).
+  checkpoints of a trait; the same for each control (Gaussian and label-shuffled, seeds 0-2);
+- the same statistics for each checkpoint's vector transferred to the final checkpoint
+  (``target`` = ``final``, beside ``own``): what the vector (and each control) added at its own
+  checkpoint, times R_final / R_source, R the mean residual norm of the trait's extraction answers
+  at the steer layer in each checkpoint (the pretraining paper's rescaling by the ratio of
+  activation norms: residual norms change about 20x across training). At the final checkpoint
+  the ratio is 1, so its transferred steering is its own.
 All pure functions of datasets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -116,4 +123,43 @@ def steering_stats(steers: list[xr.Dataset], coef: float, layer: int) -> xr.Data
     dims = ("checkpoint", "trait", "kind")
     ds = xr.Dataset({k: (dims, v) for k, v in out.items()}, coords={"trait": traits, "kind": kinds})
     ds["p_bonferroni"].attrs.update(long_name="two-sided sign-flip p x number of checkpoints (within a trait)")
+    return ds
+
+
+TARGETS = ("own", "final")
+
+
+def transfer_ratio(vectors_source: xr.Dataset, vectors_final: xr.Dataset, trait: str, layer: int) -> float:
+    """R_final / R_source: the mean residual norms at `layer` over the trait's extraction answers."""
+    norm = lambda v: float(v.resid_norm.sel(trait=trait, layer=layer).isel(model=0, checkpoint=0))
+    return norm(vectors_final) / norm(vectors_source)
+
+
+def transfer_spec(own_spec, vectors_source: xr.Dataset, steer_source: xr.Dataset, vectors_final: xr.Dataset,
+                  final_label: str):
+    """The SteerSpec steering the final checkpoint with a source checkpoint's vector: per trait and
+    layer, the factor the source steered itself with (its --scale) times transfer_ratio."""
+    from .steer import control_vectors, scale_factor
+
+    factors = []
+    for trait in own_spec.traits:
+        for layer in own_spec.layers:
+            v = control_vectors(vectors_source, trait, layer, own_spec.token_set, ())["vector"]
+            source = float(vectors_source.resid_norm.sel(trait=trait, layer=layer).isel(model=0, checkpoint=0))
+            target = float(steer_source.target_resid_norm.isel(model=0).sel(layer=layer))
+            own = scale_factor(own_spec.scale, v, target, source)
+            factors.append((trait, int(layer), own * transfer_ratio(vectors_source, vectors_final, trait, layer)))
+    return dataclasses.replace(own_spec, transfer=tuple(factors),
+                               vectors_source=tuple(own_spec.vectors_source) + (f"steering {final_label}",))
+
+
+def with_transfer(own: xr.Dataset, transferred: xr.Dataset, ratios: np.ndarray) -> xr.Dataset:
+    """The own and transferred steering statistics along a `target` dim (own, final), and the
+    norm ratio [checkpoint, trait] the transfer scaled by."""
+    ds = xr.concat([own, transferred], dim=xr.DataArray(list(TARGETS), dims="target", name="target"))
+    ds["transfer_ratio"] = (("checkpoint", "trait"), ratios)
+    ds["transfer_ratio"].attrs.update(long_name="R_final / R_checkpoint: mean residual norm of the extraction "
+                                                "answers at the steer layer")
+    ds["target"].attrs.update(long_name="own: the vector steers its own checkpoint; final: it steers the final "
+                                        "checkpoint, scaled by transfer_ratio")
     return ds
