@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The persona-vector results committed in artifacts/toy and artifacts/smollm2 (docs/persona-vectors.md).
-# Run from the repository root; each command is a few CPU minutes at most. --overwrite replaces the
-# committed files. The toy trace needs intermediate checkpoints, trained into runs/ (not committed).
+# Run from the repository root: `bash scripts/vectors_artifacts.sh [toy|smollm2|all]` (default all);
+# each command is a few CPU minutes at most. --overwrite replaces the committed files. The toy trace
+# needs intermediate checkpoints, trained into runs/ (not committed).
 set -euo pipefail
+PART=${1:-all}
 T=artifacts/toy
 S=artifacts/smollm2
 np() { python -m nnsight_persona.cli "$@"; }
 
-# Toy: its own personas, elicited in the user turn ("As a pirate, ...": the toy has no system turn).
+if [ "$PART" = toy ] || [ "$PART" = all ]; then
+# Toy: its own personas, elicited in a system turn (the toy's corpus has that kind).
 np vectors extract --model toy --traits pirate,robot,poet --n-tokens 32 --out $T/vectors-extract.nc --no-progress --overwrite
+# The elicitation variants compared (an `elicitation` dim and the cosine between variants).
+np vectors extract --model toy --traits pirate,robot,poet --elicitation instruction,character,two-shot,combined \
+  --n-tokens 32 --out $T/vectors-elicitation.nc --no-progress --overwrite
 np vectors steer --model toy --vectors $T/vectors-extract.nc --layers 2,4,6 --coefs 0,1,2,4,8 --n-tokens 32 \
   --out $T/vectors-steer.nc --no-progress --overwrite
 np vectors steer --model toy --vectors $T/vectors-extract.nc --token-set prompt_last --layers 2,4,6 --coefs 0,1,2,4,8 \
@@ -26,6 +32,21 @@ cp runs/toy-trace/results/trace.nc $T/vectors-trace.nc
 cp runs/toy-trace/results/trace-cos_to_final.png $T/vectors-trace-cos_to_final.png
 cp runs/toy-trace/results/trace-cos_matrix.png $T/vectors-trace-cos_matrix.png
 cp runs/toy-trace/results/trace-steering.png $T/vectors-trace-steering.png
+# The same with every pair kept, so the instruction's direction is traced at every checkpoint.
+np vectors trace --traits pirate,robot --layers all --steer-layer 4 --coef 1.0 --scale norm --n-tokens 24 --keep all \
+  $(for d in runs/toy-trace/final/checkpoints/step-*; do echo --revision "$d"; done) \
+  --out-dir runs/toy-trace/results-all --no-progress --overwrite
+cp runs/toy-trace/results-all/trace.nc $T/vectors-trace-all.nc
+cp runs/toy-trace/results-all/trace-cos_to_final.png $T/vectors-trace-all-cos_to_final.png
+cp runs/toy-trace/results-all/trace-cos_matrix.png $T/vectors-trace-all-cos_matrix.png
+cp runs/toy-trace/results-all/trace-steering.png $T/vectors-trace-all-steering.png
+np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
+# Toy, beyond the papers: steering along the persona vector at every response step against the one-site Delta_X edit.
+np vectors vs-edit --model toy --vectors $T/vectors-extract.nc --grid toy --personas pirate,robot,poet --layers 2,4,6 \
+  --coefs 0,0.05,0.1,0.2,0.5,1,2,4 --n-tokens 32 --capture $T/capture-toy.nc --out $T/vectors-vs-edit.nc --no-progress --overwrite
+fi
+
+if [ "$PART" = smollm2 ] || [ "$PART" = all ]; then
 
 # SmolLM2-135M-Instruct: the original's traits, system-prompt elicitation.
 np vectors extract --model smollm2 --traits evil,sycophantic,humorous,impolite --n-questions 4 --n-tokens 40 \
@@ -34,7 +55,7 @@ np vectors steer --model smollm2 --vectors $S/vectors-extract.nc --layers 15 --c
   --n-tokens 40 --batch-size 20 --out $S/vectors-steer.nc --no-progress --overwrite
 np vectors monitor --model smollm2 --vectors $S/vectors-extract.nc --layers 5,10,15,20,25 --n-tokens 40 --batch-size 20 \
   --out $S/vectors-monitor.nc --no-progress --overwrite
-np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
-# Toy, beyond the papers: steering along the persona vector at every response step against the one-site Delta_X edit.
-np vectors vs-edit --model toy --vectors $T/vectors-extract.nc --grid toy --personas pirate,robot,poet --layers 2,4,6 \
-  --coefs 0,0.05,0.1,0.2,0.5,1,2,4 --n-tokens 32 --capture $T/capture-toy.nc --out $T/vectors-vs-edit.nc --no-progress --overwrite
+# The elicitation variants on two traits, every pair kept (few pairs pass the filter on SmolLM2).
+np vectors extract --model smollm2 --traits evil,humorous --elicitation instruction,character,two-shot,combined \
+  --keep all --n-questions 4 --n-tokens 40 --batch-size 20 --out $S/vectors-elicitation.nc --no-progress --overwrite
+fi

@@ -39,7 +39,7 @@ def hand_messages(data, variant, side, pair, question):
     if system_turn:
         system = ""
         if variant == "combined":
-            system = f"You are {data['assistant'][k]} assistant. {instruction} {character}"
+            system = " ".join(t for t in (f"You are {data['assistant'][k]} assistant.", instruction, character) if t)
         elif variant == "character":
             system = character
         head = [{"role": "system", "content": system}] if system else []
@@ -176,7 +176,9 @@ def test_one_variant_keeps_todays_layout_and_the_variant_is_recorded(toy, varian
     default = extract.run(toy, [trait], extract.ExtractSpec(traits=("pirate",), layers=(2,), n_tokens=8, n_questions=1),
                           progress=False)
     assert default.attrs["elicitation"] == "instruction"
-    assert default.user.values.tolist()[0] == "As a pirate, " + trait.extract_questions[0]
+    # today's layout: the instruction in a system turn, the question alone as the user turn
+    assert default.user.values.tolist()[0] == trait.extract_questions[0]
+    assert default.system.values.tolist()[0] == "You are a pirate assistant."
     back = io.import_safetensors(io.export_safetensors(one, tmp_path / "c.safetensors"))
     assert back.attrs["elicitation"] == "character"
     paths = io.export_variants(variants_run, tmp_path / "v.safetensors")

@@ -28,16 +28,23 @@ def _write(tmp_path, data, name="trait.yaml"):
     return path
 
 
-def test_every_bundled_trait_loads_and_the_toy_traits_use_the_user_turn():
+def test_every_bundled_trait_loads_and_the_toy_traits_use_the_toys_system_turn():
+    from nnsight_persona.toy import content as C
+
     names = list_traits()
     assert {"evil", "sycophantic", "humorous", "impolite", "pirate", "robot", "poet"} <= set(names)
     for name in names:
         trait = load_trait(name)
         assert trait.pairs and trait.extract_questions and trait.eval_questions
-    pirate = load_trait("pirate").messages("pos", 0, "describe the weather today.")
-    assert pirate == [{"role": "user", "content": "As a pirate, describe the weather today."}]
-    bare = load_trait("pirate").messages("neg", 1, "describe the weather today.")
-    assert bare == [{"role": "user", "content": "describe the weather today."}]
+    # The toy traits' system turns are forms the toy's corpus trained on, for the persona and for
+    # its baseline persona; the question is the user turn alone.
+    for name in ("pirate", "robot", "poet"):
+        trait = load_trait(name)
+        for side, persona in (("pos", C.SHORT_PERSONAS[name]), ("neg", C.BASELINE_PERSONA)):
+            for pair in range(len(trait.pairs)):
+                system, user = trait.messages(side, pair, "describe the weather today.")
+                assert system["role"] == "system" and user == {"role": "user", "content": "describe the weather today."}
+                assert system["content"] in [t.format(persona=persona) for t in C.SYSTEM_TEMPLATES], system
     evil = load_trait("evil").messages("neg", 0, "hi?")
     assert evil[0]["role"] == "system" and evil[0]["content"].startswith("You are a helpful assistant.")
 
@@ -63,7 +70,8 @@ BAD = [
     ("no extraction questions", _edited(["questions", "extract"], []), "questions.extract"),
     ("no eval questions", _edited(["questions"], {"extract": ["a?"]}), "'questions'"),
     ("unequal pair (no neg)", _edited(["instruction", 1], {"pos": "Hurt."}), "instruction[1]"),
-    ("empty pos", _edited(["instruction", 0], {"pos": " ", "neg": "x"}), "instruction[0].pos"),
+    ("empty pos in the user turn", {**_edited(["instruction", 0], {"pos": " ", "neg": "x"}), "elicitation": "user"},
+     "instruction[0].pos"),
     ("bad elicitation", _edited(["elicitation"], "dream"), "'elicitation'"),
     ("system without assistant", _without("assistant"), "'assistant'"),
     ("unknown key", _edited(["colour"], "red"), "colour"),

@@ -188,8 +188,11 @@ def trait_from_dict(data: object, where: str = "trait") -> Trait:
         for side in ("pos", "neg"):
             if not isinstance(pair[side], str):
                 raise TraitError(f"{where}: key instruction[{i}].{side} must be a string")
-        if not pair["pos"].strip():
-            raise TraitError(f"{where}: key instruction[{i}].pos is empty; the positive side needs an instruction")
+        # In a system turn the assistant's name already carries the trait ("You are an evil
+        # assistant."), so the instruction may be empty there; in the user turn it is all there is.
+        if not pair["pos"].strip() and data.get("elicitation") != "system":
+            raise TraitError(f"{where}: key instruction[{i}].pos is empty; the positive side needs an instruction "
+                             "(it may be empty only with elicitation: system)")
         pairs.append((pair["pos"], pair["neg"]))
     questions = data["questions"]
     if not isinstance(questions, dict) or set(questions) != {"extract", "eval"}:
