@@ -91,7 +91,44 @@ def _delta(*args):
     return delta_table(*args)
 
 
+def elicitation_table(path: str, layers: str = "") -> str:
+    """Per trait and elicitation variant: the extraction outcome, pairs kept, pass rates, |v| and
+    the cosine of its response_avg vector with the instruction variant's at the given layers."""
+    ds = load_dataset(path).isel(model=0, checkpoint=0)
+    chosen = [int(x) for x in layers.split(",")] if layers else ds.layer.values.tolist()[1::max(1, len(ds.layer) // 4)]
+    rows = []
+    for trait in ds.trait.values.tolist():
+        for variant in ds.elicitation.values.tolist():
+            s = ds.sel(trait=trait, elicitation=variant)
+            rates = s.pass_rate.values
+            cos = ds.elicitation_cos.sel(trait=trait, token_set="response_avg", elicitation=variant, versus="instruction")
+            rows.append([trait, variant, str(s.outcome.values), f"{int(s.n_kept)}/{int(s.n_pairs)}", float(rates[0]),
+                         float(rates[1]), float(rates[2]),
+                         *[float(cos.sel(layer=L)) for L in chosen]])
+    return markdown(["trait", "variant", "outcome", "pairs kept", "pos trait pass", "neg trait pass", "coherence pass",
+                     *[f"cos to instruction, L{L}" for L in chosen]], rows)
+
+
+def vs_edit_table(path: str, layer: str = "") -> str:
+    """Persona-marker rate (and mean coherence) of greedy answers to the bare task prompts at one
+    layer: the references (bare, persona prompt, one-site Delta_X edit), then steering at every
+    response step per condition and coefficient (in units of |Delta_X|)."""
+    ds = load_dataset(path).isel(model=0)
+    at = int(layer) if layer else int(ds.layer.values[len(ds.layer) // 2])
+    d = ds.sel(layer=at)
+    cell = lambda rate, coh: f"{float(rate):.2f} ({float(coh):.0f})"  # noqa: E731
+    rows = [[ref, cell(d.ref_marker_rate.sel(reference=ref), d.ref_coherence.sel(reference=ref).mean()),
+             *[""] * len(d.coef)] for ref in d.reference.values.tolist()]
+    for cond in d.condition.values.tolist():
+        rows.append([f"steered: {cond}", "", *[cell(d.marker_rate.sel(condition=cond, coef=c),
+                                                    d.coherence.sel(condition=cond, coef=c).mean()) for c in d.coef.values]])
+    return markdown([f"L{at}: marker rate (coherence)", "no steering", *[f"coef {float(c):g}" for c in d.coef.values]],
+                    rows)
+
+
 GENERATORS = {
+    "vectors-elicitation": elicitation_table,
+    "vectors-vs-edit": vs_edit_table,
     "vectors-delta-x": _delta,
     "vectors-extract": extract_table,
     "vectors-steer": steer_table,
