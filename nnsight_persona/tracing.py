@@ -142,9 +142,8 @@ def read_residuals_on_prefix(loaded, batch: Batch, rows: torch.Tensor, cols: tor
 
     Rows that share their first `prefix` columns (one prompt, different continuations: the capture's
     BB row is the same prompt in every cell) run those columns once, keeping the sites there and the
-    KV cache; then every row runs only its last columns on that cache, up to the highest layer read
-    (the blocks above it and the unembedding are skipped). Local runs only: the cache stays next to
-    the model."""
+    KV cache; then every row runs only its last columns on that cache. Local runs only: the cache
+    stays next to the model."""
     if list(layers) != sorted(set(layers)):
         raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
     blocks = loaded.layers()
@@ -169,12 +168,14 @@ def read_residuals_on_prefix(loaded, batch: Batch, rows: torch.Tensor, cols: tor
         suffix = suffix_batch(batch, need, prefix)
         s_rows = torch.tensor([need.index(int(r)) for r in rows[late]], dtype=torch.long)
         s_cols = cols[late] - prefix
+        # The run goes on to the end (nnsight's tracer.stop() would save the blocks above the
+        # highest layer read, but each stop keeps some memory alive: a long capture grows), with
+        # the unembedding of one column only.
         with loaded.lm.trace(**suffix.inputs(), past_key_values=select_rows(cache, [owner[r] for r in need]),
-                             use_cache=True) as tracer:
+                             use_cache=True, logits_to_keep=1):
             got = list().save()
             for layer in layers:
                 got.append(residual_site(blocks, layer)[s_rows, s_cols].float())
-            tracer.stop()  # nothing above the highest layer read is needed
         out[:, late] = torch.stack(got).cpu()
     return out
 
@@ -198,6 +199,34 @@ def greedy_continuations(loaded, batch: Batch, n_tokens: int) -> torch.Tensor:
     with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens), remote=loaded.remote) as tracer:
         out = tracer.result.save()
     return out[:, batch.input_ids.shape[1]:].cpu()
+
+
+@retried
+def greedy_continuations_reading(loaded, batch: Batch, n_tokens: int, layers: list[int], rows: torch.Tensor,
+                                 cols: torch.Tensor, n_generated: int):
+    """greedy_continuations, reading residuals on the way: at `layers`, the prompt sites (rows[k],
+    cols[k]) in the first step, and every row's generated token k (its input position) in step
+    k + 1, for k < n_generated. Returns (tokens [rows, n_tokens], prompt residuals [len(layers),
+    k, hidden], generated residuals [n_generated, len(layers), rows, hidden], float32): the
+    capture's rows of the prompt the continuation is generated from, without running it again."""
+    if list(layers) != sorted(set(layers)):
+        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+    if n_generated >= n_tokens:
+        raise ValueError(f"reading {n_generated} generated tokens needs more than {n_tokens} steps")
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    blocks = loaded.layers()
+    with loaded.lm.generate(**inputs, generation_config=greedy_config(loaded, n_tokens), remote=loaded.remote) as tracer:
+        prompt_sites, generated = list().save(), list().save()
+        for step in tracer.iter[0:n_generated + 1]:
+            if step == 0:
+                prompt_sites.extend([residual_site(blocks, layer)[rows, cols].float() for layer in layers])
+            else:
+                generated.append(torch.stack([residual_site(blocks, layer)[:, -1].float() for layer in layers]))
+        out = tracer.result.save()
+    n_rows = batch.input_ids.shape[0]
+    prompt = torch.stack(prompt_sites).cpu() if len(rows) else torch.empty(len(layers), 0, loaded.hidden_size)
+    after = torch.stack(generated).cpu() if n_generated else torch.empty(0, len(layers), n_rows, loaded.hidden_size)
+    return out[:, batch.input_ids.shape[1]:].cpu(), prompt, after
 
 
 @retried

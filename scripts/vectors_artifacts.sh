@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The persona-vector results committed in artifacts/toy and artifacts/smollm2 (docs/persona-vectors.md).
-# Run from the repository root: `bash scripts/vectors_artifacts.sh [toy|smollm2|all]` (default all);
+# Run from the repository root: `bash scripts/vectors_artifacts.sh [toy|toy-trace|smollm2|all]`
+# (default all; toy-trace: the toy's trace across checkpoints alone);
 # each command is a few CPU minutes at most. --overwrite replaces the committed files. The toy trace
 # needs intermediate checkpoints, trained into runs/ (not committed).
 set -euo pipefail
@@ -21,6 +22,9 @@ np vectors steer --model toy --vectors $T/vectors-extract.nc --token-set prompt_
   --n-tokens 32 --out $T/vectors-steer-prompt_last.nc --no-progress --overwrite
 np vectors monitor --model toy --vectors $T/vectors-extract.nc --n-tokens 32 --out $T/vectors-monitor.nc --no-progress --overwrite
 
+fi
+
+if [ "$PART" = toy ] || [ "$PART" = toy-trace ] || [ "$PART" = all ]; then
 # Toy across training: a separate 400-step run of the toy trainer (seed 0) with checkpoints.
 if [ ! -d runs/toy-trace/final/checkpoints ]; then
   python -m nnsight_persona.toy train --out runs/toy-trace/final --steps 400 --checkpoints 10,25,50,100,200,400 --no-progress
@@ -40,6 +44,9 @@ cp runs/toy-trace/results-all/trace.nc $T/vectors-trace-all.nc
 cp runs/toy-trace/results-all/trace-cos_to_final.png $T/vectors-trace-all-cos_to_final.png
 cp runs/toy-trace/results-all/trace-cos_matrix.png $T/vectors-trace-all-cos_matrix.png
 cp runs/toy-trace/results-all/trace-steering.png $T/vectors-trace-all-steering.png
+fi
+
+if [ "$PART" = toy ] || [ "$PART" = all ]; then
 np vectors vs-delta --vectors $T/vectors-extract.nc --capture $T/capture-toy.nc --out $T/vectors-vs-delta-x.nc
 # Toy, beyond the papers: steering along the persona vector at every response step against the one-site Delta_X edit.
 np vectors vs-edit --model toy --vectors $T/vectors-extract.nc --grid toy --personas pirate,robot,poet --layers 2,4,6 \

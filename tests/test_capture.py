@@ -127,10 +127,15 @@ def test_interrupted_capture_is_marked_incomplete(loaded_models, tiny_grid_file,
         monkeypatch.setattr(capture, name, flaky_version(getattr(capture, name)))
     ds = _capture(loaded, load_grid(tiny_grid_file), batch_size=4)
     assert ds.attrs["completed"] == 0
-    # Rows are (cell, condition) prompts: the first chunk's 4 are kept whole, every other row is empty.
+    # Rows are (cell, condition) prompts. The XY rows are read while generating, before the
+    # capture passes, so all of them are kept; of the others the first chunk's 4 are kept whole,
+    # every other row is empty.
     missing = np.isnan(ds.resid.values[0]).all(axis=(0, 1, -1))
     assert (missing == np.isnan(ds.resid.values[0]).any(axis=(0, 1, -1))).all()
-    assert (~missing).sum() == 4 and missing.sum() == missing.size - 4
+    xy = list(ds.condition.values).index("XY")
+    assert not missing[:, xy].any()
+    others = np.delete(missing, xy, axis=1)
+    assert (~others).sum() == 4 and others.sum() == others.size - 4
 
 
 def test_capture_batches_prompts_of_similar_length(loaded_models, tiny_grid_file, monkeypatch):
@@ -150,8 +155,9 @@ def test_capture_batches_prompts_of_similar_length(loaded_models, tiny_grid_file
     for name in ("read_residuals", "read_residuals_on_prefix"):  # remote and local paths
         monkeypatch.setattr(capture, name, counting(getattr(capture, name)))
     ds = _capture(loaded, grid, batch_size=4)
+    xy = list(ds.condition.values).index("XY")  # XY rows are read while generating, not in capture passes
     lengths = [len(loaded.tokenizer(str(t), add_special_tokens=False).input_ids) + 2
-               for t in ds.prompt_text.values[0].ravel()]  # + the teacher-forced g1, g2
+               for t in np.delete(ds.prompt_text.values[0], xy, axis=-1).ravel()]  # + the teacher-forced g1, g2
     cost = lambda ls: sum(len(ls[k:k + 4]) * max(ls[k:k + 4]) for k in range(0, len(ls), 4))
     assert sum(r * w for r, w in widths) == cost(sorted(lengths))
     assert cost(sorted(lengths)) < cost(lengths)

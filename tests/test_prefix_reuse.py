@@ -75,8 +75,9 @@ def test_knockout_on_shared_prefixes_equals_independent_hooks_and_the_whole_sequ
 @torch.no_grad()
 def test_capture_runs_each_prompt_once_and_equals_the_whole_sequence_path(sharp_models, family, tiny_grid_file,
                                                                           monkeypatch):
-    """Locally the capture runs each distinct prompt once (BB is one prompt in every cell) and then
-    only the teacher-forced continuation columns; the residuals equal those of whole sequences
+    """Locally the capture passes (BB, XB and BY: the XY rows are read while generating) run each
+    distinct prompt once (BB is one prompt in every cell) and then only the teacher-forced
+    continuation columns; the residuals equal those of whole sequences
     (the path remote runs take), at every layer, the last block's output included. (Agreement with
     plain transformers, prompt by prompt, is checked in test_capture.py.)"""
     loaded = sharp_models[family]
@@ -94,9 +95,9 @@ def test_capture_runs_each_prompt_once_and_equals_the_whole_sequence_path(sharp_
     local = capture.run(loaded, grid, spec, progress=False).isel(model=0)
     whole = capture.run(dataclasses.replace(loaded, remote="local"), grid, spec, progress=False).isel(model=0)
     n_cells = len(grid.cell_labels)
-    assert calls and sum(rows for rows, _ in calls) == 4 * n_cells
+    assert calls and sum(rows for rows, _ in calls) == 3 * n_cells
     # One BB prompt for every cell: the distinct prompts are fewer than the rows.
-    assert sum(distinct for _, distinct in calls) < 4 * n_cells
+    assert sum(distinct for _, distinct in calls) < 3 * n_cells
     r = whole.resid.values
     np.testing.assert_allclose(local.resid.values, r, rtol=1e-5, atol=1e-5 * float(np.abs(r).max()))
     # The comparison can fail: the continuation columns differ between cells at every layer.

@@ -21,7 +21,7 @@ from ..progress import tqdm
 from ..prompts import GENERATED_POSITIONS, POSITIONS, Prompt, render_prompt
 from ..provenance import provenance_attrs
 from ..stopping import stoppable
-from ..tracing import greedy_continuations, read_residuals, read_residuals_on_prefix
+from ..tracing import greedy_continuations, greedy_continuations_reading, read_residuals, read_residuals_on_prefix
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,34 @@ def clean_continuations(loaded, prompts: list[Prompt], n_tokens: int, batch_size
     return out
 
 
+def continuations_with_residuals(loaded, prompts: list[Prompt], n_tokens: int, batch_size: int, layers, positions,
+                                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """clean_continuations, and the residuals of these prompts at `layers` and `positions` read
+    while generating ([len(layers), len(positions), len(prompts), hidden]): a generated position is
+    the input of a later step, so the prompt the continuation comes from is never run again."""
+    out = np.zeros((len(prompts), n_tokens), dtype=np.int64)
+    resid = np.zeros((len(layers), len(positions), len(prompts), loaded.hidden_size), np.float32)
+    n_generated = max([GENERATED_POSITIONS[p] + 1 for p in positions if p in GENERATED_POSITIONS], default=0)
+    in_prompt = [k for k, name in enumerate(positions) if name not in GENERATED_POSITIONS]
+    order = length_ordered(range(len(prompts)), lambda i: len(prompts[i].ids))
+    for rng in tqdm(list(chunked(len(order), batch_size)), desc="clean continuations", disable=not progress):
+        index = [order[k] for k in rng]
+        batch = left_pad([prompts[i].ids for i in index], loaded.pad_id)
+        rows = torch.arange(len(index)).repeat_interleave(len(in_prompt))
+        cols = batch.pad[rows] + torch.tensor([[prompts[i].position(positions[k]) for k in in_prompt] for i in index],
+                                              dtype=torch.long).flatten()
+        tokens, at_prompt, generated = greedy_continuations_reading(loaded, batch, n_tokens, list(layers), rows, cols,
+                                                                    n_generated)
+        out[index] = tokens.numpy()
+        at_prompt = at_prompt.reshape(len(layers), len(index), len(in_prompt), loaded.hidden_size).numpy()
+        for k, name in enumerate(positions):
+            if name in GENERATED_POSITIONS:
+                resid[:, k, index] = generated[GENERATED_POSITIONS[name]].numpy()
+            else:
+                resid[:, k, index] = at_prompt[:, :, in_prompt.index(k)]
+    return out, resid
+
+
 def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=None, checkpoint=None) -> xr.Dataset:
     """Run the capture; on Ctrl-C returns what was done, with attrs['completed'] = 0.
 
@@ -109,8 +137,14 @@ def run(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True, previous=N
     partial = lambda: _dataset(loaded, grid, spec, cells, prompts, layers, positions, resid, continuation, False)
     with stoppable() as stop:
         xy = [prompts[(c.label, "XY")] for c in cells]
-        # Greedy and deterministic: regenerating on resume gives the same tokens.
-        continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
+        # Greedy and deterministic: regenerating on resume gives the same tokens. The XY rows are
+        # read while generating (their prompt and forced tokens are what the generation runs).
+        if spec.n_continuation > n_forced:
+            continuation, xy_resid = continuations_with_residuals(loaded, xy, spec.n_continuation, spec.batch_size,
+                                                                  layers, positions, progress)
+            resid[:, :, :, CONDITIONS.index("XY")] = xy_resid
+        else:
+            continuation = clean_continuations(loaded, xy, spec.n_continuation, spec.batch_size, progress)
         rows = [(i, j) for i in range(len(cells)) for j in range(len(CONDITIONS)) if np.isnan(resid[0, 0, i, j, 0])]
         rows = length_ordered(rows, lambda r: len(prompts[(cells[r[0]].label, CONDITIONS[r[1]])].ids))
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="capture", disable=not progress):
