@@ -68,6 +68,21 @@ def toy_model(toy_dir):
 
 
 @pytest.fixture(scope="session")
+def toy(toy_dir):
+    """The toy model on the CPU, beside `plain` (the persona-vector tests compare the two)."""
+    from nnsight_persona.models import load_model
+
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def plain(toy_dir):
+    from reference import load_plain
+
+    return load_plain(toy_dir)
+
+
+@pytest.fixture(scope="session")
 def toy_plain(toy_dir):
     from reference import load_plain
 

@@ -14,21 +14,9 @@ from nnsight_persona.experiments.vectors import extract, io, monitor, steer
 from nnsight_persona.experiments.vectors.passes import TOKEN_SETS
 from nnsight_persona.experiments.vectors.traits import load_trait
 from nnsight_persona.tracing import generate_with_edit
-from reference import hidden_states, load_plain
+from reference import hidden_states
 
 N_TOKENS = 20
-
-
-@pytest.fixture(scope="module")
-def toy():
-    from nnsight_persona.models import load_model
-
-    return load_model("toy", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def plain(toy_dir):
-    return load_plain(toy_dir)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from nnsight_persona.experiments.vectors import extract, io
 from nnsight_persona.experiments.vectors.chat import render
 from nnsight_persona.experiments.vectors.traits import TRAITS_DIR, TraitError, load_trait
 from nnsight_persona.store import load_dataset
-from reference import hidden_states, load_plain
+from reference import hidden_states
 
 N_TOKENS = 16
 SETS = ("response_avg", "prompt_avg", "prompt_last")
@@ -71,18 +71,6 @@ def test_each_variant_builds_the_prompt_it_says(name, variant):
         assert roles[-5:] == ["user", "assistant", "user", "assistant", "user"]
     # The instruction variant is today's prompt, unchanged.
     assert trait.messages("pos", 0, question) == trait.messages("pos", 0, question, "instruction")
-
-
-@pytest.fixture(scope="module")
-def toy():
-    from nnsight_persona.models import load_model
-
-    return load_model("toy", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def plain(toy_dir):
-    return load_plain(toy_dir)
 
 
 def test_two_shot_turns_sit_in_the_chat_template_token_by_token(toy, tmp_path):

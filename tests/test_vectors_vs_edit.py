@@ -14,23 +14,11 @@ from nnsight_persona.experiments.vectors.steer import steering_edit
 from nnsight_persona.experiments.vectors.traits import load_trait
 from nnsight_persona.grids import load_grid
 from nnsight_persona.tracing import generate_with_edit
-from reference import hidden_states, load_plain
+from reference import hidden_states
 
 LAYER = 4
 N_TOKENS = 12
 COEFS = (0.0, 1.0, 3.0)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    from nnsight_persona.models import load_model
-
-    return load_model("toy", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def plain(toy_dir):
-    return load_plain(toy_dir)
 
 
 @pytest.fixture(scope="module")
