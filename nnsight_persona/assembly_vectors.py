@@ -319,14 +319,15 @@ def vs_edit_run(opts: VectorsOptions, stack, vectors, grid: str = "toy", persona
 
     vec, vectors_file = _vectors(vectors, None, opts.model_spec)
     the_grid = load_grid(grid)
-    named = ([p.strip() for p in personas.split(",") if p.strip()] if isinstance(personas, str) else list(personas)) \
-        if personas else [p for p in the_grid.personas if (the_grid.markers or {}).get(p) and p in vec.trait.values.tolist()]
+    # `personas` and `conditions` are comma lists (the API joins its lists, as for the other runs).
+    named = [p.strip() for p in personas.split(",") if p.strip()] if personas else [
+        p for p in the_grid.personas if (the_grid.markers or {}).get(p) and p in vec.trait.values.tolist()]
     plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
     spec = exp.VsEditSpec(
         grid=grid, personas=tuple(named),
         layers=_layers(layers, plan.n_layers) if layers else (int(round(0.55 * plan.n_layers)),),
         coefs=tuple(numbers(coefs, "--coefs")),
-        conditions=tuple(c.strip() for c in (conditions.split(",") if isinstance(conditions, str) else conditions)),
+        conditions=tuple(c.strip() for c in conditions.split(",")),
         token_set=token_set, n_tokens=opts.n_tokens, batch_size=opts.batch_size, scorer=opts.scorer,
         judge_model=opts.judge_model, vectors_file=vectors_file)
     exp.check_spec(spec, the_grid, plan.n_layers, vec)

@@ -119,13 +119,17 @@ def residual_site(blocks, layer: int):
     return blocks[0].input if layer == 0 else blocks[layer - 1].output
 
 
+def _check_ascending(layers) -> None:
+    if list(layers) != sorted(set(layers)):
+        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+
+
 @retried
 def read_residuals(loaded, batch: Batch, rows: torch.Tensor, cols: torch.Tensor, layers: list[int]) -> torch.Tensor:
     """Residuals at sites (rows[k], cols[k]) for each layer, as float32 [len(layers), k, hidden].
 
     One forward pass over the batch; only the selected sites are saved."""
-    if list(layers) != sorted(set(layers)):
-        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+    _check_ascending(layers)
     blocks = loaded.layers()
     with loaded.lm.trace(**batch.inputs(), remote=loaded.remote):
         picked = []
@@ -144,8 +148,7 @@ def read_residuals_on_prefix(loaded, batch: Batch, rows: torch.Tensor, cols: tor
     BB row is the same prompt in every cell) run those columns once, keeping the sites there and the
     KV cache; then every row runs only its last columns on that cache. Local runs only: the cache
     stays next to the model."""
-    if list(layers) != sorted(set(layers)):
-        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+    _check_ascending(layers)
     blocks = loaded.layers()
     owner, firsts = distinct_prefixes(batch, prefix)
     index = torch.tensor(firsts, dtype=torch.long)
@@ -209,8 +212,7 @@ def greedy_continuations_reading(loaded, batch: Batch, n_tokens: int, layers: li
     k + 1, for k < n_generated. Returns (tokens [rows, n_tokens], prompt residuals [len(layers),
     k, hidden], generated residuals [n_generated, len(layers), rows, hidden], float32): the
     capture's rows of the prompt the continuation is generated from, without running it again."""
-    if list(layers) != sorted(set(layers)):
-        raise ValueError(f"layers must be ascending and unique (modules are reached in forward order): {layers}")
+    _check_ascending(layers)
     if n_generated >= n_tokens:
         raise ValueError(f"reading {n_generated} generated tokens needs more than {n_tokens} steps")
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
