@@ -84,7 +84,9 @@ def test_traffic_is_counted_per_request(loaded_models, tiny_grid_file):
     with metered() as traffic:
         ds = capture.run(remote, grid, capture.CaptureSpec(grid="tiny", layers=(1,), batch_size=8), progress=False)
     # 4 cells: one generation request (4 rows), then 16 capture rows in 2 batches of 8.
-    assert traffic.requests == 3 and traffic.bytes_sent > 0 and traffic.bytes_received == 0
+    assert traffic.requests == 3 and traffic.bytes_sent > 0
+    # The simulation counts what a server would send back: at least the residuals, float32.
+    assert traffic.bytes_received >= ds.resid.size * 4
     assert ds.attrs["completed"] == 1
     assert RequestModel.__dict__["serialize"] is original  # restored
 

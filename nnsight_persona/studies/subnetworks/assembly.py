@@ -133,7 +133,12 @@ def eval_run(stack, masks, model_spec=None, set_name=None, random_seeds: int = 3
                               lambda: plan.revision, stack, overwrite=overwrite)
         if target.done:
             return target.existing, target
-    ds = evaluate.run(plan.load(), pset, spec, found, progress=progress)
+    from ...core.traffic import metered
+
     loaded = plan.load()
+    with metered() as traffic:
+        ds = evaluate.run(loaded, pset, spec, found, progress=progress)
+    if loaded.remote:
+        ds.attrs.update(traffic.as_attrs())
     ds.attrs["backend"] = {False: "local", "local": "local simulation of the remote path"}.get(loaded.remote, "NDIF")
     return ds, target

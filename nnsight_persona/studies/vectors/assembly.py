@@ -85,8 +85,17 @@ def _checkpoint(target):
 
 
 def _computed(target, run):
-    """The finished result the output holds, else `run()`."""
-    return target.existing if target is not None and target.done else run()
+    """The finished result the output holds, else `run()` (a remote one records its requests and
+    bytes each way, as the xu2026 runs do)."""
+    from ...core.traffic import metered
+
+    if target is not None and target.done:
+        return target.existing
+    with metered() as traffic:
+        ds = run()
+    if traffic.requests and hasattr(ds, "attrs"):
+        ds.attrs.update(traffic.as_attrs())
+    return ds
 
 
 def load_vectors(path: Path, trait: str | None = None, model: str = ""):

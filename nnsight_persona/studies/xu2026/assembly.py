@@ -166,7 +166,7 @@ def compute(module, experiment: str, plan, grid, spec, target=None, progress: bo
     and checkpoint the partial result every minute unless that would replace a finished file."""
     from ...storage import store
     from ...core.progress import library_bars
-    from ...core.traffic import metered
+    from ...core.traffic import attention_modules, forwards_counted, metered
 
     try:
         with library_bars(progress):
@@ -176,7 +176,7 @@ def compute(module, experiment: str, plan, grid, spec, target=None, progress: bo
         every_s = 0.0 if loaded.remote not in (False, "local") else 60.0
         checkpoint = None if target is None or target.protect else store.Checkpoint(target.path, every_s=every_s)
         previous = None if target is None else target.previous
-        with metered() as traffic:
+        with metered() as traffic, forwards_counted(attention_modules(loaded), traffic):
             ds = module.run(loaded, grid, spec, progress=progress, previous=previous, checkpoint=checkpoint, **kwargs)
     except KeyboardInterrupt:
         raise Interrupted(target) from None
@@ -184,6 +184,8 @@ def compute(module, experiment: str, plan, grid, spec, target=None, progress: bo
         loaded.remote, f"NDIF {loaded.remote if isinstance(loaded.remote, str) else 'public service'}")
     if loaded.remote:
         ds.attrs.update(traffic.as_attrs())  # of this invocation (a resumed run counts its own part)
+    if loaded.remote in (False, "local"):  # the blocks ran here, where they are counted
+        ds.attrs["token_layer_forwards"] = traffic.token_layer_forwards
     return ds
 
 
