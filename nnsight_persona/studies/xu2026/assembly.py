@@ -131,16 +131,26 @@ def setup(opts: RunOptions, positions: str | None = None) -> Setup:
     return Setup(grid, grid_name, position_list, cell_list, plan, capture_ds)
 
 
+REMOTE_BATCH_SIZE = 32  # --batch-size auto on a server, whose memory is not ours to measure
+
+
+def auto_sequence_length(tokenizer, grid, cell_labels) -> int:
+    """The sequence length --batch-size auto sizes batches for: the longest XY prompt of the
+    cells, plus 12 continuation tokens."""
+    from ...core.prompts import render_prompt
+
+    return max(len(render_prompt(tokenizer, grid.user_text(grid.cell(c), "XY")).ids) for c in cell_labels) + 12
+
+
 def auto_batch_size(loaded, grid, cell_labels) -> int:
     """Memory-aware rows per pass for the longest teacher-forced sequence of the grid."""
     from ...core.memory import auto_batch_size as sized, free_bytes
-    from ...core.prompts import render_prompt
 
     if loaded.remote not in (False, "local"):
-        return 32  # the server's memory is not ours to measure
-    longest = max(len(render_prompt(loaded.tokenizer, grid.user_text(grid.cell(c), "XY")).ids) for c in cell_labels)
+        return REMOTE_BATCH_SIZE
     device = next(loaded.lm._module.parameters()).device
-    size = sized(loaded.lm._module.config, loaded.dtype, longest + 12, free_bytes(device))
+    size = sized(loaded.lm._module.config, loaded.dtype, auto_sequence_length(loaded.tokenizer, grid, cell_labels),
+                 free_bytes(device))
     return size if device.type == "cuda" else min(size, 32)
 
 
