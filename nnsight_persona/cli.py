@@ -15,7 +15,7 @@ STUDIES = (
     "subnetworks",  # persona subnetworks: the `subnetwork ...` group
 )
 # Commands of the whole package: reproduce and run SPEC; plot, compare, collect, report; grids, models; toy.
-SHARED = ("commands.pipeline", "commands.analysis", "commands.catalog", "models.toy.cli")
+SHARED = ("commands.pipeline", "commands.analysis", "commands.catalog", "commands.plan", "models.toy.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

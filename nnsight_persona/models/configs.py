@@ -33,7 +33,7 @@ def shipped_configs() -> dict[str, Path]:
     return {json.loads(path.read_text())["_name_or_path"]: path for path in sorted(CONFIG_DIR.glob("*.json"))}
 
 
-def config_from_json(path: Path, model_id: str | None = None) -> ModelConfig:
+def config_from_json(path: Path, source: str | None = None) -> ModelConfig:
     from transformers import AutoConfig
 
     try:
@@ -41,7 +41,7 @@ def config_from_json(path: Path, model_id: str | None = None) -> ModelConfig:
         config = AutoConfig.for_model(**values)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read the model config {path}: {exc}") from None
-    return ModelConfig(config, model_id or values.get("_name_or_path") or Path(path).stem, str(path))
+    return ModelConfig(config, values.get("_name_or_path") or Path(path).stem, source or str(path))
 
 
 def model_config(spec: str) -> ModelConfig:
@@ -58,7 +58,7 @@ def model_config(spec: str) -> ModelConfig:
     by_stem = {p.stem: p for p in shipped.values()}
     if spec in shipped or spec in by_stem:
         file = shipped.get(spec) or by_stem[spec]
-        return config_from_json(file)
+        return config_from_json(file, f"the shipped config {file.name} (transcribed from the hub's config.json)")
     try:
         folder = resolve_model_path(spec)
         config = AutoConfig.from_pretrained(folder)
