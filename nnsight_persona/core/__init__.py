@@ -1,0 +1,1 @@
+"""The computations every study shares: tracing, edits, batching, prompts, scoring."""
