@@ -197,3 +197,51 @@ def _answer_sums(loaded, batch, keep: int, cols, targets, weights) -> torch.Tens
         per_row = (logp * weights.to(logp.device)).sum(-1)
         out = torch.stack([per_row[:k] - per_row[k:], per_row[k:]]).save()
     return out.cpu()
+
+
+# --- the scores of a study's answers, kept in arrays shaped like its dataset -----------------------
+
+def empty_scores(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """One array per variable, NaN (answer_length -1) where an answer is not scored yet."""
+    out = {name: np.full(shape, np.nan) for name in VARIABLES if name != "answer_length"}
+    out["answer_length"] = np.full(shape, -1, dtype=np.int64)
+    return out
+
+
+def store_scores(scores: dict[str, np.ndarray], got: Evidence, where: Sequence[tuple]) -> None:
+    """Write answer i of `got` at index where[i] of every array."""
+    for name, values in got.as_dict().items():
+        for i, index in enumerate(where):
+            scores[name][index] = values[i]
+
+
+def restore_scores(scores: dict[str, np.ndarray], previous) -> None:
+    """Take the scores of an unfinished result's rows (its model already selected)."""
+    for name in VARIABLES:
+        if name in previous:
+            scores[name][:] = previous[name].values
+
+
+def add_scores(ds, scores: dict[str, np.ndarray], dims: tuple[str, ...], prompt_pair: str) -> None:
+    """The variables into `ds` over `dims` (a leading "model" dim of size 1 gets the arrays as
+    they are, with an axis added), with their long names and units; `prompt_pair` names the pair
+    the answers were scored with (an attr of each)."""
+    lead = (None,) if dims[0] == "model" else ()
+    for name in VARIABLES:
+        ds[name] = (dims, scores[name][lead])
+        ds[name].attrs.update(ATTRS[name], prompt_pair=prompt_pair)
+
+
+def grid_prompt_pairs(tokenizer, grid, cells) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(XY prompt ids, BY prompt ids) of each cell: the xu2026 grids' prompt pair."""
+    from ..prompts import render_prompt
+
+    return [(render_prompt(tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")).ids,
+             render_prompt(tokenizer, grid.user_text(c, "BY"), grid.persona_text(c, "BY")).ids) for c in cells]
+
+
+def default_scorer(model_id: str) -> str:
+    """The behavioural measure a summary leads with: "markers" for the toy model (trained to
+    speak its personas' marker words, so the word lists see what it does), "evidence" for every
+    real chat model (word lists miss most in-persona answers of SmolLM2; docs/evidence.md)."""
+    return "markers" if model_id == "toy" else "evidence"
