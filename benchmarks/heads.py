@@ -15,18 +15,18 @@ import time
 
 import numpy as np
 
-from benchmarks.run import RESULTS, machine
+from benchmarks.machine import RESULTS, machine
 
 
 def head_rows(prompts, keys, blocks, n_heads):
-    from nnsight_persona.experiments.knockout import KnockRow
+    from nnsight_persona.studies.xu2026.knockout import KnockRow
 
     return {(b, h): [((b, h, ci), KnockRow(ci, "XY", tuple(keys[ci]), (b,), ((b, h),))) for ci in range(len(prompts))]
             for b in blocks for h in range(n_heads)}
 
 
 def score(loaded, rows, prompts, continuation, batch_size):
-    from nnsight_persona.experiments.knockout import ScoreStats, score_rows
+    from nnsight_persona.studies.xu2026.knockout import ScoreStats, score_rows
 
     stats, out = ScoreStats(), {}
     start = time.perf_counter()
@@ -38,9 +38,9 @@ def score(loaded, rows, prompts, continuation, batch_size):
 
 def bench(model: str, grid_name: str, band: str, batch_size: int, repeats: int) -> dict:
     from benchmarks.models import resolve
-    from nnsight_persona.experiments import capture, knockout
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.models import load_model
+    from nnsight_persona.studies.xu2026 import capture, knockout
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.models.loading import load_model
 
     loaded = load_model(resolve(model), dtype="float32")
     grid = load_grid(grid_name)

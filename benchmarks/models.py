@@ -37,13 +37,13 @@ def random_llama(name: str = "random100m", hidden: int = 768, layers: int = 12, 
 
 def resolve(model: str) -> str:
     if model == "toy":
-        from nnsight_persona.toy import TOY_MODEL_DIR
+        from nnsight_persona.models.toy import TOY_MODEL_DIR
 
         return str(TOY_MODEL_DIR)
     if model == "random100m":
         return random_llama()
     if model == "smollm2":
-        from nnsight_persona.smollm2 import ensure
+        from nnsight_persona.models.smollm2 import ensure
 
         return str(ensure()[0])
     return model
@@ -52,7 +52,7 @@ def resolve(model: str) -> str:
 def load_spec(model: str, model_dir: str) -> str:
     """What `load_model` gets: the package's alias where there is one (its weights fingerprint is
     stored, so the load does not hash 538 MB inside the timed run), else the folder."""
-    from nnsight_persona.aliases import ALIASES
+    from nnsight_persona.models.aliases import ALIASES
 
     return model if model in ALIASES else model_dir
 
@@ -64,7 +64,7 @@ def scaled_grid(n_personas: int, n_tasks: int, directory: Path) -> str:
     like with like: a grid whose larger sizes brought longer prompts would confound the two."""
     import yaml
 
-    from nnsight_persona.grids import load_grid
+    from nnsight_persona.core.grids import load_grid
 
     base = load_grid("xu2026-long")
     personas = list(base.personas.values())[:4]

@@ -39,11 +39,11 @@ def raw_window_kl(loaded, batch, writes, window_cols, reference_rows, knockout=N
 
 def overhead_bench(model: str, grid_name: str, batch_size: int, repeats: int) -> dict:
     from benchmarks.models import resolve
-    from benchmarks.run import machine
-    from nnsight_persona.experiments import capture, substitute
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.models import load_model
-    from nnsight_persona.selection import paper_layers
+    from benchmarks.machine import machine
+    from nnsight_persona.studies.xu2026 import capture, substitute
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.models.loading import load_model
+    from nnsight_persona.core.selection import paper_layers
 
     loaded = load_model(resolve(model), dtype="float32")
     grid = load_grid(grid_name)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from benchmarks.run import RESULTS, machine
+from benchmarks.machine import RESULTS, machine
 
 
 class CountingLM:
@@ -38,8 +38,8 @@ class CountingLM:
 @contextlib.contextmanager
 def whole_sequences():
     """Score every batch on whole sequences, as before prefix reuse (one trace per batch)."""
-    from nnsight_persona import tracing
-    from nnsight_persona.experiments import knockout
+    from nnsight_persona.core import tracing
+    from nnsight_persona.studies.xu2026 import knockout
 
     saved = tracing.window_kl_on_prefix, knockout.window_scores_on_prefix
     tracing.window_kl_on_prefix = tracing.window_kl
@@ -54,10 +54,10 @@ def bench(model: str, grid_name: str, n_cells: int, batch_size: int, repeats: in
     import dataclasses
 
     from benchmarks.models import resolve
-    from nnsight_persona.experiments import capture, inject, knockout
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.models import load_model
-    from nnsight_persona.selection import paper_layers
+    from nnsight_persona.studies.xu2026 import capture, inject, knockout
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.models.loading import load_model
+    from nnsight_persona.core.selection import paper_layers
 
     loaded = load_model(resolve(model), dtype="float32")
     grid = load_grid(grid_name)

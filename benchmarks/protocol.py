@@ -61,7 +61,7 @@ class BlockCounter:
 
 
 def sweep_layers(n_layers: int, layers: str) -> list[int]:
-    from nnsight_persona.selection import paper_layers
+    from nnsight_persona.core.selection import paper_layers
 
     if layers == "paper":
         return paper_layers(n_layers)
@@ -73,9 +73,9 @@ def sweep_layers(n_layers: int, layers: str) -> list[int]:
 def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "paper", skip_layers: bool = True):
     """`model_dir`: a model folder or one of the package's aliases."""
     from nnsight_persona.analysis.decompose import decompose
-    from nnsight_persona.experiments import capture, substitute
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.models import load_model
+    from nnsight_persona.studies.xu2026 import capture, substitute
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.models.loading import load_model
 
     start = time.perf_counter()
     loaded = load_model(model_dir, dtype="float32")
@@ -98,8 +98,8 @@ def run_ours(model_dir: str, grid_name: str, batch_size: int, layers: str = "pap
 def run_reference(model_dir: str, grid_name: str, shared_capture: bool = False, layers: str = "paper"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nnsight_persona.grids import CONDITIONS, load_grid
-    from nnsight_persona.prompts import POSITIONS, render_prompt
+    from nnsight_persona.core.grids import CONDITIONS, load_grid
+    from nnsight_persona.core.prompts import POSITIONS, render_prompt
 
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -177,8 +177,8 @@ def necessary_work(model_dir: str, grid_name: str, layers: str = "paper") -> dic
     below L), and the clean pass through every block."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.prompts import POSITIONS, render_prompt
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.core.prompts import POSITIONS, render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     n_layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import RESULTS, machine
+from benchmarks.machine import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 WROTE = re.compile(r"^wrote (?P<path>\S+?\.(nc|png|html|json))\s*$")

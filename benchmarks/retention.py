@@ -20,12 +20,12 @@ def _resident_mib() -> float:
 
 def retention_bench(model: str, batch_size: int) -> dict:
     from benchmarks.models import resolve, scaled_grid
-    from benchmarks.run import machine
-    from nnsight_persona.experiments import capture, substitute
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.memory import malloc_in_use
-    from nnsight_persona.models import load_model
-    from nnsight_persona.selection import paper_layers
+    from benchmarks.machine import machine
+    from nnsight_persona.studies.xu2026 import capture, substitute
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.core.memory import malloc_in_use
+    from nnsight_persona.models.loading import load_model
+    from nnsight_persona.core.selection import paper_layers
 
     libc = ctypes.CDLL("libc.so.6")
     tmp = Path(tempfile.mkdtemp())

@@ -15,39 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+from benchmarks.machine import RESULTS, in_child, machine  # noqa: F401 (RESULTS, machine: used by the other benchmarks too)
 
 
 METHODS = ("ours", "reference", "reference_shared_capture", "ours_unbatched", "ours_every_block")
@@ -76,11 +50,6 @@ def one(method: str, model: str, grid: str, batch_size: int, out: str, layers: s
             "token_layer_forwards": token_layers, "peak_rss_mib": peak}
 
 
-def _subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def protocol_bench(model: str, grid: str, batch_size: int, repeats: int, layers: str = "paper",
                    methods: tuple[str, ...] = METHODS) -> dict:
     import torch
@@ -92,7 +61,7 @@ def protocol_bench(model: str, grid: str, batch_size: int, repeats: int, layers:
     runs = {m: [] for m in methods}
     for r in range(repeats):
         for method in runs:
-            runs[method].append(_subprocess(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt"),
+            runs[method].append(in_child(["one", method, model, grid, str(batch_size), str(tmp / f"{method}.pt"),
                                              "--layers", layers]))
     kl = {m: torch.load(tmp / f"{m}.pt") for m in runs}
     baseline = "reference" if "reference" in runs else "reference_shared_capture"

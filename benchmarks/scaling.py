@@ -20,7 +20,7 @@ def scaling_bench(model: str, batch_size: int, repeats: int = 3, sizes=SIZES, la
     """Per size and layer choice: `repeats` timed runs (medians) and one probed run for the live
     heap. `repeats=0` makes the probed run alone (its wall time is then the probe-slowed one)."""
     from benchmarks.models import scaled_grid
-    from benchmarks.run import _subprocess, machine
+    from benchmarks.machine import in_child, machine
 
     tmp = Path(tempfile.mkdtemp())
     rows = []
@@ -28,8 +28,8 @@ def scaling_bench(model: str, batch_size: int, repeats: int = 3, sizes=SIZES, la
         grid = scaled_grid(n_personas, n_tasks, tmp)
         for layers in layer_choices:
             # One run with the live-heap probe; it slows the run, so the timed runs are apart.
-            probed = _subprocess(["one-scaling", model, grid, layers, str(batch_size), "--probe"])
-            runs = [_subprocess(["one-scaling", model, grid, layers, str(batch_size)]) for _ in range(repeats)] or [probed]
+            probed = in_child(["one-scaling", model, grid, layers, str(batch_size), "--probe"])
+            runs = [in_child(["one-scaling", model, grid, layers, str(batch_size)]) for _ in range(repeats)] or [probed]
             r = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "patches"}
             r.update(cells=n_personas * n_tasks, layers=layers, patches=runs[0]["patches"], timed_runs=repeats,
                      wall_s_all=[run["wall_s"] for run in runs], peak_rss_mib_all=[run["peak_rss_mib"] for run in runs])
@@ -46,7 +46,7 @@ class LiveHeapProbe:
     heap costs time, so only the memory run carries a probe."""
 
     def __init__(self, model):
-        from nnsight_persona.memory import malloc_in_use
+        from nnsight_persona.core.memory import malloc_in_use
 
         self.read = malloc_in_use
         self.peak = self.read()
@@ -71,11 +71,11 @@ def one_scaling(model: str, grid_path: str, layers: str, batch_size: int, probe:
     import time
 
     from benchmarks.models import resolve
-    from nnsight_persona.experiments import capture, substitute
-    from nnsight_persona.grids import load_grid
-    from nnsight_persona.memory import malloc_in_use
-    from nnsight_persona.models import load_model
-    from nnsight_persona.selection import paper_layers
+    from nnsight_persona.studies.xu2026 import capture, substitute
+    from nnsight_persona.core.grids import load_grid
+    from nnsight_persona.core.memory import malloc_in_use
+    from nnsight_persona.models.loading import load_model
+    from nnsight_persona.core.selection import paper_layers
 
     mib = lambda b: b / 2**20
     loaded = load_model(resolve(model), dtype="float32")

@@ -123,7 +123,7 @@ def prefix_table(*paths: str) -> str:
                          f"{p['whole_sequences']['passes']:,} / {p['shared_prefixes']['passes']:,}",
                          f"{r['max_abs_difference']:.1e} (largest KL {r['largest_value']:.2f})"])
     return markdown(["model", "experiment", "whole sequences", "shared prefixes", "speedup",
-                     "token positions (whole / shared)", "traces (whole / shared)", "max \|difference\|"], rows)
+                     "token positions (whole / shared)", "traces (whole / shared)", "max \\|difference\\|"], rows)
 
 
 def profile_table(path: str, rows: str = "8") -> str:

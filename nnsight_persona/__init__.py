@@ -19,11 +19,15 @@ _EXPORTS = {
     "vectors_extract": "api", "vectors_steer": "api", "vectors_monitor": "api", "vectors_trace": "api",
     "vectors_vs_edit": "api", "vectors_vs_delta": "api", "subnetwork_find": "api", "subnetwork_eval": "api",
     "load_model": "models",
-    "open_results": "results",
+    "open_results": "storage.results",
     "write_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)
+
+from .moved import install as _install_moved  # noqa: E402  (old import paths; imports nothing heavy)
+
+_install_moved(__name__)
 
 
 def __getattr__(name):

@@ -26,6 +26,6 @@ np subnetwork eval $T/subnetwork-find-toy-structured-masks.safetensors --random-
 bash scripts/vectors_artifacts.sh toy
 
 np report $T
-python -c "from nnsight_persona.manifest import write_manifest; write_manifest('$T', command=\
+python -c "from nnsight_persona.storage.manifest import write_manifest; write_manifest('$T', command=\
 'nnsight-persona reproduce --out-dir artifacts/toy --no-progress --overwrite; then the subnetwork and vectors \
 commands of scripts/toy_artifacts.sh; then nnsight-persona report artifacts/toy')"

@@ -27,7 +27,7 @@ fi
 if [ "$PART" = toy ] || [ "$PART" = toy-trace ] || [ "$PART" = all ]; then
 # Toy across training: a separate 400-step run of the toy trainer (seed 0) with checkpoints.
 if [ ! -d runs/toy-trace/final/checkpoints ]; then
-  python -m nnsight_persona.toy train --out runs/toy-trace/final --steps 400 --checkpoints 10,25,50,100,200,400 --no-progress
+  python -m nnsight_persona.models.toy train --out runs/toy-trace/final --steps 400 --checkpoints 10,25,50,100,200,400 --no-progress
 fi
 np vectors trace --traits pirate,robot --layers all --steer-layer 4 --coef 1.0 --scale norm --n-tokens 24 \
   $(for d in runs/toy-trace/final/checkpoints/step-*; do echo --revision "$d"; done) \

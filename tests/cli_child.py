@@ -18,7 +18,7 @@ PRELOAD = [
     "torch", "xarray", "nnsight", "nnsight.modeling.transformers", "transformers.modeling_utils",
     "transformers.image_processing_utils", "transformers.activations", "transformers.utils.type_validators",
     "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
-    "nnsight_persona.models", "nnsight_persona.experiments.substitute", "nnsight_persona.cli", "cli_child",
+    "nnsight_persona.models", "nnsight_persona.studies.xu2026.substitute", "nnsight_persona.cli", "cli_child",
 ]
 
 
@@ -48,7 +48,8 @@ def run_cli(args, model, ready, checkpoint_every_batch=False, block_in_window_kl
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    from nnsight_persona import models, store
+    from nnsight_persona.models import loading as models
+    from nnsight_persona.storage import store
     from nnsight_persona.cli import main
 
     loaded = models.load_model(model)
@@ -60,7 +61,7 @@ def run_cli(args, model, ready, checkpoint_every_batch=False, block_in_window_kl
 
         store.Checkpoint = EveryBatch
     if block_in_window_kl:
-        from nnsight_persona.experiments import substitute
+        from nnsight_persona.studies.xu2026 import substitute
 
         def hang(*a, **k):
             ready.send("ready")

@@ -20,7 +20,7 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaded_models(tiny_dirs):
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return {family: load_model(str(path), dtype="float32") for family, path in tiny_dirs.items()}
 
@@ -39,7 +39,7 @@ def sharp_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sharp_models(sharp_dirs):
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return {family: load_model(str(path), dtype="float32") for family, path in sharp_dirs.items()}
 
@@ -54,7 +54,7 @@ def sharp_plain(sharp_dirs):
 
 @pytest.fixture(scope="session")
 def toy_dir():
-    from nnsight_persona.toy import TOY_MODEL_DIR
+    from nnsight_persona.models.toy import TOY_MODEL_DIR
 
     return TOY_MODEL_DIR
 
@@ -62,7 +62,7 @@ def toy_dir():
 @pytest.fixture(scope="session")
 def toy_model(toy_dir):
     """The embedded toy persona model: trained, so its patches move KL by nats."""
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", dtype="float32")
 
@@ -70,7 +70,7 @@ def toy_model(toy_dir):
 @pytest.fixture(scope="session")
 def toy(toy_dir):
     """The toy model on the CPU, beside `plain` (the persona-vector tests compare the two)."""
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", device="cpu")
 

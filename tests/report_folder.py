@@ -15,7 +15,7 @@ PARTIAL = "substitute-partial.nc"
 
 
 def make_folder(folder: Path) -> Path:
-    from nnsight_persona.store import load_dataset, save_dataset
+    from nnsight_persona.storage.store import load_dataset, save_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILES:

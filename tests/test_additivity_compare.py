@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from nnsight_persona.analysis.additivity import additivity_rows
 from nnsight_persona.analysis.compare import compare, layer_partner
-from nnsight_persona.cli_analysis import compare_command
-from nnsight_persona.errors import PersonaError, SelectionError
-from nnsight_persona.provenance import POSITION_CONVENTION
-from nnsight_persona.store import save_dataset
+from nnsight_persona.commands.analysis import compare_command
+from nnsight_persona.core.errors import PersonaError, SelectionError
+from nnsight_persona.storage.provenance import POSITION_CONVENTION
+from nnsight_persona.storage.store import save_dataset
 
 CONDITIONS = ["additive", "oracle", "baseline", "persona_only", "task_only", "random"]
 

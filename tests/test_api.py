@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import nnsight_persona
 from nnsight_persona.cli import main
-from nnsight_persona.errors import OutputError
-from nnsight_persona.store import load_dataset
+from nnsight_persona.core.errors import OutputError
+from nnsight_persona.storage.store import load_dataset
 
 # Per experiment: the command's options and the same run as API keywords (None: the defaults on both sides).
 CASES = {
@@ -33,7 +33,7 @@ PER_RUN = {"created", "sweep_wall_s"}
 
 
 def same_result(a: xr.Dataset, b: xr.Dataset) -> None:
-    from nnsight_persona.store import result_spec, spec_of
+    from nnsight_persona.storage.store import result_spec, spec_of
 
     xr.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     plain = lambda ds: {k: v for k, v in ds.attrs.items() if k not in PER_RUN | {"spec"}}
@@ -65,7 +65,7 @@ def test_defaults_are_the_commands_defaults(tiny_dirs, tiny_grid_file, tmp_path)
 
 
 def test_a_loaded_model_is_used_as_it_is(tiny_dirs, tiny_grid_file, monkeypatch):
-    from nnsight_persona import models
+    from nnsight_persona.models import loading as models
 
     model = str(tiny_dirs["llama"])
     by_name = nnsight_persona.knockout(model, grid=str(tiny_grid_file), bands="0:2", n_tokens=0, progress=False)
@@ -85,7 +85,7 @@ def test_a_loaded_model_is_used_as_it_is(tiny_dirs, tiny_grid_file, monkeypatch)
 
 
 def test_decompose_of_a_capture_dataset_needs_no_model(tiny_dirs, tiny_grid_file, monkeypatch):
-    from nnsight_persona import models
+    from nnsight_persona.models import loading as models
     from nnsight_persona.analysis import decompose
 
     capture = nnsight_persona.capture(str(tiny_dirs["llama"]), grid=str(tiny_grid_file), layers=[1, 2],
@@ -95,7 +95,7 @@ def test_decompose_of_a_capture_dataset_needs_no_model(tiny_dirs, tiny_grid_file
 
 
 def test_out_follows_the_commands_rules(tiny_dirs, tiny_grid_file, tmp_path, monkeypatch):
-    from nnsight_persona.experiments import substitute as exp
+    from nnsight_persona.studies.xu2026 import substitute as exp
 
     model, out = str(tiny_dirs["llama"]), tmp_path / "sub.nc"
     run = dict(grid=str(tiny_grid_file), layers=[2], positions="p_last", out=out, progress=False)
@@ -109,7 +109,7 @@ def test_out_follows_the_commands_rules(tiny_dirs, tiny_grid_file, tmp_path, mon
 
 
 def test_bad_input_is_one_clear_error(tiny_dirs, tiny_grid_file):
-    from nnsight_persona.errors import SelectionError
+    from nnsight_persona.core.errors import SelectionError
 
     with pytest.raises(SelectionError, match=r"unknown position\(s\) \['g7'\]"):
         nnsight_persona.capture(str(tiny_dirs["llama"]), grid=str(tiny_grid_file), positions="p_last,g7")

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 import nnsight_persona
 from nnsight_persona.cli import main
-from nnsight_persona.errors import OutputError, PersonaError
-from nnsight_persona.store import load_dataset
+from nnsight_persona.core.errors import OutputError, PersonaError
+from nnsight_persona.storage.store import load_dataset
 
 SMALL = ["--n-questions", "1", "--n-tokens", "4", "--no-progress"]
 SMALL_API = {"n_questions": 1, "n_tokens": 4, "progress": False}
@@ -46,7 +46,7 @@ def toy():
 @pytest.fixture
 def no_second_load(monkeypatch):
     """Fail if anything loads a model (a loaded model must be used as it is)."""
-    from nnsight_persona import models
+    from nnsight_persona.models import loading as models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded again")
@@ -72,7 +72,7 @@ EXTRACT = dict(traits=["pirate"], layers=[2, 4], token_sets=["response_avg", "pr
 
 
 def test_extract_by_name_and_loaded_is_the_commands_dataset(extracted, toy, no_second_load, tmp_path, monkeypatch):
-    from nnsight_persona.experiments.vectors import extract as exp
+    from nnsight_persona.studies.vectors import extract as exp
 
     monkeypatch.chdir(tmp_path)
     by_name = nnsight_persona.vectors_extract("toy", **EXTRACT)

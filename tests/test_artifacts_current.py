@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnsight_persona.manifest import file_hashes, read_manifest
-from nnsight_persona.store import load_dataset, spec_of
+from nnsight_persona.storage.manifest import file_hashes, read_manifest
+from nnsight_persona.storage.store import load_dataset, spec_of
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = sorted(p for p in (ROOT / "artifacts").iterdir() if p.is_dir())
@@ -32,7 +32,7 @@ def test_manifest_matches_the_files(folder):
 
 @pytest.fixture(scope="module")
 def toy():
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", device="cpu")
 
@@ -46,7 +46,7 @@ def _spec(cls, ds, **override):
 
 
 def _grid(ds):
-    from nnsight_persona.grids import grid_from_dict
+    from nnsight_persona.core.grids import grid_from_dict
 
     spec = spec_of(ds)
     return grid_from_dict(spec["grid_definition"], name=spec["grid"]) if "grid_definition" in spec else None
@@ -64,7 +64,7 @@ def _first_cell(ds):
 
 
 def test_capture_and_substitute_recompute_to_the_committed_numbers(toy):
-    from nnsight_persona.experiments import capture, substitute
+    from nnsight_persona.studies.xu2026 import capture, substitute
 
     committed = _committed("substitute-toy.nc")
     cell = _first_cell(committed)
@@ -91,7 +91,7 @@ def test_decompose_is_the_committed_capture_decomposed():
 
 
 def test_markers_recompute_to_the_committed_texts(toy):
-    from nnsight_persona.experiments import markers
+    from nnsight_persona.studies.xu2026 import markers
 
     committed = _committed("markers-toy.nc")
     cell = _first_cell(committed)
@@ -100,7 +100,7 @@ def test_markers_recompute_to_the_committed_texts(toy):
 
 
 def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
-    from nnsight_persona.experiments import inject, knockout
+    from nnsight_persona.studies.xu2026 import inject, knockout
 
     for name, module, cls in (("inject-toy-long.nc", inject, inject.InjectSpec),
                               ("knockout-toy-long.nc", knockout, knockout.KnockoutSpec)):
@@ -115,8 +115,8 @@ def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
 
 
 def test_persona_vectors_recompute_to_the_committed_numbers(toy):
-    from nnsight_persona.experiments.vectors import extract
-    from nnsight_persona.experiments.vectors.traits import trait_from_spec
+    from nnsight_persona.studies.vectors import extract
+    from nnsight_persona.studies.vectors.traits import trait_from_spec
 
     committed = _committed("vectors-extract.nc")
     definition = spec_of(committed)["trait_definitions"][0]

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from nnsight_persona.experiments import capture
-from nnsight_persona.grids import load_grid
-from nnsight_persona.store import load_dataset, save_dataset
+from nnsight_persona.studies.xu2026 import capture
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.storage.store import load_dataset, save_dataset
 from reference import CONDITIONS, chat_prompt, greedy, hidden_states, user_texts
 from tiny_models import MAX_TEST_PARAMS
 

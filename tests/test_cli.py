@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from nnsight_persona.cli import main
-from nnsight_persona.store import load_dataset
+from nnsight_persona.storage.store import load_dataset
 
 
 def _run(*args):

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from nnsight_persona.analysis import decompose
 from nnsight_persona.analysis.compare import compare, reported_combinations
-from nnsight_persona.cli_analysis import compare_command
-from nnsight_persona.errors import PersonaError
-from nnsight_persona.store import save_dataset
+from nnsight_persona.commands.analysis import compare_command
+from nnsight_persona.core.errors import PersonaError
+from nnsight_persona.storage.store import save_dataset
 from test_decompose import make_capture
 from test_plots import make_markers, make_substitute
 

@@ -7,9 +7,9 @@ import pytest
 import xarray as xr
 
 from nnsight_persona.analysis import decompose, delta_vectors, format_table, summarize
-from nnsight_persona.errors import PersonaError, SelectionError
-from nnsight_persona.store import load_dataset, save_dataset, spec_of
-from nnsight_persona.vectors import site_residuals
+from nnsight_persona.core.errors import PersonaError, SelectionError
+from nnsight_persona.storage.store import load_dataset, save_dataset, spec_of
+from nnsight_persona.core.replacements import site_residuals
 
 PERSONAS, TASKS = ["yoda", "marx", "buffett"], ["haiku", "policy"]
 POSITIONS = ["p_user_last", "p_last", "g1", "g2"]
@@ -128,8 +128,8 @@ def test_coords_attrs_and_spec():
 def test_decomposition_of_a_toy_capture_equals_plain_transformers(toy_model, toy_plain, toy_grid_raw):
     """decompose and delta_vectors of a real capture (the toy persona model) agree with the
     statistics of residuals read by plain transformers, one prompt at a time."""
-    from nnsight_persona.experiments import capture
-    from nnsight_persona.grids import load_grid
+    from nnsight_persona.studies.xu2026 import capture
+    from nnsight_persona.core.grids import load_grid
     from reference import CONDITIONS, chat_prompt, greedy, hidden_states, user_texts
 
     cells, layers = ["pirate__weather", "robot__story"], (2, 4, 6)

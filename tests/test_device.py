@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from nnsight_persona.cli import main
-from nnsight_persona.errors import ModelError
-from nnsight_persona.experiments import capture, inject, knockout, markers, substitute
-from nnsight_persona.grids import load_grid
-from nnsight_persona.models import load_model, resolve_device
+from nnsight_persona.core.errors import ModelError
+from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.models.loading import load_model, resolve_device
 
 
 def test_auto_picks_a_gpu_only_where_there_is_one():

@@ -98,14 +98,14 @@ def _commands(body: str):
 
 def _run_shell(block, sandbox, monkeypatch):
     from nnsight_persona.cli import main
-    from nnsight_persona.toy.cli import toy
+    from nnsight_persona.models.toy.cli import toy
 
     monkeypatch.chdir(sandbox)
     for words in _commands(block["body"]):
         args = [match for w in words[1:] for match in (sorted(glob.glob(w)) if "*" in w else [w])]
         if words[0] == "nnsight-persona":
             group = main
-        elif words[:3] == ["python", "-m", "nnsight_persona.toy"]:
+        elif words[:3] == ["python", "-m", "nnsight_persona.models.toy"]:
             group, args = toy, args[2:]
         elif words[:3] == ["python", "-m", "nnsight_persona.cli"]:
             group, args = main, args[2:]
@@ -117,7 +117,7 @@ def _run_shell(block, sandbox, monkeypatch):
 
 def _run_yaml(block, sandbox, monkeypatch):
     from nnsight_persona.cli import main
-    from nnsight_persona.grids import grid_from_dict
+    from nnsight_persona.core.grids import grid_from_dict
 
     data = yaml.safe_load(block["body"])
     if isinstance(data, dict) and "steps" in data:

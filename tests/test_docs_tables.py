@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nnsight_persona.docblocks import refresh, specs, stale
+from nnsight_persona.storage.docblocks import refresh, specs, stale
 
 ROOT = Path(__file__).resolve().parent.parent
 

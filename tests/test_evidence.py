@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnsight_persona.core import evidence
-from nnsight_persona.errors import SelectionError
+from nnsight_persona.core.errors import SelectionError
 from reference import answer_evidence, chat_prompt, greedy, user_texts
 
 TOL = 1e-4  # nats per token

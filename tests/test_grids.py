@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from nnsight_persona.errors import GridError
-from nnsight_persona.grids import CONDITIONS, grid_from_dict, list_grids, load_grid
+from nnsight_persona.core.errors import GridError
+from nnsight_persona.core.grids import CONDITIONS, grid_from_dict, list_grids, load_grid
 
 GOOD = {
     "baseline": {"persona": "a thoughtful person", "task": "Give advice."},

@@ -5,10 +5,10 @@ import pytest
 import torch
 import xarray as xr
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.experiments import heads, knockout
-from nnsight_persona.grids import load_grid
-from nnsight_persona.prompts import render_prompt
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.studies.xu2026 import heads, knockout
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.core.prompts import render_prompt
 from reference import greedy, load_plain, logits_with_mask_knockout, summed_kl
 
 
@@ -62,7 +62,7 @@ def test_batched_head_sweep_equals_one_run_per_head(loaded_models, tiny_dirs, ti
 
 def test_top_group_rows_knock_out_exactly_their_heads(loaded_models, tiny_grid_file):
     """The Knockout of a group row holds exactly the group's (block, head) pairs."""
-    from nnsight_persona.batching import left_pad
+    from nnsight_persona.core.batching import left_pad
 
     loaded = loaded_models["llama"]
     grid = load_grid(tiny_grid_file)
@@ -78,7 +78,7 @@ def test_top_group_rows_knock_out_exactly_their_heads(loaded_models, tiny_grid_f
 def test_head_map_on_the_toy_model():
     """On the toy model the persona is read in block 0; its four heads together account for the
     whole 0:2 band's persona shift, the best single head for clearly less than that."""
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     loaded = load_model("toy")
     grid = load_grid("toy-long")
@@ -141,7 +141,7 @@ def test_heads_command_from_a_knockout_result(tiny_dirs, tiny_grid_file, tmp_pat
     from click.testing import CliRunner
 
     from nnsight_persona.cli import main
-    from nnsight_persona.store import load_dataset
+    from nnsight_persona.storage.store import load_dataset
 
     base = ["--model", str(tiny_dirs["llama"]), "--grid", str(tiny_grid_file), "--no-progress"]
     run = lambda *args: CliRunner().invoke(main, [*args, *base], catch_exceptions=False)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.experiments import inject
-from nnsight_persona.grids import grid_from_dict, load_grid
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.studies.xu2026 import inject
+from nnsight_persona.core.grids import grid_from_dict, load_grid
 from reference import CONDITIONS, Mismatches, chat_prompt, greedy, hidden_states, patched_logits, replacement, summed_kl, user_texts
 
 SETS = ((2,), (1, 2, 3))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import cli_child
-from nnsight_persona.store import load_dataset, spec_of
+from nnsight_persona.storage.store import load_dataset, spec_of
 
 KILLS = 24
 SEED = 13

@@ -4,10 +4,10 @@ import nnsight
 import pytest
 import torch
 
-from nnsight_persona.batching import left_pad
-from nnsight_persona.edits import Knockout
-from nnsight_persona.models import load_model
-from nnsight_persona.tracing import apply_edits, generate_with_edit
+from nnsight_persona.core.batching import left_pad
+from nnsight_persona.core.edits import Knockout
+from nnsight_persona.models.loading import load_model
+from nnsight_persona.core.tracing import apply_edits, generate_with_edit
 from reference import load_plain, logits_with_mask_knockout
 
 SEQS = [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24], [30, 31, 32, 33, 34, 35, 36]]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.experiments import knockout, markers
-from nnsight_persona.grids import load_grid
-from nnsight_persona.prompts import render_prompt
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.studies.xu2026 import knockout, markers
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.core.prompts import render_prompt
 from reference import greedy, load_plain, logits_with_mask_knockout, summed_kl
 
 BANDS = ((0, 2), (2, 4), (0, 4))
@@ -130,7 +130,7 @@ def test_each_condition_knocks_out_exactly_its_keys(loaded_models, tiny_dirs, fa
 def test_persona_shift_is_0_without_change_and_1_at_the_baseline_run():
     """The measures on constructed next-token distributions: rows XY, BY, knocked = XY, knocked =
     BY, knocked = noise, over a 5-token window; the targets are XY's most likely tokens."""
-    from nnsight_persona.tracing import window_scores
+    from nnsight_persona.core.tracing import window_scores
 
     gen = torch.Generator().manual_seed(0)
     xy = (3 * torch.randn(5, 40, generator=gen)).log_softmax(-1)

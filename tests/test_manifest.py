@@ -2,7 +2,7 @@
 
 import json
 
-from nnsight_persona.manifest import NAME, read_manifest, write_manifest
+from nnsight_persona.storage.manifest import NAME, read_manifest, write_manifest
 
 
 def test_a_manifest_is_kept_while_it_lists_the_files_present_and_rewritten_when_they_change(tmp_path):

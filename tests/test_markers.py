@@ -2,10 +2,10 @@
 
 import pytest
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.experiments import markers
-from nnsight_persona.grids import grid_from_dict, load_grid
-from nnsight_persona.scoring import marker_counts, markers_found
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.studies.xu2026 import markers
+from nnsight_persona.core.grids import grid_from_dict, load_grid
+from nnsight_persona.core.scoring import marker_counts, markers_found
 from reference import CONDITIONS, chat_prompt, greedy_with_patch, hidden_states, replacement, user_texts
 
 

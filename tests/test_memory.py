@@ -4,12 +4,12 @@ from click.testing import CliRunner
 from transformers import LlamaConfig
 
 from nnsight_persona.cli import main
-from nnsight_persona.experiments import capture, substitute
-from nnsight_persona.grids import load_grid
-from nnsight_persona.memory import auto_batch_size, malloc_in_use, row_bytes
-from nnsight_persona.models import load_model
-from nnsight_persona.store import load_dataset, spec_of
-from nnsight_persona.toy import TOY_MODEL_DIR
+from nnsight_persona.studies.xu2026 import capture, substitute
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.core.memory import auto_batch_size, malloc_in_use, row_bytes
+from nnsight_persona.models.loading import load_model
+from nnsight_persona.storage.store import load_dataset, spec_of
+from nnsight_persona.models.toy import TOY_MODEL_DIR
 
 GEMMA_LIKE = LlamaConfig(vocab_size=256_000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                          num_attention_heads=8, num_key_value_heads=4, head_dim=256)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from nnsight_persona.errors import ModelError
-from nnsight_persona.models import load_model
-from nnsight_persona.sites import adapter_for
+from nnsight_persona.core.errors import ModelError
+from nnsight_persona.models.loading import load_model
+from nnsight_persona.core.sites import adapter_for
 
 
 def test_dtype_defaults_follow_the_family(tiny_dirs):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from tiny_models import build_tiny_model
 
-from nnsight_persona.experiments import capture, inject, knockout, substitute
-from nnsight_persona.grids import load_grid
-from nnsight_persona.models import load_model
+from nnsight_persona.studies.xu2026 import capture, inject, knockout, substitute
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.models.loading import load_model
 
 pytestmark = pytest.mark.ndif
 
@@ -171,7 +171,7 @@ def test_ndif_server_stopped_fails_cleanly_then_resumes(ndif_server, tmp_path, t
     assert stop_result[0].returncode == 0, stop_result[0].stdout + stop_result[0].stderr
     if "error" in outcome:
         exc = outcome["error"]
-        from nnsight_persona.errors import PersonaError
+        from nnsight_persona.core.errors import PersonaError
 
         assert isinstance(exc, PersonaError), (
             f"unclean failure after {elapsed:.0f} s: {type(exc).__module__}.{type(exc).__name__}: {exc}")

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 
 from nnsight_persona.analysis import decompose
-from nnsight_persona.cli_analysis import plot_command
-from nnsight_persona.errors import SelectionError
+from nnsight_persona.commands.analysis import plot_command
+from nnsight_persona.core.errors import SelectionError
 from nnsight_persona.plots import FIGURES, figures_for, plot_decomposition, plot_kl_by_layer, plot_markers, save_figure
-from nnsight_persona.store import save_dataset
+from nnsight_persona.storage.store import save_dataset
 from test_decompose import POSITIONS, cell_coords, make_capture, provenance
 
 SUBSTITUTE_CONDITIONS = ["additive", "oracle", "baseline", "persona_only", "task_only", "random"]

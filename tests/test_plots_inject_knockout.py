@@ -7,11 +7,11 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 
 from nnsight_persona.cli import main
-from nnsight_persona.errors import SelectionError
+from nnsight_persona.core.errors import SelectionError
 from nnsight_persona.plots import FIGURES, figures_for
 from nnsight_persona.plots.inject import plot_gap_closed
 from nnsight_persona.plots.knockout import plot_knockout_by_band
-from nnsight_persona.store import save_dataset
+from nnsight_persona.storage.store import save_dataset
 from test_decompose import POSITIONS, cell_coords, provenance
 
 INJECT_CONDITIONS = ["host", "oracle", "cached", "cached_rescaled", "lm_host", "lm_oracle", "lm_cached"]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from nnsight_persona import tracing
-from nnsight_persona.batching import left_pad
-from nnsight_persona.edits import Knockout
-from nnsight_persona.experiments import capture, inject, knockout
-from nnsight_persona.grids import load_grid
+from nnsight_persona.core import tracing
+from nnsight_persona.core.batching import left_pad
+from nnsight_persona.core.edits import Knockout
+from nnsight_persona.studies.xu2026 import capture, inject, knockout
+from nnsight_persona.core.grids import load_grid
 from reference import greedy, logits_with_mask_knockout, summed_kl
 from test_knockout_experiment import expected_keys
 
@@ -122,7 +122,7 @@ def test_a_suffix_pass_blocks_the_queries_of_its_own_columns():
 def test_an_edit_before_the_window_makes_the_batch_run_whole():
     batch = left_pad([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 10]], 0)
     window = torch.arange(3, 6).repeat(2, 1)
-    from nnsight_persona.edits import LayerWrites
+    from nnsight_persona.core.edits import LayerWrites
 
     at = lambda col: [LayerWrites(1, torch.tensor([0]), torch.tensor([col]), torch.zeros(1, 4))]
     assert tracing.shared_prefix(batch, window) == 3

@@ -4,7 +4,7 @@ import io
 
 from click.testing import CliRunner
 
-from nnsight_persona.progress import PlainLines, tqdm
+from nnsight_persona.core.progress import PlainLines, tqdm
 
 
 class Terminal(io.StringIO):

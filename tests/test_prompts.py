@@ -1,8 +1,8 @@
 import pytest
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.grids import load_grid
-from nnsight_persona.prompts import render_prompt
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.core.prompts import render_prompt
 
 
 def test_named_positions_and_persona_span(loaded_models, family):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from nnsight_persona import models
+from nnsight_persona.models import loading as models
 from nnsight_persona.cli import main
-from nnsight_persona.experiments import capture, inject, substitute
-from nnsight_persona.store import load_dataset, save_dataset
+from nnsight_persona.studies.xu2026 import capture, inject, substitute
+from nnsight_persona.storage.store import load_dataset, save_dataset
 from tiny_models import build_tiny_model
 
 

@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from nnsight_persona import tracing
+from nnsight_persona.core import tracing
 from nnsight_persona.cli import main
-from nnsight_persona.errors import RemoteFailure
-from nnsight_persona.experiments import capture, substitute
-from nnsight_persona.grids import load_grid
-from nnsight_persona.store import load_dataset
-from nnsight_persona.traffic import metered
+from nnsight_persona.core.errors import RemoteFailure
+from nnsight_persona.studies.xu2026 import capture, substitute
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.storage.store import load_dataset
+from nnsight_persona.core.traffic import metered
 
 
 class FakeLoaded:

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nnsight_persona.experiments import capture, inject, knockout, markers, substitute
-from nnsight_persona.grids import load_grid
+from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
+from nnsight_persona.core.grids import load_grid
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from nnsight_persona.report import write_report
+    from nnsight_persona.report.page import write_report
 
     folder = make_folder(tmp_path_factory.mktemp("report") / "toy")
     write_report(folder)
@@ -145,7 +145,7 @@ def test_provenance_and_what_it_shows_come_from_the_file(folder, page):
 
 def test_the_committed_pages_are_current(tmp_path):
     """artifacts/*/index.html is what the current code writes for its folder."""
-    from nnsight_persona.report import write_report
+    from nnsight_persona.report.page import write_report
 
     pages = sorted((Path(__file__).resolve().parent.parent / "artifacts").glob("*/index.html"))
     if not pages:
@@ -162,8 +162,8 @@ def test_a_figure_older_than_its_result_is_used_where_the_manifest_lists_both(tm
     import os
     import shutil
 
-    from nnsight_persona.manifest import NAME
-    from nnsight_persona.report import write_report
+    from nnsight_persona.storage.manifest import NAME
+    from nnsight_persona.report.page import write_report
 
     src = Path(__file__).resolve().parent.parent / "artifacts" / "toy"
     folder = tmp_path / "toy"

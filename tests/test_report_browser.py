@@ -40,7 +40,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page(browser, tmp_path_factory):
-    from nnsight_persona.report import write_report
+    from nnsight_persona.report.page import write_report
 
     folder = make_folder(tmp_path_factory.mktemp("browser") / "toy")
     path = write_report(folder)

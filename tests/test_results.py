@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from nnsight_persona import open_results
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.selection import paper_layers
-from nnsight_persona.store import load_dataset, save_dataset
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.core.selection import paper_layers
+from nnsight_persona.storage.store import load_dataset, save_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = ROOT / "artifacts" / "smollm2"

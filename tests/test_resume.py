@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from nnsight_persona import tracing
+from nnsight_persona.core import tracing
 from nnsight_persona.cli import main
-from nnsight_persona.experiments import capture, inject, knockout, markers, substitute
-from nnsight_persona.grids import load_grid
-from nnsight_persona.store import Checkpoint, load_dataset, resumable, save_dataset
+from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.storage.store import Checkpoint, load_dataset, resumable, save_dataset
 
 # (experiment, where its traced call is looked up, that call, spec, result variable)
 CASES = [

@@ -1,7 +1,7 @@
 import pytest
 
-from nnsight_persona.errors import SelectionError
-from nnsight_persona.selection import paper_layers, parse_layers, parse_positions
+from nnsight_persona.core.errors import SelectionError
+from nnsight_persona.core.selection import paper_layers, parse_layers, parse_positions
 
 
 def test_paper_layer_grid_matches_the_papers_gemma_layers():

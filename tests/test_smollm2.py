@@ -16,13 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nnsight_persona import cache, smollm2
+from nnsight_persona.storage import cache
+from nnsight_persona.models import smollm2
 from nnsight_persona.analysis import decompose
 from nnsight_persona.cli import main
-from nnsight_persona.errors import ModelError
-from nnsight_persona.experiments import capture, inject, knockout, markers, substitute
-from nnsight_persona.grids import CONDITIONS, grid_from_dict
-from nnsight_persona.models import load_model, resolve_model
+from nnsight_persona.core.errors import ModelError
+from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
+from nnsight_persona.core.grids import CONDITIONS, grid_from_dict
+from nnsight_persona.models.loading import load_model, resolve_model
 from reference import greedy, hidden_states
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,16 +12,16 @@ import torch
 from click.testing import CliRunner
 from reference import chat_prompt, load_plain
 
-from nnsight_persona.errors import DataFileError
-from nnsight_persona.experiments.subnetworks import data, evaluate, find
-from nnsight_persona.experiments.subnetworks import masks as M
-from nnsight_persona.experiments.subnetworks.apply import MaskedCopy, channel_factors, mask_channels
-from nnsight_persona.experiments.subnetworks.norms import encode, linear_names, record_norms
+from nnsight_persona.core.errors import DataFileError
+from nnsight_persona.studies.subnetworks import data, evaluate, find
+from nnsight_persona.studies.subnetworks import masks as M
+from nnsight_persona.studies.subnetworks.apply import MaskedCopy, channel_factors, mask_channels
+from nnsight_persona.studies.subnetworks.norms import encode, linear_names, record_norms
 
 
 @pytest.fixture(scope="module")
 def toy():
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", dtype="float32", device="cpu")
 
@@ -226,7 +226,7 @@ def test_structured_variant_runs_through_the_local_simulation_of_the_remote_path
 
 
 def test_weight_masks_are_refused_remotely(toy):
-    from nnsight_persona.errors import SelectionError
+    from nnsight_persona.core.errors import SelectionError
 
     with pytest.raises(SelectionError, match="cannot travel"):
         MaskedCopy(dataclasses.replace(toy, remote="local"))
@@ -301,7 +301,7 @@ def test_bundled_persona_sets_load():
 
 def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
     from nnsight_persona.cli import main
-    from nnsight_persona.store import load_dataset
+    from nnsight_persona.storage.store import load_dataset
 
     out = tmp_path / "find.nc"
     runner = CliRunner()
@@ -340,7 +340,7 @@ def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
 def test_committed_toy_subnetwork_results_recompute(toy):
     from pathlib import Path
 
-    from nnsight_persona.store import load_dataset, spec_of
+    from nnsight_persona.storage.store import load_dataset, spec_of
 
     folder = Path(__file__).resolve().parent.parent / "artifacts" / "toy"
     stats_path, eval_path = folder / "subnetwork-find-toy.nc", folder / "subnetwork-eval-toy.nc"

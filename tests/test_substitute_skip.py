@@ -5,8 +5,8 @@ cells and positions, on the toy model (KLs of nats) and on every tiny architectu
 import numpy as np
 import pytest
 
-from nnsight_persona.experiments import substitute
-from nnsight_persona.grids import load_grid
+from nnsight_persona.studies.xu2026 import substitute
+from nnsight_persona.core.grids import load_grid
 
 POSITIONS = ("p_user_last", "p_last", "g1", "g2")
 
@@ -22,7 +22,7 @@ def _three_ways(loaded, grid, grid_name, layers, cells=()):
 
 @pytest.fixture(scope="module")
 def toy():
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", device="cpu")
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from nnsight_persona.toy import TOY_MODEL_DIR
-from nnsight_persona.toy import content as C
-from nnsight_persona.toy.corpus import (
+from nnsight_persona.models.toy import TOY_MODEL_DIR
+from nnsight_persona.models.toy import content as C
+from nnsight_persona.models.toy.corpus import (
     HELDOUT_BARE_TASKS,
     HELDOUT_BASELINE_TASKS,
     HELDOUT_PAIRS,
@@ -21,9 +21,9 @@ from nnsight_persona.toy.corpus import (
     is_heldout_pair,
     long_persona_text,
 )
-from nnsight_persona.scoring import contains_marker
+from nnsight_persona.core.scoring import contains_marker
 
-GRIDS_DIR = TOY_MODEL_DIR.parent.parent / "grids"
+GRIDS_DIR = TOY_MODEL_DIR.parents[2] / "grids"
 MAX_WEIGHT_BYTES = 10 * 1024 * 1024
 MAX_TOY_PARAMS = 3_000_000
 
@@ -35,7 +35,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def shipped():
-    from nnsight_persona.toy.evaluate import load
+    from nnsight_persona.models.toy.evaluate import load
 
     return load(TOY_MODEL_DIR)
 
@@ -179,7 +179,7 @@ def test_chat_template_and_offsets(shipped):
 
 
 def test_quick_heldout_evaluation_meets_thresholds(shipped, one_thread):
-    from nnsight_persona.toy.evaluate import generate, score
+    from nnsight_persona.models.toy.evaluate import generate, score
 
     model, tokenizer = shipped
     examples = heldout_examples(48, seed=2)
@@ -197,8 +197,8 @@ def test_quick_heldout_evaluation_meets_thresholds(shipped, one_thread):
 def test_a_persona_in_a_system_turn_is_taken_on(shipped, one_thread):
     """The corpus's system kind: a persona given in a system turn, with the bare task as the user
     turn, is answered in that persona's style; the baseline persona there leaks no marker."""
-    from nnsight_persona.toy.corpus import messages
-    from nnsight_persona.toy.evaluate import generate, system_scores
+    from nnsight_persona.models.toy.corpus import messages
+    from nnsight_persona.models.toy.evaluate import generate, system_scores
 
     model, tokenizer = shipped
     examples = heldout_system_examples()[::2]
@@ -214,7 +214,7 @@ def test_a_persona_in_a_system_turn_is_taken_on(shipped, one_thread):
 
 def test_the_toy_recalls_names_and_does_not_copy_novel_ones(shipped, one_thread):
     """docs/toy-model.md says the toy recalls trained names and copies no novel one: keep it true."""
-    from nnsight_persona.toy.evaluate import NOVEL_SLOTS, generate, novel_examples
+    from nnsight_persona.models.toy.evaluate import NOVEL_SLOTS, generate, novel_examples
 
     model, tokenizer = shipped
     corpus_text = " ".join(e.user + " " + e.answer for e in generate_corpus(400, seed=0)).lower()
@@ -233,7 +233,7 @@ def test_trainer_smoke_writes_a_loadable_folder(tmp_path, one_thread):
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nnsight_persona.toy.cli import toy
+    from nnsight_persona.models.toy.cli import toy
 
     out = tmp_path / "tiny-toy"
     result = CliRunner().invoke(toy, ["train", "--out", str(out), "--tiny", "--steps", "4", "--batch-size", "8",
@@ -252,7 +252,7 @@ def test_trainer_smoke_writes_a_loadable_folder(tmp_path, one_thread):
 def test_cli_evaluate_writes_json(tmp_path, one_thread):
     from click.testing import CliRunner
 
-    from nnsight_persona.toy.cli import toy
+    from nnsight_persona.models.toy.cli import toy
 
     path = tmp_path / "metrics.json"
     result = CliRunner().invoke(toy, ["evaluate", "--n", "16", "--threads", "1", "--json", str(path)])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from nnsight_persona.batching import left_pad
-from nnsight_persona.experiments.vectors import extract, io, monitor, steer
-from nnsight_persona.experiments.vectors.passes import TOKEN_SETS
-from nnsight_persona.experiments.vectors.traits import load_trait
-from nnsight_persona.tracing import generate_with_edit
+from nnsight_persona.core.batching import left_pad
+from nnsight_persona.studies.vectors import extract, io, monitor, steer
+from nnsight_persona.studies.vectors.passes import TOKEN_SETS
+from nnsight_persona.studies.vectors.traits import load_trait
+from nnsight_persona.core.tracing import generate_with_edit
 from reference import hidden_states
 
 N_TOKENS = 20

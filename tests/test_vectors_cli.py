@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from nnsight_persona.cli import main
-from nnsight_persona.store import load_dataset
+from nnsight_persona.storage.store import load_dataset
 
 SMALL = ["--n-questions", "2", "--n-tokens", "10", "--no-progress"]
 
@@ -62,7 +62,7 @@ def test_toy_train_checkpoints_do_not_change_the_run(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from nnsight_persona.toy.cli import toy
+    from nnsight_persona.models.toy.cli import toy
 
     args = ["--tiny", "--steps", "4", "--batch-size", "8", "--threads", "1", "--no-progress"]
     a, b = tmp_path / "a", tmp_path / "b"

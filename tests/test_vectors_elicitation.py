@@ -12,10 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from nnsight_persona.cli import main
-from nnsight_persona.experiments.vectors import extract, io
-from nnsight_persona.experiments.vectors.chat import render
-from nnsight_persona.experiments.vectors.traits import TRAITS_DIR, TraitError, load_trait
-from nnsight_persona.store import load_dataset
+from nnsight_persona.studies.vectors import extract, io
+from nnsight_persona.studies.vectors.chat import render
+from nnsight_persona.studies.vectors.traits import TRAITS_DIR, TraitError, load_trait
+from nnsight_persona.storage.store import load_dataset
 from reference import hidden_states
 
 N_TOKENS = 16
@@ -225,7 +225,7 @@ def test_bad_character_and_dialogue_keys_give_one_line_naming_file_and_key(tmp_p
 
 
 def test_a_multi_variant_file_is_refused_by_steer_in_one_line(variants_run, tmp_path):
-    from nnsight_persona.store import save_dataset
+    from nnsight_persona.storage.store import save_dataset
 
     path = save_dataset(variants_run, tmp_path / "multi.nc")
     out = _one_line(["vectors", "steer", "--model", "toy", "--vectors", str(path), "--layers", "2",

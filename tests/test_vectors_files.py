@@ -11,9 +11,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nnsight_persona.experiments.vectors import io, trace
-from nnsight_persona.experiments.vectors.scorers import EndpointScorer, coherence_score, lexicon_score, make_scorer
-from nnsight_persona.experiments.vectors.traits import TraitError, list_traits, load_trait
+from nnsight_persona.studies.vectors import io, trace
+from nnsight_persona.studies.vectors.scorers import EndpointScorer, coherence_score, lexicon_score, make_scorer
+from nnsight_persona.studies.vectors.traits import TraitError, list_traits, load_trait
 
 GOOD = {
     "name": "t", "elicitation": "system", "assistant": {"pos": "an evil", "neg": "a helpful"},
@@ -29,7 +29,7 @@ def _write(tmp_path, data, name="trait.yaml"):
 
 
 def test_every_bundled_trait_loads_and_the_toy_traits_use_the_toys_system_turn():
-    from nnsight_persona.toy import content as C
+    from nnsight_persona.models.toy import content as C
 
     names = list_traits()
     assert {"evil", "sycophantic", "humorous", "impolite", "pirate", "robot", "poet"} <= set(names)
@@ -204,7 +204,7 @@ def test_persona_vector_against_delta_x_of_a_committed_capture():
     import xarray as xr
 
     from nnsight_persona.analysis.vector_delta import vector_vs_delta_x
-    from nnsight_persona.store import load_dataset
+    from nnsight_persona.storage.store import load_dataset
 
     capture = load_dataset(Path(__file__).resolve().parent.parent / "artifacts" / "toy" / "capture-toy.nc")
     r = capture.resid.isel(model=0).sel(position="p_last", cell="robot__weather")

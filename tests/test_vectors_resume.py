@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from nnsight_persona.cli import main
-from nnsight_persona.experiments.vectors import extract, passes
-from nnsight_persona.experiments.vectors.traits import load_trait
-from nnsight_persona.store import Checkpoint, load_dataset, save_dataset
+from nnsight_persona.studies.vectors import extract, passes
+from nnsight_persona.studies.vectors.traits import load_trait
+from nnsight_persona.storage.store import Checkpoint, load_dataset, save_dataset
 
 PER_SAMPLE = ("answer_ids", "answer", "trait_score", "coherence", "kept", "generated")
 PER_TRAIT = ("vector", "shuffled", "norm", "resid_norm", "n_kept", "n_pairs", "pass_rate", "outcome")
@@ -17,7 +17,7 @@ PER_TRAIT = ("vector", "shuffled", "norm", "resid_norm", "n_kept", "n_pairs", "p
 
 @pytest.fixture(scope="module")
 def toy():
-    from nnsight_persona.models import load_model
+    from nnsight_persona.models.loading import load_model
 
     return load_model("toy", device="cpu")
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from nnsight_persona.cli import main
-from nnsight_persona.experiments.vectors.traits import load_trait
-from nnsight_persona.store import load_dataset
+from nnsight_persona.studies.vectors.traits import load_trait
+from nnsight_persona.storage.store import load_dataset
 from reference import hidden_states, load_plain
 
 LAYER = 4

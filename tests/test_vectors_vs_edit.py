@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnsight_persona.batching import left_pad
-from nnsight_persona.experiments.vectors import extract, vs_edit
-from nnsight_persona.experiments.vectors.steer import steering_edit
-from nnsight_persona.experiments.vectors.traits import load_trait
-from nnsight_persona.grids import load_grid
-from nnsight_persona.tracing import generate_with_edit
+from nnsight_persona.core.batching import left_pad
+from nnsight_persona.studies.vectors import extract, vs_edit
+from nnsight_persona.studies.vectors.steer import steering_edit
+from nnsight_persona.studies.vectors.traits import load_trait
+from nnsight_persona.core.grids import load_grid
+from nnsight_persona.core.tracing import generate_with_edit
 from reference import hidden_states
 
 LAYER = 4
@@ -171,7 +171,7 @@ def test_the_edits_change_hidden_states_L_exactly_where_they_should(toy, plain, 
 
 
 def test_bad_inputs_are_one_line_errors(toy, grid, vectors):
-    from nnsight_persona.errors import SelectionError
+    from nnsight_persona.core.errors import SelectionError
 
     spec = vs_edit.VsEditSpec(grid="toy", personas=("knight",), layers=(LAYER,))
     with pytest.raises(SelectionError, match="no trait \\['knight'\\]"):
@@ -187,7 +187,7 @@ def test_cli_writes_the_dataset_and_figure_and_refuses_bad_inputs(tmp_path, vect
     from click.testing import CliRunner
 
     from nnsight_persona.cli import main
-    from nnsight_persona.store import load_dataset, save_dataset
+    from nnsight_persona.storage.store import load_dataset, save_dataset
 
     path = save_dataset(vectors, tmp_path / "v.nc")
     out = tmp_path / "e.nc"

@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from ..errors import SelectionError
-from ..results import own_layers
+from ..core.errors import SelectionError
+from ..storage.results import own_layers
 
 CONTROLS = ("persona_only", "task_only", "baseline")
 DEFAULT_MARGIN = 10.0

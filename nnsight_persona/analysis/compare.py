@@ -23,8 +23,8 @@ from importlib import resources
 import numpy as np
 import xarray as xr
 
-from ..errors import PersonaError, SelectionError
-from ..store import spec_of
+from ..core.errors import PersonaError, SelectionError
+from ..storage.store import spec_of
 from .summary import summarize
 
 MODEL_KEYS = {
@@ -102,7 +102,7 @@ def reference_file(model_id: str, grid: str, experiment: str, paper: str | None 
 def layer_partner(layer: int, n_layers: int, paper_n_layers: int) -> int | None:
     """The paper model's layer at the same depth: ours is round(f x n_layers) for some fraction f
     of the paper's grid, the partner round(f x paper_n_layers); None off the grid."""
-    from ..selection import PAPER_LAYER_FRACTIONS
+    from ..core.selection import PAPER_LAYER_FRACTIONS
 
     clip = lambda v, n: min(max(round(v), 1), n - 1)
     for f in PAPER_LAYER_FRACTIONS:
@@ -149,7 +149,7 @@ def compare(ds: xr.Dataset, paper: str | None = None) -> list[dict]:
 def _one_model(ds: xr.Dataset, model_id: str) -> xr.Dataset:
     """One model of `ds` without the model dim, on its own layers (a depth-aligned dataset of
     several models, results.open_results, holds layer_frac) and with its own n_layers in attrs."""
-    from ..results import n_layers_of, own_layers
+    from ..storage.results import n_layers_of, own_layers
 
     if "model" not in ds.dims:
         return ds
@@ -265,7 +265,7 @@ def _compare_markers(ds, ref, model_id, partner):
 def _compare_inject(ds, refs, model_id, partner):
     """Host injection: host, oracle and cached at the paper's single layer (v14b_v2), and cached
     at each clamp set (v14e_multilayer), medians over the cells both have."""
-    from ..experiments.inject import PAPER_CLAMPS, label
+    from ..studies.xu2026.inject import PAPER_CLAMPS, label
 
     single, multi = refs
     paper_cells = list(single["results"])
@@ -307,7 +307,7 @@ def _compare_inject(ds, refs, model_id, partner):
 
 def _scaled_label(paper_set, n_layers) -> str:
     """The label our inject run gives the paper's clamp set scaled to a model of n_layers."""
-    from ..experiments.inject import PAPER_N_LAYERS as INJECT_PAPER_N, label, scaled_layer_sets
+    from ..studies.xu2026.inject import PAPER_N_LAYERS as INJECT_PAPER_N, label, scaled_layer_sets
 
     if n_layers is None or int(n_layers) == INJECT_PAPER_N:
         return label(paper_set)

@@ -15,9 +15,9 @@ from importlib import metadata
 import numpy as np
 import xarray as xr
 
-from ..errors import PersonaError, SelectionError
-from ..grids import CONDITIONS
-from ..provenance import git_commit
+from ..core.errors import PersonaError, SelectionError
+from ..core.grids import CONDITIONS
+from ..storage.provenance import git_commit
 
 OUT_DIMS = ("model", "layer", "position", "cell")
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..store import load_dataset
-
-
-def markdown(header, rows) -> str:
-    from .tables import markdown as table  # tables imports this module for its GENERATORS
-
-    return table(header, rows)
+from ..storage.store import load_dataset
+from .markdown import markdown
 
 
 def _ds(source):
@@ -22,7 +17,7 @@ def find_rows(source) -> str:
     """Per pair of personas and sparsity: the kept fraction, and the Jaccard index of kept and of
     pruned entries over all masked modules, beside what two independent random masks of that
     sparsity would give (kept q/(2-q) with q the kept fraction; pruned s/(2-s))."""
-    from ..experiments.subnetworks.masks import overall
+    from ..studies.subnetworks.masks import overall
 
     ds = _ds(source)
     personas = [str(p) for p in ds.persona.values]
@@ -45,7 +40,7 @@ def _value(ds, label, persona, measure):
 def comparison(ds, measure: str = "p_matching") -> list[dict]:
     """Per persona and sparsity: the measure under the unpruned model (no prompt), the persona's
     prompt, its own mask, the opposite persona's mask, and the random masks (mean, min, max)."""
-    from ..experiments.subnetworks.data import load_persona_set
+    from ..studies.subnetworks.data import load_persona_set
 
     kinds = ds.kind.values.astype(str)
     labels = ds.variant.values.astype(str)

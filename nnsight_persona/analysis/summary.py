@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from ..errors import SelectionError
+from ..core.errors import SelectionError
 
 STATS = ("median", "q25", "q75", "min", "max", "count")
 

@@ -27,7 +27,7 @@ _EVALUATION_ROWS = [
 
 def evaluation_table(path: str) -> str:
     """The held-out evaluation of `toy evaluate --json`, with each metric's required threshold."""
-    from ..toy.evaluate import THRESHOLDS
+    from ..models.toy.evaluate import THRESHOLDS
 
     metrics = json.loads(Path(path).read_text())
     rows = []

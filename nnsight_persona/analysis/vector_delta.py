@@ -46,7 +46,7 @@ def _cos_and_ratio(v, d):
 
 
 def delta_table(vectors_path: str, capture_path: str, token_sets: str = "prompt_last,response_avg") -> str:
-    from ..store import load_dataset
+    from ..storage.store import load_dataset
     from .tables import markdown
 
     ds = vector_vs_delta_x(load_dataset(vectors_path), load_dataset(capture_path))

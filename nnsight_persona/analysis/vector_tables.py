@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..store import load_dataset
+from ..storage.store import load_dataset
 from .tables import markdown
 
 

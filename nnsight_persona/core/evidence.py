@@ -36,9 +36,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..batching import chunked, left_pad
-from ..errors import SelectionError
-from ..tracing import retried
+from .batching import chunked, left_pad
+from .errors import SelectionError
+from .tracing import retried
 
 COHERENCE_N = 3
 COHERENCE_MIN = 0.5
@@ -107,7 +107,7 @@ def score_answers(
     rendered prompts, ending where the answer starts), on `loaded` as it is: pass the unedited
     model. `batch_size` answers per forward pass at most (two rows each), fewer where their
     logits would pass LOGIT_BUDGET floats."""
-    from ..progress import tqdm
+    from .progress import tqdm
 
     n = len(answers)
     if not len(persona_prompts) == len(reference_prompts) == n:
@@ -234,7 +234,7 @@ def add_scores(ds, scores: dict[str, np.ndarray], dims: tuple[str, ...], prompt_
 
 def grid_prompt_pairs(tokenizer, grid, cells) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(XY prompt ids, BY prompt ids) of each cell: the xu2026 grids' prompt pair."""
-    from ..prompts import render_prompt
+    from .prompts import render_prompt
 
     return [(render_prompt(tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")).ids,
              render_prompt(tokenizer, grid.user_text(c, "BY"), grid.persona_text(c, "BY")).ids) for c in cells]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import PersonaError
+from ..core.errors import PersonaError
 
 CONDITION_STYLE = {
     "additive": ("#1f77b4", "-"),
@@ -21,7 +21,7 @@ CONDITION_STYLE = {
 
 def plot_controls(ds: xr.Dataset, model: str | None = None) -> Figure:
     from ..analysis.summary import summarize
-    from . import axis_label, figure_title, new_figure, one_model
+    from .style import axis_label, figure_title, new_figure, one_model
 
     if "kl" not in ds or "condition" not in ds.dims:
         raise PersonaError(f"the controls figure needs a substitute dataset; this one has {sorted(ds.data_vars)}")

@@ -7,14 +7,14 @@ from typing import Sequence
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import SelectionError
+from ..core.errors import SelectionError
 
 STATISTICS = ("cos_xy_sum", "cos_x_y", "inter_over_xy")
 
 
 def plot_decomposition(ds: xr.Dataset, model: str | None = None, statistics: Sequence[str] = STATISTICS) -> Figure:
     """cos(Δ_XY, Δ_X + Δ_Y), cos(Δ_X, Δ_Y) and |Inter| / |Δ_XY| by layer (by default)."""
-    from . import figure_title, median_band_by_layer, new_figure, one_model
+    from .style import figure_title, median_band_by_layer, new_figure, one_model
 
     missing = [s for s in statistics if s not in ds]
     if missing:

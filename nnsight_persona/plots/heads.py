@@ -11,7 +11,7 @@ import xarray as xr
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from ..errors import SelectionError
+from ..core.errors import SelectionError
 
 DIMS = ("block", "head", "cell")
 N_LABELLED = 5  # the top heads numbered on the maps
@@ -19,8 +19,8 @@ N_LABELLED = 5  # the top heads numbered on the maps
 
 def plot_head_map(ds: xr.Dataset, model: str | None = None) -> Figure:
     """Block x head maps of the ranking measure and the KL; the top-k groups' fraction of the band."""
-    from . import figure_title, new_figure, one_model
-    from ..experiments.heads import spec_measure
+    from .style import figure_title, new_figure, one_model
+    from ..studies.xu2026.heads import spec_measure
 
     _check(ds)
     ds = one_model(ds, model)
@@ -63,7 +63,7 @@ def median_map(ds: xr.Dataset, variable: str) -> xr.DataArray:
 
 
 def _map_panel(fig, ax, ds: xr.Dataset, variable: str, log: bool) -> None:
-    from . import axis_label
+    from .style import axis_label
 
     values = median_map(ds, variable).values
     norm = None

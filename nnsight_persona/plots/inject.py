@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import SelectionError
+from ..core.errors import SelectionError
 
 CONDITION_COLORS = {
     "oracle": "#1f77b4", "cached": "#d62728", "cached_rescaled": "#ff7f0e",
@@ -25,7 +25,7 @@ SITE_DIMS = ("site_layer", "site_position", "cell", "site_condition")
 
 def plot_gap_closed(ds: xr.Dataset, model: str | None = None) -> Figure:
     """KL per condition (bars over layer sets, IQR over cells), gap closed, and KL by injection site."""
-    from . import figure_title, new_figure, one_model
+    from .style import figure_title, new_figure, one_model
 
     _check(ds)
     ds = one_model(ds, model)
@@ -64,7 +64,7 @@ def _split(ds: xr.Dataset) -> tuple[list[str], list[str]]:
 
 
 def _color(condition: str, i: int) -> str:
-    from . import OTHER_COLORS
+    from .style import OTHER_COLORS
 
     return CONDITION_COLORS.get(condition, OTHER_COLORS[i % len(OTHER_COLORS)])
 
@@ -79,7 +79,7 @@ def _reference(summary: xr.Dataset, condition: str) -> float:
 def _kl_panel(ax, ds: xr.Dataset) -> None:
     """Grouped bars: one group per layer set, one bar per edited condition; IQR error bars."""
     from ..analysis.summary import summarize
-    from . import axis_label
+    from .style import axis_label
 
     summary = summarize(ds["kl"])
     references, edited = _split(ds)
@@ -105,7 +105,7 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
 def _gap_panel(ax, ds: xr.Dataset) -> None:
     """Median gap closed by layer set, one line per condition; 0 = the host, 1 = the persona run."""
     from ..analysis.summary import summarize
-    from . import axis_label
+    from .style import axis_label
 
     gap = ds["gap_closed"]
     gap = gap.where(np.isfinite(gap))  # a host already at the target (KL 0) has no gap to close
@@ -137,7 +137,7 @@ def _gap_panel(ax, ds: xr.Dataset) -> None:
 def _site_panel(ax, ds: xr.Dataset) -> None:
     """Median KL by injection layer, one line per (position, vector); the host median for reference."""
     from ..analysis.summary import summarize
-    from . import axis_label, position_color
+    from .style import axis_label, position_color
 
     summary = summarize(ds["kl_site"])
     layers = ds["site_layer"].values

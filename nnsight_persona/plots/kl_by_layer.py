@@ -5,12 +5,12 @@ from __future__ import annotations
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import PersonaError, SelectionError
+from ..core.errors import PersonaError, SelectionError
 
 
 def plot_kl_by_layer(ds: xr.Dataset, condition: str = "additive", model: str | None = None) -> Figure:
     """Median KL(clean || patched) over cells by layer for one substitution condition; log y scale."""
-    from . import figure_title, median_band_by_layer, new_figure, one_model
+    from .style import figure_title, median_band_by_layer, new_figure, one_model
 
     if "kl" not in ds:
         raise PersonaError(f"the KL figure needs a substitute dataset with variable 'kl'; this one has {sorted(ds.data_vars)}")

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import SelectionError
+from ..core.errors import SelectionError
 
 CONDITION_COLORS = {
     "persona": "#d62728", "task_span": "#1f77b4", "control": "#1f77b4", "neutral_span": "#2ca02c",
@@ -23,7 +23,7 @@ DIMS = ("band", "cell", "condition")
 
 def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
     """Median KL by band with the IQR (log y where positive); below it the any-marker rate when present."""
-    from . import figure_title, new_figure, one_model
+    from .style import figure_title, new_figure, one_model
 
     _check(ds)
     ds = one_model(ds, model)
@@ -49,14 +49,14 @@ def _check(ds: xr.Dataset) -> None:
 
 
 def _color(condition: str, i: int) -> str:
-    from . import OTHER_COLORS
+    from .style import OTHER_COLORS
 
     return CONDITION_COLORS.get(condition, OTHER_COLORS[i % len(OTHER_COLORS)])
 
 
 def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> None:
     from ..analysis.summary import summarize
-    from . import axis_label
+    from .style import axis_label
 
     summary = summarize(ds[variable])
     x = np.arange(ds.sizes["band"])
@@ -97,7 +97,7 @@ def _shift_panel(ax, ds: xr.Dataset) -> None:
     """persona_shift per condition (0: no change, 1: the clean tokens as likely as under BY) and
     the persona knockout's toward_by (1: its distributions are BY's), both medians over cells."""
     from ..analysis.summary import summarize
-    from . import axis_label
+    from .style import axis_label
 
     x = np.arange(ds.sizes["band"])
     summary = summarize(ds["persona_shift"])

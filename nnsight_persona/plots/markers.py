@@ -7,14 +7,14 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import PersonaError
+from ..core.errors import PersonaError
 
 CONDITION_COLORS = {"clean": "#1f77b4", "additive": "#2ca02c", "remove_persona": "#ff7f0e", "bare": "#7f7f7f"}
 
 
 def plot_markers(ds: xr.Dataset, model: str | None = None) -> Figure:
     """Two bar panels over the conditions present: any-marker rate and mean distinct markers."""
-    from . import OTHER_COLORS, figure_title, new_figure, one_model
+    from .style import OTHER_COLORS, figure_title, new_figure, one_model
 
     missing = [v for v in ("any_marker", "n_distinct") if v not in ds]
     if missing:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..errors import PersonaError
+from ..core.errors import PersonaError
 
 VARIABLE = {"substitute": ("kl", {"condition": "additive"}, True), "decompose": ("cos_xy_sum", {}, False)}
 
@@ -15,8 +15,8 @@ VARIABLE = {"substitute": ("kl", {"condition": "additive"}, True), "decompose": 
 def plot_across_models(ds: xr.Dataset, model: str | None = None) -> Figure:
     """`model` is ignored: every model of the dataset is drawn."""
     from ..analysis.summary import summarize
-    from ..results import n_layers_of, own_layers
-    from . import OTHER_COLORS, axis_label, figure_title, new_figure
+    from ..storage.results import n_layers_of, own_layers
+    from .style import OTHER_COLORS, axis_label, figure_title, new_figure
 
     experiment = ds.attrs.get("experiment")
     if experiment not in VARIABLE:

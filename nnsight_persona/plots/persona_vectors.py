@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 def plot_steering(ds: xr.Dataset) -> Figure:
     """Mean trait score (solid) and coherence (dotted) against coef, per trait; the vector and
     its first controls; the prompted baseline's trait score as a horizontal line."""
-    from . import new_figure
+    from .style import new_figure
 
     ds = ds.isel(model=0)
     traits = ds.trait.values.tolist()
@@ -42,7 +42,7 @@ def plot_steering(ds: xr.Dataset) -> Figure:
 
 
 def plot_cos_to_final(geometry: xr.Dataset, token_set: str = "response_avg") -> Figure:
-    from . import new_figure
+    from .style import new_figure
 
     g = geometry.sel(token_set=token_set)
     traits = g.trait.values.tolist()
@@ -62,7 +62,7 @@ def plot_cos_to_final(geometry: xr.Dataset, token_set: str = "response_avg") -> 
 
 
 def plot_cos_matrix(geometry: xr.Dataset, layer: int, token_set: str = "response_avg") -> Figure:
-    from . import new_figure
+    from .style import new_figure
 
     g = geometry.sel(token_set=token_set, layer=layer)
     traits = g.trait.values.tolist()
@@ -82,7 +82,7 @@ def plot_cos_matrix(geometry: xr.Dataset, layer: int, token_set: str = "response
 def plot_elicitation_cos(ds: xr.Dataset, token_set: str = "response_avg") -> Figure:
     """Cosine between the vectors of two elicitation variants against layer, one panel per
     trait, a line per pair of variants (an extraction with an `elicitation` dim)."""
-    from . import new_figure
+    from .style import new_figure
 
     c = ds.elicitation_cos.isel(model=0, checkpoint=0).sel(token_set=token_set)
     variants = ds.elicitation.values.tolist()
@@ -109,7 +109,7 @@ def plot_trace_steering(trace: xr.Dataset) -> Figure:
     panel per trait: the vector on its own checkpoint (solid) and transferred to the final one
     (dashed, when the trace has a `target` dim), each control seed as a thin grey line; filled
     markers where the Bonferroni-corrected sign-flip p is below 0.05."""
-    from . import new_figure
+    from .style import new_figure
 
     traits = trace.trait.values.tolist()
     targets = trace.target.values.tolist() if "target" in trace.dims else [None]
@@ -147,7 +147,7 @@ def plot_vs_edit(ds: xr.Dataset) -> Figure:
     (solid) and along Delta_X (dashed), a colour per layer; the one-site Delta_X edit (dash-dotted,
     the layer's colour), the persona prompt (grey, the ceiling) and the bare prompt (grey dotted)
     as horizontal lines."""
-    from . import new_figure
+    from .style import new_figure
 
     ds = ds.isel(model=0)
     personas = list(dict.fromkeys(ds.persona.values.tolist()))

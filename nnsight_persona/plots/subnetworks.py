@@ -14,7 +14,7 @@ def plot_alignment_vs_sparsity(ds: xr.Dataset, model: str | None = None) -> Figu
     persona's mask against sparsity, the random masks (mean, min-max band), and the unpruned model
     without and with the persona prompt as horizontal lines."""
     from ..analysis.subnetworks import comparison
-    from . import axis_label, figure_title, new_figure
+    from .style import axis_label, figure_title, new_figure
 
     personas = [str(p) for p in ds.persona.values]
     fig = new_figure(len(personas), panel_width=4.4, height=6.4)
@@ -48,7 +48,7 @@ def plot_alignment_vs_sparsity(ds: xr.Dataset, model: str | None = None) -> Figu
 
 def plot_persona_by_mask(ds: xr.Dataset, model: str | None = None) -> Figure:
     """Heatmap of p_matching: variants (random masks averaged per sparsity) x evaluated persona."""
-    from . import figure_title, new_figure
+    from .style import figure_title, new_figure
 
     labels, values = [], []
     kinds = ds.kind.values.astype(str)

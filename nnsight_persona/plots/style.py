@@ -1,0 +1,98 @@
+"""What every figure shares: colours, a new headless figure, axis labels from attrs, titles with
+the run's context, one model out of several, the median-with-band line, and saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..core.errors import SelectionError
+from ..storage.store import spec_of
+
+
+# One colour per position, the same in every figure.
+POSITION_COLORS = {"p_user_last": "#7f7f7f", "p_last": "#1f77b4", "g1": "#d62728", "g2": "#ff7f0e"}
+OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def new_figure(n_panels: int = 1, panel_width: float = 5.0, height: float = 3.8) -> Figure:
+    fig = Figure(figsize=(panel_width * n_panels, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def axis_label(obj: xr.DataArray, fallback: str | None = None) -> str:
+    """'long_name [units]' from an array's attrs (units '1' means dimensionless and is left out)."""
+    name = obj.attrs.get("long_name") or fallback or str(obj.name)
+    units = obj.attrs.get("units")
+    return f"{name} [{units}]" if units and units != "1" else name
+
+
+def figure_title(ds: xr.Dataset, what: str) -> str:
+    """'what', then 'model, grid G (n cells)' on a second line, from the dataset's attrs and spec;
+    flags an interrupted run."""
+    model = ds.attrs.get("model_id")
+    if "model" in ds.coords and ds["model"].size == 1:
+        model = str(ds["model"].values.item())
+    grid = spec_of(ds).get("grid")
+    context = ", ".join([str(model)] * bool(model) + [f"grid {grid}"] * bool(grid))
+    if ds.sizes.get("cell"):
+        context += f" ({ds.sizes['cell']} cells)"
+    if not int(ds.attrs.get("completed", 1)):
+        context += " [incomplete run]"
+    return f"{what}\n{context.strip()}" if context.strip() else what
+
+
+def one_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
+    """The dataset at one model (kept as a size-1 dim, on its own layers); `model` may be omitted
+    when there is one."""
+    if "model" not in ds.dims:
+        return ds
+    models = [str(m) for m in ds["model"].values]
+    if model is None:
+        if len(models) != 1:
+            raise SelectionError(f"the dataset holds {len(models)} models; choose one of {models}")
+        return ds
+    if model not in models:
+        raise SelectionError(f"model {model!r} not in the dataset; allowed: {models}")
+    from ..storage.results import n_layers_of, own_layers
+
+    one = own_layers(ds.sel(model=[model]))  # a depth-aligned dataset: back on the model's own layers
+    if "n_layers" in ds.coords:
+        one.attrs["n_layers"] = n_layers_of(ds, model)
+    return one
+
+
+def position_color(position: str, i: int) -> str:
+    return POSITION_COLORS.get(position, OTHER_COLORS[i % len(OTHER_COLORS)])
+
+
+def median_band_by_layer(ax, da: xr.DataArray) -> None:
+    """One line per position: the median over cells by layer, with the IQR as a band."""
+    from ..analysis.summary import summarize
+
+    summary = summarize(da.squeeze("model", drop=True) if "model" in da.dims else da)
+    layers = summary["layer"].values
+    for i, position in enumerate(str(p) for p in summary["position"].values):
+        s = summary.sel(position=position)
+        color = position_color(position, i)
+        ax.plot(layers, s["median"].values, marker="o", markersize=3, color=color, label=position)
+        ax.fill_between(layers, s["q25"].values, s["q75"].values, color=color, alpha=0.18, linewidth=0)
+    ax.set_xlabel(axis_label(da["layer"], "layer"))
+    ax.set_ylabel(axis_label(da))
+    ax.grid(True, alpha=0.3)
+
+
+def save_figure(fig: Figure, path_without_suffix: str | Path, pdf: bool = False) -> list[Path]:
+    """Write `fig` as PNG (and PDF when asked) next to `path_without_suffix`; returns the paths."""
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_name(base.name + ".png")]
+    if pdf:
+        paths.append(base.with_name(base.name + ".pdf"))
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    return paths

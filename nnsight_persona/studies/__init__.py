@@ -1,0 +1,1 @@
+"""One folder per paper: its runs, their assembly from options, and its click commands (docs/architecture.md)."""

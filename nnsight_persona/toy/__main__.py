@@ -1,5 +1,0 @@
-"""``python -m nnsight_persona.toy train|evaluate``."""
-
-from .cli import toy
-
-toy(prog_name="python -m nnsight_persona.toy")
