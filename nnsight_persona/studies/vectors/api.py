@@ -20,7 +20,7 @@ def _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_qu
 
 
 def vectors_extract(model=None, *, traits=None, layers="all", token_sets=("response_avg", "prompt_avg", "prompt_last"),
-                    threshold=50.0, keep="filter", checkpoint_label="", step=-1, n_tokens=32, n_questions=0,
+                    threshold=None, keep="filter", checkpoint_label="", step=-1, n_tokens=32, n_questions=0,
                     scorer="offline", judge_model="judge", dtype=None, device="auto", ndif_host=None, batch_size=16,
                     out=None, export=None, overwrite=False, progress=True, elicitation="instruction", fresh=False):
     """Persona vectors (`vectors extract`): mean(kept positive answers) - mean(kept negative ones)

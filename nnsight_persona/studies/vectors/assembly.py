@@ -133,16 +133,18 @@ def _traits_of(vectors_ds, names):
 
 
 def extract_run(opts: VectorsOptions, stack, traits=None, layers="all",
-                token_sets="response_avg,prompt_avg,prompt_last", threshold: float = 50.0, keep: str = "filter",
+                token_sets="response_avg,prompt_avg,prompt_last", threshold: float | None = None, keep: str = "filter",
                 checkpoint_label: str = "", step: int = -1, elicitation="instruction", fresh: bool = False):
     """`vectors extract`: (dataset, target); target None without an output. `elicitation`: a
     variant or a comma list (traits.VARIANTS); an unfinished result at the output is resumed
-    (`fresh`: started over)."""
+    (`fresh`: started over). `threshold` None: the scorer's default (50; 0 nats/token for
+    evidence)."""
     from . import extract as exp
-    from .scorers import make_scorer
+    from .scorers import make_scorer, thresholds
 
     chosen = _traits(traits)
-    make_scorer(opts.scorer, opts.judge_model)  # a bad --scorer fails before any model loads
+    scorer = make_scorer(opts.scorer, opts.judge_model)  # a bad --scorer fails before any model loads
+    threshold = thresholds(scorer, threshold)[0]  # the scorer's default where none is given, recorded as a number
     plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
     spec = exp.ExtractSpec(
         traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),

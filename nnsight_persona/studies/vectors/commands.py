@@ -38,8 +38,10 @@ def _model_options(fn):
         click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0),
                      help="Use the first N questions of each trait file (0: all)."),
         click.option("--scorer", default="offline", show_default=True,
-                     help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence) or "
-                          "the URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
+                     help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence), "
+                          "'evidence' (log-likelihood of the answer under the trait's positive prompt against its "
+                          "negative one, nats/token; coherence 100 x distinct token 3-grams) or the URL of an "
+                          "OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
         click.option("--judge-model", default="judge", show_default=True, help="Model name sent to the endpoint."),
         progress_options,
         OVERWRITE_OPTION,
@@ -71,8 +73,10 @@ def _stack():
 @click.option("--layers", default="all", show_default=True, help=LAYER_HELP)
 @click.option("--token-sets", default="response_avg,prompt_avg,prompt_last", show_default=True,
               help="Which mean residuals to take the difference of: response_avg (the original's), prompt_avg, prompt_last.")
-@click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100),
-              help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T.")
+@click.option("--threshold", default=None, type=float,
+              help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T (0-100 scorers) "
+                   "[default: 50; with --scorer evidence T is in nats/token, default 0, and the coherence "
+                   "threshold 50].")
 @click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
               help="filter: the original's pair filter; all: every pair (the instruction's direction, expressed or not).")
 @click.option("--checkpoint-label", default="", help="Label of the checkpoint dim [default: the weights' revision].")
