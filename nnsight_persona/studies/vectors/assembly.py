@@ -160,6 +160,21 @@ def extract_run(opts: VectorsOptions, stack, traits=None, layers="all",
     return ds, target
 
 
+def calibrate_run(opts: VectorsOptions, stack, traits=None):
+    """`vectors calibrate`: (dataset, target): the evidence of each trait's prompted answers
+    against its unprompted ones (calibrate.py)."""
+    from . import calibrate as exp
+
+    chosen = _traits(traits)
+    plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
+    spec = exp.CalibrateSpec(traits=tuple(t.name for t in chosen), n_questions=opts.n_questions,
+                             n_tokens=opts.n_tokens, batch_size=opts.batch_size,
+                             trait_definitions=tuple(t.to_dict() for t in chosen))
+    target = _claim(opts, "vectors-calibrate", spec.to_dict(), plan, stack)
+    ds = _computed(target, lambda: exp.run(plan.load(), chosen, spec, progress=opts.progress))
+    return ds, target
+
+
 def _names(value) -> tuple[str, ...]:
     """A comma list or a sequence of names as a tuple."""
     items = value.split(",") if isinstance(value, str) else list(value)

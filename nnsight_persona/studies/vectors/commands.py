@@ -214,6 +214,29 @@ def monitor(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
             f"{c} {float(p.sel(condition=c, layer=layer)):.2f}" for c in d.condition.values.tolist()))
 
 
+@vectors.command()
+@_model_options
+@click.option("--traits", default=None, help="Comma list of trait names (experiments/traits/) or YAML files [default: all].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output netCDF [default: runs/<model>/vectors-calibrate.nc].")
+@clean_errors
+def calibrate(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+              overwrite, traits, out):
+    """Does the model express each trait in its prompt? Greedy answers to the evaluation questions
+    under each instruction pair's positive prompt and with no instruction, scored by the evidence
+    measure (the positive prompt against the negative one, and against none): AUROC (bootstrap
+    interval over questions) and a null threshold per trait. --scorer is not used."""
+    from .assembly import calibrate_run
+    from .calibrate import summary_lines
+
+    opts = _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                    progress, overwrite, out)
+    ds, target = calibrate_run(opts, _stack(), traits=traits)
+    write_result(ds, target)
+    for line in summary_lines(ds):
+        click.echo(line)
+
+
 @vectors.command("export")
 @click.argument("vectors_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file.")
