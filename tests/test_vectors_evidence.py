@@ -223,3 +223,38 @@ def test_subnetwork_eval_evidence_is_scored_on_the_unedited_model(tmp_path, toy,
         prompted = ds.evidence.sel(variant=f"prompt:{persona}", persona=persona).values
         wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in prompted for y in null)
         assert abs(float(ds.evidence_auroc.sel(persona=persona)) - wins / (len(prompted) * len(null))) < 1e-12
+
+
+def test_vs_edit_evidence_is_xy_against_by_on_the_unedited_model(extracted, toy, plain, toy_grid_raw, tmp_path):
+    """vectors vs-edit --scorer evidence: every answer (steered, one-site, bare, prompted) scored with
+    its cell's XY prompt against its BY prompt by the plain unedited model; the trait score is it."""
+    from reference import chat_prompt, user_texts
+
+    from nnsight_persona.cli import main
+    from nnsight_persona.storage.store import save_dataset
+
+    path = save_dataset(extracted, tmp_path / "v.nc")
+    out = tmp_path / "e.nc"
+    result = CliRunner().invoke(main, ["vectors", "vs-edit", "--vectors", str(path), "--personas", "pirate",
+                                       "--layers", "4", "--coefs", "0,2", "--n-tokens", "8", "--scorer", "evidence",
+                                       "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out).isel(model=0, layer=0)
+    tok = toy.tokenizer
+    np.testing.assert_array_equal(ds.trait_score.values, ds.evidence.values)
+    np.testing.assert_array_equal(ds.ref_trait_score.values, ds.ref_evidence.values)
+    moved = []
+    for c, cell in enumerate(ds.cell.values.tolist()):
+        texts = user_texts(toy_grid_raw, str(ds.persona.values[c]), str(ds.task.values[c]))
+        xy, by = chat_prompt(tok, texts["XY"])["ids"], chat_prompt(tok, texts["BY"])["ids"]
+        for ids, got in ((ds.answer_ids.sel(condition="vector", coef=2.0, cell=cell).values,
+                          ds.evidence.sel(condition="vector", coef=2.0, cell=cell)),
+                         (ds.ref_answer_ids.sel(reference="prompted", cell=cell).values,
+                          ds.ref_evidence.sel(reference="prompted", cell=cell)),
+                         (ds.ref_answer_ids.sel(reference="one_site", cell=cell).values,
+                          ds.ref_evidence.sel(reference="one_site", cell=cell))):
+            a = answers_of(ids)
+            exp = answer_evidence(plain, xy, by, a)["evidence"]
+            assert abs(float(got) - exp) < TOL, (cell, float(got), exp)
+            moved.append(exp)
+    assert np.abs(moved).max() > 100 * TOL

@@ -366,7 +366,9 @@ def vs_delta(vectors_path, capture_path, position, out):
               help="A capture file holding p_last at the layers [default: capture the cells first].")
 @click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--scorer", default="offline", show_default=True, help="'offline' or an OpenAI-compatible endpoint URL.")
+@click.option("--scorer", default="offline", show_default=True,
+              help="'offline', 'evidence' (the trait score is the answer's evidence, XY against BY) or an "
+                   "OpenAI-compatible endpoint URL.")
 @click.option("--judge-model", default="judge", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output netCDF [default: runs/<model>/vectors-vs-edit.nc]; the figure is written beside it.")
