@@ -92,9 +92,9 @@ class EvidenceScorer:
         return got["evidence"][:, REFERENCES.index("neg")], 100.0 * got["coherence"], got
 
     def score(self, loaded, trait, questions, answers, batch_size: int = 16):
-        from .scorers import ScorerError
+        from ...core.errors import SelectionError
 
-        raise ScorerError("the evidence scorer scores token ids under their prompts (score_items), not texts")
+        raise SelectionError("the evidence scorer scores token ids under their prompts (score_items), not texts")
 
 
 def calibrated_trait(evidence, clean_mean: float, prompted_mean: float) -> np.ndarray:
