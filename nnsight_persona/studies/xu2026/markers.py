@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 
 from ...core.batching import chunked, left_pad, length_ordered
+from ...analysis.calibration import calibrate
 from ...core import evidence as evidence_scorer
 from ...core.edits import GenerationEdit
 from ...core.errors import SelectionError
@@ -208,6 +209,8 @@ def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed, scor
     ds["generated"].attrs.update(long_name="1 where the continuation was generated (0: interrupted before)")
     if scores is not None:
         evidence_scorer.add_scores(ds, scores, dims, prompt_pair="XY against BY")
+        ds = calibrate(ds)  # AUROC against bare, per-persona thresholds, in_persona
+    ds.attrs["scorer"] = evidence_scorer.default_scorer(loaded.model_id) if scores is not None else "markers"
     return ds
 
 
