@@ -47,6 +47,11 @@ FIGURES = {
 NEEDS = {"evidence": "evidence_auroc"}
 
 
+def figure_names(ds: xr.Dataset) -> list[str]:
+    """The names of the figures FIGURES has for this dataset's experiment that it can draw."""
+    return [name for name in FIGURES.get(ds.attrs.get("experiment"), {}) if name not in NEEDS or NEEDS[name] in ds]
+
+
 def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
     """Every figure the registry has for this dataset, one per model, keyed by a file-name stem."""
     experiment = ds.attrs.get("experiment")
@@ -56,9 +61,8 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
     out = {}
     for model in models:
         suffix = "" if len(models) == 1 else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-        for name, plot in FIGURES[experiment].items():
-            if name in NEEDS and NEEDS[name] not in ds:
-                continue
+        for name in figure_names(ds):
+            plot = FIGURES[experiment][name]
             out[name + suffix] = plot(ds, model=model)
     if len(models) > 1 and experiment in ACROSS_MODELS:
         out["across_models"] = plot_across_models(ds)
@@ -66,6 +70,6 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
 
 
 __all__ = [
-    "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
+    "FIGURES", "figure_names", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
     "plot_markers", "plot_evidence", "plot_across_models",
 ]
