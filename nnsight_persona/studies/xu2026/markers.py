@@ -222,3 +222,27 @@ def summary_table(ds: xr.Dataset) -> list[tuple[str, int, int, float]]:
         ok = sel.generated.values.astype(bool)
         rows.append((str(cond), int(sel.any_marker.values[ok].sum()), int(ok.sum()), float(sel.n_distinct.values[ok].mean()) if ok.any() else float("nan")))
     return rows
+
+
+def evidence_table(ds: xr.Dataset) -> list[dict]:
+    """Per condition, for the first model of a result scored with evidence: the mean evidence
+    over cells with its 95% bootstrap interval, the answers with positive evidence, those in
+    persona (above their persona's threshold and coherent) and the AUROC against bare."""
+    from ...analysis.calibration import mean_interval
+
+    if "evidence" not in ds:
+        return []
+    one = ds.isel(model=0)
+    rows = []
+    for cond in one.condition.values:
+        sel = one.sel(condition=cond)
+        ok = sel.generated.values.astype(bool) & np.isfinite(sel.evidence.values)
+        mean, low, high = mean_interval(sel.evidence.values[ok])
+        row = {"condition": str(cond), "mean evidence": f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+               "positive": f"{int((sel.evidence.values[ok] > 0).sum())}/{int(ok.sum())}"}
+        if "in_persona" in one:
+            row["in persona"] = f"{int(sel.in_persona.values[ok].sum())}/{int(ok.sum())}"
+            auc = float(sel.evidence_auroc)
+            row["AUROC vs bare"] = "" if np.isnan(auc) else f"{auc:.2f}"
+        rows.append(row)
+    return rows
