@@ -83,8 +83,8 @@ def test_logit_budget_splits_passes_without_changing_scores(toy_model, toy_answe
     vocab = toy_model.lm._module.config.vocab_size
     monkeypatch.setattr(evidence, "LOGIT_BUDGET", 2 * 16 * vocab)  # about one answer a pass
     calls = []
-    original = evidence._answer_sums
-    monkeypatch.setattr(evidence, "_answer_sums", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = evidence._score_group
+    monkeypatch.setattr(evidence, "_score_group", lambda *a, **k: calls.append(1) or original(*a, **k))
     split = evidence.score_answers(toy_model, *zip(*toy_answers))
     assert len(calls) >= len(toy_answers) // 2
     assert np.abs(whole.evidence - split.evidence).max() < TOL
