@@ -83,8 +83,8 @@ def test_logit_budget_splits_passes_without_changing_scores(toy_model, toy_answe
     vocab = toy_model.lm._module.config.vocab_size
     monkeypatch.setattr(evidence, "LOGIT_BUDGET", 2 * 16 * vocab)  # about one answer a pass
     calls = []
-    original = evidence._answer_sums
-    monkeypatch.setattr(evidence, "_answer_sums", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = evidence._score_group
+    monkeypatch.setattr(evidence, "_score_group", lambda *a, **k: calls.append(1) or original(*a, **k))
     split = evidence.score_answers(toy_model, *zip(*toy_answers))
     assert len(calls) >= len(toy_answers) // 2
     assert np.abs(whole.evidence - split.evidence).max() < TOL
@@ -111,3 +111,23 @@ def test_bad_inputs_are_one_line_errors(toy_model):
         evidence.score_answers(toy_model, [[]], [[1]], [[4]])
     with pytest.raises(SelectionError, match="batch size must be >= 1"):
         evidence.score_answers(toy_model, [[1]], [[1]], [[4]], batch_size=0)
+
+
+def test_evidence_equals_plain_transformers_in_every_family(sharp_models, sharp_plain, family):
+    """Every supported family (Gemma-2's final soft-capping and sliding windows included), on the
+    sharp tiny models, with prompts and answers of unequal lengths so batches are padded on both
+    sides."""
+    loaded, plain = sharp_models[family], sharp_plain[family]
+    tok = loaded.tokenizer
+    xy = chat_prompt(tok, "As a pirate with a parrot, describe the weather today.")["ids"]
+    by = chat_prompt(tok, "As a thoughtful person, describe the weather today.")["ids"]
+    other = chat_prompt(tok, "As a poet, tell a story.")["ids"]
+    rng = np.random.default_rng(0)
+    vocab = min(loaded.lm._module.config.vocab_size, 200)
+    rows = [(xy, by, rng.integers(5, vocab, n).tolist()) for n in (9, 4, 1)] + [(other, by, rng.integers(5, vocab, 6).tolist())]
+    got = evidence.score_answers(loaded, *zip(*rows), batch_size=4)
+    whole = evidence.score_answers(dataclasses.replace(loaded, remote="local"), *zip(*rows), batch_size=4)
+    expected = np.array([answer_evidence(plain, *row)["evidence"] for row in rows])
+    np.testing.assert_allclose(got.evidence, expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(whole.evidence, expected, atol=TOL, rtol=0)
+    assert np.abs(expected).max() > 100 * TOL

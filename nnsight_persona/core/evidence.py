@@ -23,9 +23,12 @@ below COHERENCE_MIN (0.5: more than half of its 3-grams repeat) keeps no positiv
 min(evidence, 0). Degeneracy can take evidence away, never add it.
 
 Batching: each answer makes two rows (persona prompt + answer, reference prompt + answer) of one
-left-padded batch, so every row's answer sits in its last columns and only the last
-max|a| + 1 columns' logits are computed (`logits_to_keep`). The reduction runs inside the trace:
-only [3, answers] sums leave it (remote-safe), never logits.
+batch, prompts left-padded so that every prompt's last token sits in one column and answers
+right-padded after it (`split_batch`). Only the columns from there on are unembedded. Locally,
+each distinct prompt (a cell's XY prompt serves all four markers conditions) runs once and the
+rows run only their answers on its KV cache (`tracing.prefix_cache`); remote runs send whole
+sequences (`logits_to_keep`). The reduction runs inside the trace: only [2, answers] sums leave
+it, never logits.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .batching import chunked, left_pad
+from .batching import Batch
 from .errors import SelectionError
 from .tracing import retried
 
@@ -122,8 +125,9 @@ def score_answers(
     lengths = np.array([len(a) for a in answers], dtype=np.int64)
     sums = np.full(n, np.nan)
     ref_sums = np.full(n, np.nan)
+    # Answers to one prompt pair together (they share its prompt runs), similar prompt lengths together.
     todo = sorted((i for i in range(n) if lengths[i] > 0),
-                  key=lambda i: (len(persona_prompts[i]) + lengths[i], i))  # similar widths together
+                  key=lambda i: (len(persona_prompts[i]), tuple(persona_prompts[i]), tuple(reference_prompts[i]), i))
     vocab = _vocab_size(loaded)
     groups = list(_groups(todo, lengths, vocab, batch_size))
     for group in tqdm(groups, desc=desc, disable=not progress):
@@ -161,41 +165,79 @@ def _groups(order: list[int], lengths: np.ndarray, vocab: int, batch_size: int):
 
 
 def _score_group(loaded, persona_prompts, reference_prompts, answers) -> tuple[np.ndarray, np.ndarray]:
-    """(evidence sums, reference log-likelihood sums) of a few answers in one forward pass."""
+    """(evidence sums, reference log-likelihood sums) of a few answers: one batch of 2 x answers
+    rows (persona prompts, then reference prompts, each followed by its answer)."""
     k = len(answers)
-    seqs = [list(p) + list(a) for p, a in zip(persona_prompts, answers)]
-    seqs += [list(p) + list(a) for p, a in zip(reference_prompts, answers)]
-    batch = left_pad(seqs, loaded.pad_id)
+    prompts = [list(p) for p in persona_prompts] + [list(p) for p in reference_prompts]
+    batch, tail = split_batch(prompts, [list(a) for a in answers] * 2, loaded.pad_id)
+    # Suffix column t (the prompt's last token, then the answer) predicts answer token t.
     longest = max(len(a) for a in answers)
-    keep = longest + 1  # the last `keep` columns: the prompt's last token, then every answer token
-    # Answer token t of a row with answer length m sits at the kept column keep - m + t and is
-    # predicted by the column before it.
     cols = torch.zeros(2 * k, longest, dtype=torch.long)
     targets = torch.zeros(2 * k, longest, dtype=torch.long)
     weights = torch.zeros(2 * k, longest)
     for r in range(2 * k):
         answer = list(answers[r % k])
         m = len(answer)
-        cols[r, :m] = torch.arange(keep - m - 1, keep - 1)
+        cols[r, :m] = torch.arange(m)
         targets[r, :m] = torch.tensor(answer, dtype=torch.long)
         weights[r, :m] = 1.0
-    out = _answer_sums(loaded, batch, keep, cols, targets, weights)
+    prefix = batch.input_ids.shape[1] - tail
+    if loaded.remote or prefix < 1:
+        out = _answer_sums(loaded, batch, tail, cols, targets, weights)
+    else:
+        out = _answer_sums_on_prefix(loaded, batch, prefix, cols, targets, weights)
     return out[0].double().numpy(), out[1].double().numpy()
 
 
+def split_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int) -> tuple[Batch, int]:
+    """Rows [left pad][prompt minus its last token][the prompt's last token][answer][right pad]:
+    every prompt's last token sits in one column (the first of the last `tail` columns, returned),
+    so the columns before it hold prompts only and the rest the answers, whatever their lengths.
+    Right pads come after every real token (masked out, never attended to by a real one)."""
+    head = max(len(p) for p in prompts) - 1
+    tail = 1 + max(len(a) for a in answers)
+    ids = torch.full((len(prompts), head + tail), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    pad = torch.tensor([head - (len(p) - 1) for p in prompts], dtype=torch.long)
+    for r, (p, a) in enumerate(zip(prompts, answers)):
+        seq = list(p) + list(a)
+        ids[r, pad[r] : pad[r] + len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[r, pad[r] : pad[r] + len(seq)] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids, mask, position_ids, pad), tail
+
+
+def _reduce(logits, cols, targets, weights):
+    """Inside a trace: per row the summed log-prob of its answer tokens (read at `cols` of the
+    kept logits), then per answer [persona - reference, reference], [2, answers]."""
+    k = logits.shape[0] // 2
+    rows = torch.arange(logits.shape[0])[:, None]
+    picked = logits[rows, cols].float()
+    logp = picked.gather(-1, targets.to(picked.device)[..., None]).squeeze(-1) - picked.logsumexp(-1)
+    per_row = (logp * weights.to(logp.device)).sum(-1)
+    return torch.stack([per_row[:k] - per_row[k:], per_row[k:]])
+
+
 @retried
-def _answer_sums(loaded, batch, keep: int, cols, targets, weights) -> torch.Tensor:
-    """Inside one trace: each row's summed log-prob of its answer tokens, then per answer (the
-    first half of the rows: persona prompts; the second: reference prompts) the difference and
-    the reference's sum, [2, answers]. Only that leaves the trace."""
-    k = batch.input_ids.shape[0] // 2
-    rows = torch.arange(batch.input_ids.shape[0])[:, None]
-    with loaded.lm.trace(**batch.inputs(), logits_to_keep=keep, remote=loaded.remote):
-        logits = loaded.lm.output.logits  # the model's own logits (after any final soft-capping)
-        picked = logits[rows, cols].float()
-        logp = picked.gather(-1, targets.to(picked.device)[..., None]).squeeze(-1) - picked.logsumexp(-1)
-        per_row = (logp * weights.to(logp.device)).sum(-1)
-        out = torch.stack([per_row[:k] - per_row[k:], per_row[k:]]).save()
+def _answer_sums(loaded, batch, tail: int, cols, targets, weights) -> torch.Tensor:
+    """Whole sequences in one trace (remote-safe): only the last `tail` columns are unembedded and
+    only the [2, answers] sums leave the trace."""
+    with loaded.lm.trace(**batch.inputs(), logits_to_keep=tail, remote=loaded.remote):
+        # The model's own logits (after any final soft-capping).
+        out = _reduce(loaded.lm.output.logits, cols, targets, weights).save()
+    return out.cpu()
+
+
+def _answer_sums_on_prefix(loaded, batch, prefix: int, cols, targets, weights) -> torch.Tensor:
+    """_answer_sums with each distinct prompt head (the first `prefix` columns: a cell's persona
+    prompt is shared by every condition's answer) run once, and every row only its last columns
+    on that KV cache. Local runs only: the cache stays next to the model."""
+    from .tracing import prefix_cache, suffix_batch
+
+    cache, _ = prefix_cache(loaded, batch, prefix)
+    suffix = suffix_batch(batch, list(range(batch.input_ids.shape[0])), prefix)
+    with loaded.lm.trace(**suffix.inputs(), past_key_values=cache):
+        out = _reduce(loaded.lm.output.logits, cols, targets, weights).save()
     return out.cpu()
 
 

@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 
 from ...core.batching import chunked, left_pad, length_ordered
+from ...analysis.calibration import calibrate
 from ...core import evidence as evidence_scorer
 from ...core.edits import GenerationEdit
 from ...core.errors import SelectionError
@@ -208,6 +209,8 @@ def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed, scor
     ds["generated"].attrs.update(long_name="1 where the continuation was generated (0: interrupted before)")
     if scores is not None:
         evidence_scorer.add_scores(ds, scores, dims, prompt_pair="XY against BY")
+        ds = calibrate(ds)  # AUROC against bare, per-persona thresholds, in_persona
+    ds.attrs["scorer"] = evidence_scorer.default_scorer(loaded.model_id) if scores is not None else "markers"
     return ds
 
 
@@ -218,4 +221,28 @@ def summary_table(ds: xr.Dataset) -> list[tuple[str, int, int, float]]:
         sel = ds.sel(condition=cond).isel(model=0)
         ok = sel.generated.values.astype(bool)
         rows.append((str(cond), int(sel.any_marker.values[ok].sum()), int(ok.sum()), float(sel.n_distinct.values[ok].mean()) if ok.any() else float("nan")))
+    return rows
+
+
+def evidence_table(ds: xr.Dataset) -> list[dict]:
+    """Per condition, for the first model of a result scored with evidence: the mean evidence
+    over cells with its 95% bootstrap interval, the answers with positive evidence, those in
+    persona (above their persona's threshold and coherent) and the AUROC against bare."""
+    from ...analysis.calibration import mean_interval
+
+    if "evidence" not in ds:
+        return []
+    one = ds.isel(model=0)
+    rows = []
+    for cond in one.condition.values:
+        sel = one.sel(condition=cond)
+        ok = sel.generated.values.astype(bool) & np.isfinite(sel.evidence.values)
+        mean, low, high = mean_interval(sel.evidence.values[ok])
+        row = {"condition": str(cond), "mean evidence": f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+               "positive": f"{int((sel.evidence.values[ok] > 0).sum())}/{int(ok.sum())}"}
+        if "in_persona" in one:
+            row["in persona"] = f"{int(sel.in_persona.values[ok].sum())}/{int(ok.sum())}"
+            auc = float(sel.evidence_auroc)
+            row["AUROC vs bare"] = "" if np.isnan(auc) else f"{auc:.2f}"
+        rows.append(row)
     return rows
