@@ -219,7 +219,8 @@ def test_subnetwork_eval_evidence_is_scored_on_the_unedited_model(tmp_path, toy,
     # the calibration: AUROC of prompt:P against unpruned, the unpruned answers' 0.95 quantile
     for persona in ("pirate", "robot"):
         null = ds.evidence.sel(variant="unpruned", persona=persona).values
-        assert abs(float(ds.evidence_threshold.sel(persona=persona)) - np.quantile(null, 0.95)) < 1e-12
+        ordered = np.sort(null)  # the 0.95 quantile as an observed value, rounded up
+        assert float(ds.evidence_threshold.sel(persona=persona)) == ordered[int(np.ceil(0.95 * (len(ordered) - 1)))]
         prompted = ds.evidence.sel(variant=f"prompt:{persona}", persona=persona).values
         wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in prompted for y in null)
         assert abs(float(ds.evidence_auroc.sel(persona=persona)) - wins / (len(prompted) * len(null))) < 1e-12

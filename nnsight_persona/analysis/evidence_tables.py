@@ -7,22 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..storage.store import load_dataset
+from .calibration import mean_interval
 from .tables import markdown
-
-BOOTSTRAP = 1000
-
-
-def mean_interval(values, n: int = BOOTSTRAP, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of the finite values and the percentile bootstrap interval of
-    the mean over resamples of them (with replacement)."""
-    x = np.asarray(values, dtype=float).ravel()
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
-    tail = 100 * (1 - level) / 2
-    return float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def _fmt(triple, digits: int = 3) -> str:

@@ -312,7 +312,7 @@ def _add_evidence(ds, rows) -> None:
     """The evidence variables over (variant, persona, generation), their means, and each persona's
     calibration: prompt:P against unpruned (AUROC) and the unpruned answers' 0.95 quantile (null)."""
     from ...core import evidence as core_evidence
-    from ..vectors.trait_evidence import auroc
+    from ...analysis.calibration import auroc, threshold
 
     stack = {name: np.stack([r["evidence"][name] for r in rows]) for name in core_evidence.VARIABLES}
     per_answer = ("answer_length", "coherence")  # the same for every persona: kept once per generation
@@ -335,7 +335,7 @@ def _add_evidence(ds, rows) -> None:
         null = evidence[base, k][np.isfinite(evidence[base, k])]
         prompted = f"prompt:{p}"
         aurocs.append(auroc(evidence[labels.index(prompted), k], null) if prompted in labels else float("nan"))
-        nulls.append(float(np.quantile(null, NULL_QUANTILE)) if len(null) else float("nan"))
+        nulls.append(threshold(null, NULL_QUANTILE))
         with np.errstate(invalid="ignore"):
             rates[:, k] = np.mean(evidence[:, k] > nulls[-1], axis=-1)
     ds["evidence_auroc"] = (("persona",), np.array(aurocs), {

@@ -11,9 +11,14 @@ Per trait and reference:
   pooled over pairs and questions, with a percentile bootstrap interval over questions
   (``auroc_low``, ``auroc_high``; BOOTSTRAP resamples of the questions, numpy seed 0);
 - ``threshold``: the per-trait null, the NULL_QUANTILE quantile of the unprompted answers'
-  evidence; ``prompted_above`` the fraction of prompted answers above it.
-A trait is "expressed" (``expressed``) when its AUROC against no instruction reaches
-EXPRESSED_AUROC.
+  evidence (analysis.calibration.threshold: an observed value rounded up);
+  ``prompted_above`` the fraction of prompted answers above it.
+A trait is "expressed" (``expressed``) when its AUROC reaches EXPRESSED_AUROC against both
+references. Against no instruction the AUROC is easy to reach: the prompted answers are the
+positive prompt's own greedy answers and the unprompted ones the bare prompt's, so any prompt
+that changes the answers separates them (a placebo instruction that only rewords the negative
+side does too, docs/persona-vectors.md); against the negative side, which generated neither, it
+is the demanding one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import xarray as xr
 from ...storage.provenance import provenance_attrs
 from .chat import render, system_text
 from .passes import generate_answers
-from .trait_evidence import REFERENCES, auroc, score_trait_answers
+from ...analysis.calibration import auroc, threshold
+from .trait_evidence import REFERENCES, score_trait_answers
 
 CONDITIONS = ("prompted", "unprompted")
 NULL_QUANTILE = 0.95
@@ -109,34 +115,16 @@ def _dataset(loaded, traits, spec, rows, answers, scores) -> xr.Dataset:
     trait_of = np.array([r["trait"].name for r in rows], dtype=object)
     condition = np.array([r["condition"] for r in rows], dtype=object)
     question = np.array([r["question_index"] for r in rows])
-    shape = (len(names), len(REFERENCES))
-    per_trait = {k: np.full(shape, np.nan) for k in ("auroc", "auroc_low", "auroc_high", "threshold", "prompted_above",
-                                                    "auroc_coherent")}
-    for k, name in enumerate(names):
-        mine = trait_of == name
-        positive = condition[mine] == "prompted"
-        for r in range(len(REFERENCES)):
-            e = scores["evidence"][mine, r]
-            per_trait["auroc"][k, r] = auroc(e[positive], e[~positive])
-            per_trait["auroc_low"][k, r], per_trait["auroc_high"][k, r] = bootstrap_auroc(e, positive, question[mine])
-            null = e[~positive][np.isfinite(e[~positive])]
-            if len(null):
-                per_trait["threshold"][k, r] = float(np.quantile(null, NULL_QUANTILE))
-                per_trait["prompted_above"][k, r] = float(np.mean(e[positive] > per_trait["threshold"][k, r]))
-            ec = scores["evidence_coherent"][mine, r]
-            per_trait["auroc_coherent"][k, r] = auroc(ec[positive], ec[~positive])
     texts = [loaded.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
     width = max([len(a) for a in answers] + [1])
     ids = np.full((len(rows), width), -1, dtype=np.int64)
     for i, a in enumerate(answers):
         ids[i, : len(a)] = a
-    sdims, tdims = ("sample", "reference"), ("trait", "reference")
+    sdims = ("sample", "reference")
     data = {name: (sdims, scores[name]) for name in ("evidence", "evidence_sum", "reference_logp", "evidence_coherent")}
     data.update(answer_length=(("sample",), scores["answer_length"]), coherence=(("sample",), scores["coherence"]),
                 answer=(("sample",), np.array(texts, dtype=object)),
                 answer_ids=(("sample", "answer_token"), ids))
-    data.update({name: (tdims, values) for name, values in per_trait.items()})
-    data["expressed"] = (("trait",), (per_trait["auroc"][:, REFERENCES.index("none")] >= EXPRESSED_AUROC).astype(np.int8))
     ds = xr.Dataset(data, coords={
         "trait": names, "reference": list(REFERENCES),
         "sample_trait": ("sample", trait_of), "condition": ("sample", condition),
@@ -149,18 +137,48 @@ def _dataset(loaded, traits, spec, rows, answers, scores) -> xr.Dataset:
     for name in ("evidence", "evidence_sum", "reference_logp", "evidence_coherent", "answer_length"):
         ds[name].attrs.update(attrs(name))
     ds["coherence"].attrs.update(long_name="fraction of distinct token 3-grams in the answer", units="1")
+    ds.attrs.update(completed=1)
+    return with_statistics(ds)
+
+
+def with_statistics(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` (its per-sample evidence) with the per-trait statistics: AUROC and its bootstrap
+    interval over questions, the null threshold, the share of prompted answers above it, the
+    AUROC of evidence_coherent, and `expressed`."""
+    names = ds.trait.values.tolist()
+    trait_of, condition = ds.sample_trait.values, ds.condition.values
+    question = ds.question_index.values
+    shape = (len(names), len(REFERENCES))
+    per_trait = {k: np.full(shape, np.nan) for k in ("auroc", "auroc_low", "auroc_high", "threshold", "prompted_above",
+                                                    "auroc_coherent")}
+    for k, name in enumerate(names):
+        mine = trait_of == name
+        positive = condition[mine] == "prompted"
+        for r in range(len(REFERENCES)):
+            e = ds.evidence.values[mine, r]
+            per_trait["auroc"][k, r] = auroc(e[positive], e[~positive])
+            per_trait["auroc_low"][k, r], per_trait["auroc_high"][k, r] = bootstrap_auroc(e, positive, question[mine])
+            per_trait["threshold"][k, r] = threshold(e[~positive], NULL_QUANTILE)
+            if np.isfinite(per_trait["threshold"][k, r]):
+                per_trait["prompted_above"][k, r] = float(np.mean(e[positive] > per_trait["threshold"][k, r]))
+            ec = ds.evidence_coherent.values[mine, r]
+            per_trait["auroc_coherent"][k, r] = auroc(ec[positive], ec[~positive])
+    ds = ds.copy()
+    for name, values in per_trait.items():
+        ds[name] = (("trait", "reference"), values)
+    ds["expressed"] = (("trait",), (per_trait["auroc"].min(axis=1) >= EXPRESSED_AUROC).astype(np.int8))
     ds["auroc"].attrs.update(long_name="AUROC of evidence, prompted against unprompted answers (pooled over pairs "
                                        "and questions)")
     ds["auroc_low"].attrs.update(long_name=f"2.5th percentile of the AUROC over {BOOTSTRAP} bootstrap resamples of "
                                            "the questions")
     ds["auroc_high"].attrs.update(long_name="97.5th percentile of the same")
     ds["threshold"].attrs.update(long_name=f"per-trait null: the {NULL_QUANTILE:g} quantile of the unprompted "
-                                           "answers' evidence", units="nats/token")
+                                           "answers' evidence (an observed value, rounded up)", units="nats/token")
     ds["prompted_above"].attrs.update(long_name="fraction of prompted answers above the threshold")
     ds["auroc_coherent"].attrs.update(long_name="AUROC of evidence_coherent (evidence with no positive part where "
                                                 "coherence < 0.5)")
-    ds["expressed"].attrs.update(long_name=f"1 where the AUROC against no instruction is >= {EXPRESSED_AUROC}")
-    ds.attrs.update(completed=1, null_quantile=NULL_QUANTILE, bootstrap=BOOTSTRAP)
+    ds["expressed"].attrs.update(long_name=f"1 where the AUROC is >= {EXPRESSED_AUROC} against both references")
+    ds.attrs.update(null_quantile=NULL_QUANTILE, bootstrap=BOOTSTRAP)
     return ds
 
 

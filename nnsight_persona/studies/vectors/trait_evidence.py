@@ -107,14 +107,3 @@ def calibrated_trait(evidence, clean_mean: float, prompted_mean: float) -> np.nd
         return np.full(evidence.shape, np.nan)
     return np.clip(100.0 * (evidence - clean_mean) / span, 0.0, 100.0)
 
-
-def auroc(positive, negative) -> float:
-    """Probability that a positive sample scores above a negative one (ties count half); NaN
-    when either side is empty. The Mann-Whitney U statistic over the product of the sizes."""
-    pos = np.asarray(positive, dtype=float)
-    neg = np.asarray(negative, dtype=float)
-    pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(above / (len(pos) * len(neg)))
