@@ -59,8 +59,9 @@ if [ "$PART" = smollm2 ] || [ "$PART" = all ]; then
 # melancholic) and the original's four, system-prompt elicitation, scored by the evidence measure
 # (--scorer evidence: the answer's log-likelihood under the positive prompt against the negative one).
 ST=pirate_speech,knight,melancholic,evil,sycophantic,humorous,impolite
-# Which traits the model expresses: prompted against unprompted answers, evidence AUROC per trait.
-np vectors calibrate --model smollm2 --traits $ST --n-questions 5 --n-tokens 40 --batch-size 16 \
+# Which traits the model expresses: prompted against unprompted answers, evidence AUROC per trait,
+# with a placebo control (the positive prompt only rewords the negative one).
+np vectors calibrate --model smollm2 --traits $ST,experiments/controls/placebo.yaml --n-questions 5 --n-tokens 40 --batch-size 16 \
   --out $S/vectors-calibrate.nc --no-progress --overwrite
 np vectors extract --model smollm2 --traits $ST --scorer evidence --n-questions 4 --n-tokens 40 \
   --batch-size 16 --out $S/vectors-extract.nc --no-progress --overwrite
