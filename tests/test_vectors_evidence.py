@@ -259,3 +259,18 @@ def test_vs_edit_evidence_is_xy_against_by_on_the_unedited_model(extracted, toy,
             assert abs(float(got) - exp) < TOL, (cell, float(got), exp)
             moved.append(exp)
     assert np.abs(moved).max() > 100 * TOL
+
+
+def test_steer_evidence_through_the_cli_draws_the_evidence_curves(extracted, tmp_path):
+    from nnsight_persona.cli import main
+    from nnsight_persona.storage.store import save_dataset
+
+    path = save_dataset(extracted, tmp_path / "v.nc")
+    out = tmp_path / "s.nc"
+    result = CliRunner().invoke(main, ["vectors", "steer", "--model", "toy", "--vectors", str(path), "--traits", "robot",
+                                       "--layers", "2", "--coefs", "0,2", "--n-questions", "2", "--n-tokens", "8",
+                                       "--scorer", "evidence", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out)
+    assert ds.evidence.dims[-1] == "reference" and ds.baseline_evidence.sizes["baseline"] == 2
+    assert ds.trait_score.attrs["units"] == "nats/token" and (tmp_path / "s-steering.png").exists()

@@ -158,8 +158,12 @@ def steer(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_question
     write_result(ds, target)
     out = target.path
     _steer_summary(ds)
-    _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
-            out.with_suffix("").as_posix() + "-steering")
+    if "evidence" in ds:  # trait evidence in nats/token: its own figure, with intervals over questions
+        _figure(lambda: __import__("nnsight_persona.plots.steering_evidence", fromlist=["x"]).plot_steering_evidence(ds),
+                out.with_suffix("").as_posix() + "-steering")
+    else:
+        _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
+                out.with_suffix("").as_posix() + "-steering")
 
 
 def _floats(text: str, flag: str) -> list[float]:
