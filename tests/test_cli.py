@@ -86,6 +86,7 @@ def test_experiments_reuse_a_capture_file(tiny_dirs, tiny_grid_file, tmp_path):
     result = _run("markers", "--capture", str(cap), "--layers", "2", "--n-tokens", "5", "--out", str(mk), "--no-progress")
     assert result.exit_code == 0, result.output
     assert "cells with a marker" in result.output
+    assert "mean evidence" in result.output and "AUROC vs bare" in result.output  # the evidence table follows
     assert load_dataset(mk).text.sizes == {"model": 1, "cell": 4, "condition": 4}
     result = _run("plot", str(sub), str(dec), str(mk), "--out-dir", str(tmp_path / "figs"))
     assert result.exit_code == 0, result.output

@@ -56,12 +56,13 @@ def plot_evidence(ds: xr.Dataset, model: str | None = None) -> Figure:
     ax_points.set_ylabel("evidence, nats / answer token")
     ax_points.grid(True, axis="y", alpha=0.3)
     negative = ds.evidence.sel(condition=NEGATIVE).values
-    for cond in conditions:
-        if cond == NEGATIVE:
-            continue
+    curves = [c for c in conditions if c != NEGATIVE]
+    for i, cond in enumerate(curves):
         fpr, tpr = roc_curve(ds.evidence.sel(condition=cond).values, negative)
         auc = float(ds.evidence_auroc.sel(condition=cond))
-        ax_roc.step(fpr, tpr, where="post", color=colors[cond], label=f"{cond} (AUROC {auc:.2f})")
+        # Earlier curves drawn wider, so one that coincides with a later one still shows.
+        ax_roc.step(fpr, tpr, where="post", color=colors[cond], lw=1.2 + 1.5 * (len(curves) - 1 - i),
+                    label=f"{cond} (AUROC {auc:.2f})")
     ax_roc.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
     ax_roc.set_xlabel(f"fraction of {NEGATIVE} answers above a cut")
     ax_roc.set_ylabel("fraction of the condition above it")
