@@ -8,6 +8,8 @@ from nnsight_persona.core.grids import grid_from_dict, load_grid
 from nnsight_persona.core.scoring import marker_counts, markers_found
 from reference import CONDITIONS, chat_prompt, greedy_with_patch, hidden_states, replacement, user_texts
 
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
+
 
 def test_scoring_follows_the_papers_rules():
     text = "A single point of failure (SPOF). Scalability: fine. Clean code; indemnification; fault-tolerant."
