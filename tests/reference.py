@@ -229,3 +229,21 @@ class Mismatches:
             _, what, expected, got = max(self.bad, key=lambda b: b[0])
             raise AssertionError(f"{len(self.bad)} of {self.n} values differ from the reference; "
                                  f"worst: {what}: expected {expected:.6g}, got {got:.6g}")
+
+
+@torch.no_grad()
+def answer_evidence(model, persona_ids: list[int], reference_ids: list[int], answer: list[int]) -> dict:
+    """The evidence of one answer, written out: two unpadded forward passes of plain transformers
+    (prompt + answer), the whole log-softmax, and the log-prob of answer token t read at the
+    column before it (prompt length - 1 + t). Returns the mean and summed difference (persona -
+    reference) and the reference's mean log-likelihood, in nats."""
+    def summed(prompt):
+        logits = model(torch.tensor([list(prompt) + list(answer)])).logits[0].float()
+        logp = logits.log_softmax(-1)
+        start = len(prompt)
+        return sum(float(logp[start - 1 + t, answer[t]]) for t in range(len(answer)))
+
+    with_persona, reference = summed(persona_ids), summed(reference_ids)
+    n = len(answer)
+    return {"evidence": (with_persona - reference) / n, "evidence_sum": with_persona - reference,
+            "reference_logp": reference / n}

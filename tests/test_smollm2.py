@@ -352,3 +352,49 @@ def test_a_typo_fails_fast_with_a_suggestion_when_the_hub_is_unreachable():
     assert result["code"] != 0 and "Traceback" not in result["out"]
     assert "did you mean 'toy'?" in result["out"] and "cannot be reached" in result["out"]
     assert result["s"] < 5, result
+
+
+# --- evidence (core/evidence.py) --------------------------------------------------------------
+
+def test_evidence_equals_plain_transformers(smol, plain, grid, runs):
+    """The evidence of greedy answers (XY's, 24 tokens, and BY's, 16) equals two plain forward
+    passes per answer to 1e-4 nats/token, batched (left-padded) and one at a time; the markers
+    run's clean answers carry the same values."""
+    from nnsight_persona.core import evidence
+    from reference import answer_evidence
+
+    tok = smol.tokenizer
+    rows = []
+    for cell in grid.cells:
+        ids = {c: tok(tok.apply_chat_template([{"role": "user", "content": grid.user_text(cell, c)}],
+                                              add_generation_prompt=True, tokenize=False),
+                      add_special_tokens=False).input_ids for c in ("XY", "BY")}
+        for prompt, n in (("XY", 24), ("BY", 16)):
+            out = greedy(plain, ids[prompt], n, tok.eos_token_id)
+            cut = next((i for i, t in enumerate(out) if t in smol.eos_ids), len(out))
+            rows.append((ids["XY"], ids["BY"], out[:cut]))
+    expected = np.array([answer_evidence(plain, *row)["evidence"] for row in rows])
+    batched = evidence.score_answers(smol, *zip(*rows), batch_size=len(rows))
+    one = evidence.score_answers(smol, *zip(*rows), batch_size=1)
+    np.testing.assert_allclose(batched.evidence, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(one.evidence, batched.evidence, atol=1e-4, rtol=0)
+    assert np.abs(expected).max() > 100 * 1e-4  # a swapped pair or shifted token moves them far
+    assert (batched.answer_length == [len(r[2]) for r in rows]).all()
+    mk = runs["markers"].isel(model=0)
+    for cell in grid.cells:
+        xy, by, _ = rows[2 * grid.cells.index(cell)]
+        out = greedy(plain, xy, 6, tok.eos_token_id)  # the markers run's 6 tokens
+        answer = out[: next((i for i, t in enumerate(out) if t in smol.eos_ids), len(out))]
+        assert int(mk.answer_length.sel(cell=cell.label, condition="clean")) == len(answer)
+        want = answer_evidence(plain, xy, by, answer)["evidence"]
+        assert abs(float(mk.evidence.sel(cell=cell.label, condition="clean")) - want) < 1e-4
+
+
+def test_evidence_remote_path_equals_local(smol, grid, runs):
+    """The markers run's evidence through nnsight's local simulation of the remote path."""
+    spec = markers.MarkersSpec(grid="smol", layer=12, n_tokens=6, conditions=("clean", "additive"))
+    remote = markers.run(dataclasses.replace(smol, remote="local"), grid, spec, capture_ds=runs["capture"], progress=False)
+    local = runs["markers"]
+    assert (remote.text.values == local.text.values).all()
+    a, b = local.evidence.values.ravel(), remote.evidence.values.ravel()
+    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), (a, b)
