@@ -119,8 +119,6 @@ def test_evidence_of_every_condition_is_scored_on_the_unedited_model(toy_model, 
     """Each condition's answer (plain greedy decoding under the reference's hook) scored XY against
     BY by plain forward passes of the UNEDITED model equals the dataset's evidence; scored with the
     edit still in place, the edited conditions' values would be far off (checked: power)."""
-    import torch
-
     from reference import answer_evidence, patched_logits
 
     cells, layer, n_tokens = ["pirate__weather", "robot__story", "knight__breakfast"], 4, 12
