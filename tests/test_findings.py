@@ -140,3 +140,22 @@ def test_findings_command_writes_claims(tmp_path):
     assert {"claim", "treatment", "control", "effect", "ci_low", "ci_high", "p_holm", "n", "holds"} <= set(claims[0])
     assert len(claims) == 1 + 3 * 8  # markers: one; knockout: three controls x eight bands
     assert "remove_persona" in result.output
+
+
+def test_compare_flags_paper_medians_outside_our_interval():
+    from nnsight_persona.analysis.compare import compare
+    from nnsight_persona.storage.store import load_dataset
+
+    ds = load_dataset(SMOLLM2 / "substitute-xu2026-long.nc")
+    rows = compare(ds, paper="gemma2b")
+    flags = []
+    for row in rows:
+        cells = ds["kl"].sel(condition="additive", position=row["position"], layer=row["layer"]).values.ravel()
+        ci = scipy_stats.bootstrap((cells,), np.median, n_resamples=2000, method="percentile",
+                                   random_state=np.random.default_rng(1)).confidence_interval
+        width = ci.high - ci.low
+        assert abs(row["ours_ci_low"] - ci.low) < 0.25 * width and abs(row["ours_ci_high"] - ci.high) < 0.25 * width
+        outside = not row["ours_ci_low"] <= row["paper_median"] <= row["ours_ci_high"]
+        assert (row["paper_outside"] == "yes") == outside
+        flags.append(outside)
+    assert any(flags) and not all(flags)  # the file has both cases, so the flag is really tested
