@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import GENERATORS as BENCHMARK_GENERATORS  # noqa: E402
+from nnsight_persona.analysis.findings_tables import GENERATORS as FINDINGS_GENERATORS
 from nnsight_persona.analysis.tables import GENERATORS as RESULT_GENERATORS
 from nnsight_persona.analysis.toy_tables import GENERATORS as TOY_GENERATORS
 from nnsight_persona.analysis.vector_tables import GENERATORS as VECTOR_GENERATORS
 from nnsight_persona.storage.docblocks import refresh, stale
 
-GENERATORS = {**RESULT_GENERATORS, **BENCHMARK_GENERATORS, **VECTOR_GENERATORS, **TOY_GENERATORS}
+GENERATORS = {**FINDINGS_GENERATORS, **RESULT_GENERATORS, **BENCHMARK_GENERATORS, **VECTOR_GENERATORS, **TOY_GENERATORS}
 
 
 def documents() -> list[Path]:
