@@ -159,3 +159,27 @@ def test_compare_flags_paper_medians_outside_our_interval():
         assert (row["paper_outside"] == "yes") == outside
         flags.append(outside)
     assert any(flags) and not all(flags)  # the file has both cases, so the flag is really tested
+
+
+def test_figures_draw_the_bootstrap_interval_of_the_median():
+    """kl_by_layer's bands are the 95% bootstrap interval of the median over cells (scipy agrees within
+    Monte Carlo error), not the quartiles."""
+    from nnsight_persona.analysis.intervals import median_with_interval
+    from nnsight_persona.plots import FIGURES
+
+    ds = xr.open_dataset(TOY / "substitute-toy.nc").load()
+    fig = FIGURES["substitute"]["kl_by_layer"](ds)
+    kl = ds["kl"].sel(condition="additive").squeeze("model", drop=True)
+    summary = median_with_interval(kl)
+    position = str(kl.position.values[0])
+    bands = [c for c in fig.axes[0].collections if len(c.get_paths())]
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    want = summary.sel(position=position)
+    assert np.isin(want["ci_low"].values, ys).all() and np.isin(want["ci_high"].values, ys).all()
+    assert not np.isin(want["q25"].values, ys).all()
+    cells = kl.sel(position=position).isel(layer=2).values
+    ci = scipy_stats.bootstrap((cells,), np.median, n_resamples=4000, method="percentile",
+                               random_state=np.random.default_rng(0)).confidence_interval
+    width = ci.high - ci.low
+    mine = want.isel(layer=2)
+    assert abs(float(mine["ci_low"]) - ci.low) < 0.3 * width and abs(float(mine["ci_high"]) - ci.high) < 0.3 * width

@@ -69,3 +69,21 @@ def summary_table_rows(records: list[dict]) -> list[dict]:
     """records flattened for format_table: variable, the coords as columns, estimate, ci_low, ci_high, n."""
     return [{"variable": r["variable"], **r["coords"], "estimate": r["estimate"], "ci_low": r["ci_low"],
              "ci_high": r["ci_high"], "n": r["n"]} for r in records]
+
+
+def median_with_interval(da: xr.DataArray, over: str = "cell", confidence: float = 0.95, seed: int = 0) -> xr.Dataset:
+    """summary.summarize(da, over) plus `ci_low`, `ci_high`: the seeded percentile bootstrap interval of
+    the median over `over` (what the figures draw as bands or error bars)."""
+    from .summary import summarize
+
+    out = summarize(da, over)
+    records = bootstrap_dataarray(da.astype(float), over, "median", confidence=confidence, seed=seed)
+    shape = out["median"].shape
+    low = np.array([r["ci_low"] for r in records]).reshape(shape)
+    high = np.array([r["ci_high"] for r in records]).reshape(shape)
+    dims = out["median"].dims
+    if tuple(d for d in da.dims if d != over) != dims:
+        raise SelectionError(f"unexpected dims {dims} of the summary of {da.name!r}")
+    out["ci_low"] = (dims, low, dict(da.attrs))
+    out["ci_high"] = (dims, high, dict(da.attrs))
+    return out

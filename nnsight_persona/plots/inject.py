@@ -24,7 +24,7 @@ SITE_DIMS = ("site_layer", "site_position", "cell", "site_condition")
 
 
 def plot_gap_closed(ds: xr.Dataset, model: str | None = None) -> Figure:
-    """KL per condition (bars over layer sets, IQR over cells), gap closed, and KL by injection site."""
+    """KL per condition (bars over layer sets, 95% bootstrap interval of the median over cells), gap closed, and KL by injection site."""
     from .style import figure_title, new_figure, one_model
 
     _check(ds)
@@ -77,8 +77,9 @@ def _reference(summary: xr.Dataset, condition: str) -> float:
 
 
 def _kl_panel(ax, ds: xr.Dataset) -> None:
-    """Grouped bars: one group per layer set, one bar per edited condition; IQR error bars."""
-    from ..analysis.summary import summarize
+    """Grouped bars: one group per layer set, one bar per edited condition; error bars: the 95%
+    bootstrap interval of the median over cells."""
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label
 
     summary = summarize(ds["kl"])
@@ -89,7 +90,7 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
     for i, condition in enumerate(edited):
         s = summary.sel(condition=condition)
         median = s["median"].values
-        err = np.stack([median - s["q25"].values, s["q75"].values - median])
+        err = np.stack([median - s["ci_low"].values, s["ci_high"].values - median])
         ax.bar(x + (i - (len(edited) - 1) / 2) * width, median, width, yerr=err, capsize=2,
                color=_color(condition, i), label=condition, error_kw={"linewidth": 0.8})
     for condition in references:
@@ -98,7 +99,7 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
     ax.set_xticks(x, layer_sets)
     ax.set_xlabel("injected layer set")
     ax.set_ylabel(textwrap.fill(axis_label(ds["kl"]), 36))
-    ax.set_title("median over cells, IQR bars", fontsize="medium")
+    ax.set_title("median over cells, 95% bootstrap interval", fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
 
 
