@@ -133,3 +133,11 @@ def test_validation_names_the_bad_input():
         st.bootstrap_interval([1, 2, 3], method="studentized")
     with pytest.raises(SelectionError, match="same units"):
         st.paired_comparison([1, 2], [1, 2, 3])
+
+
+def test_no_units_gives_nan_not_an_error():
+    iv = st.bootstrap_interval(np.zeros((0, 4)))
+    assert iv.n == 0 and np.isnan(iv.estimate) and np.isnan(iv.low)
+    da = xr.DataArray(np.zeros((2, 0)), dims=("layer", "cell"), name="kl")
+    assert [r["n"] for r in st.bootstrap_dataarray(da)] == [0, 0]
+    assert np.isnan(st.paired_comparison(np.zeros(0), np.zeros(0))["p"])

@@ -120,7 +120,8 @@ def claims_of_dataset(ds: xr.Dataset, source: str = "", rules=None, seed: int = 
             b = da.sel({rule.side_dim: control}).transpose(*groups, *rule.unit, *rule.within)
             n_group = len(groups)
             shape = a.shape[:n_group]
-            av = a.values.reshape(*shape, int(np.prod(a.shape[n_group:n_group + len(rule.unit)])), -1)
+            av = a.values.reshape(*shape, int(np.prod(a.shape[n_group:n_group + len(rule.unit)])),
+                                  int(np.prod(a.shape[n_group + len(rule.unit):])))
             bv = b.values.reshape(av.shape)
             for index in np.ndindex(*shape):
                 coords = {d: _plain(a[d].values[i]) for d, i in zip(groups, index)}

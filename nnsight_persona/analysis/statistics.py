@@ -47,7 +47,7 @@ def _units(values) -> np.ndarray:
     x = np.asarray(values, dtype=float)
     if x.ndim == 0:
         raise SelectionError("bootstrap needs an array over units, got a scalar")
-    x = x.reshape(x.shape[0], -1)
+    x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
     return x[~np.isnan(x).any(axis=1)]
 
 
@@ -111,7 +111,7 @@ def bootstrap_dataarray(da: xr.DataArray, unit: str | Sequence[str] = "cell", st
         raise SelectionError(f"{da.name!r} has no unit dim {missing}; its dims are {list(da.dims)}")
     groups = [d for d in da.dims if d not in units]
     arr = da.transpose(*groups, *units).values.astype(float)
-    arr = arr.reshape(*arr.shape[: len(groups)], -1)
+    arr = arr.reshape(*arr.shape[: len(groups)], int(np.prod(arr.shape[len(groups):])))
     records = []
     for index in np.ndindex(*arr.shape[: len(groups)]):
         coords = {d: _plain(da[d].values[i]) for d, i in zip(groups, index)}
@@ -191,7 +191,7 @@ def paired_comparison(treatment, control, alternative: str = "greater", *, confi
     b = np.asarray(control, dtype=float)
     if a.shape != b.shape or a.ndim == 0:
         raise SelectionError(f"paired sides need the same units; got shapes {a.shape} and {b.shape}")
-    d = (a - b).reshape(a.shape[0], -1)
+    d = (a - b).reshape(a.shape[0], int(np.prod(a.shape[1:])))
     d = d[~np.isnan(d).any(axis=1)].mean(axis=1)
     iv = bootstrap_interval(d, "mean", confidence=confidence, n_resamples=n_resamples, seed=seed)
     return {"effect": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n,
