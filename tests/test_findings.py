@@ -183,3 +183,13 @@ def test_figures_draw_the_bootstrap_interval_of_the_median():
     width = ci.high - ci.low
     mine = want.isel(layer=2)
     assert abs(float(mine["ci_low"]) - ci.low) < 0.3 * width and abs(float(mine["ci_high"]) - ci.high) < 0.3 * width
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TOY.glob("*.nc")))
+def test_summary_covers_every_toy_file(name):
+    ds = xr.open_dataset(TOY / name).load()
+    records = interval_summary(ds, "median", n_resamples=200)
+    assert records, f"no statistic of {name} summarised"
+    for r in records[:50]:
+        if r["n"] > 1 and np.isfinite(r["estimate"]) and np.isfinite(r["ci_low"]):
+            assert r["ci_low"] <= r["estimate"] <= r["ci_high"]

@@ -26,6 +26,9 @@ UNITS = {
     "vectors-extract": ("sample",),
     "vectors-monitor": ("question",),
     "vectors-steer": ("question",),
+    "vectors-vs-edit": ("cell",),
+    "vectors-trace": ("trait",),  # per checkpoint and layer, one value per trait: few units
+    "vectors-vs-delta": ("trait",),  # experiment names vectors-vs-delta-<persona> too
     "subnetwork-eval": ("persona",),
     "subnetwork-find": ("module",),
 }
@@ -34,6 +37,8 @@ SKIPPED_DIMS = ("hidden", "answer_token", "step", "key", "marker")
 
 def unit_of(ds: xr.Dataset) -> tuple[str, ...]:
     experiment = ds.attrs.get("experiment")
+    if experiment not in UNITS and str(experiment).startswith("vectors-vs-delta"):
+        experiment = "vectors-vs-delta"
     if experiment not in UNITS:
         raise SelectionError(f"no unit declared for experiment {experiment!r}; known: {sorted(UNITS)}")
     return UNITS[experiment]

@@ -79,7 +79,8 @@ def bootstrap_interval(values, statistic: str = "median", *, confidence: float =
         low_q, high_q = alpha, 1 - alpha
     else:
         low_q, high_q = _bca_levels(x, func, estimate, boot, alpha)
-    low, high = np.quantile(boot, [low_q, high_q])
+    with np.errstate(invalid="ignore"):  # infinite values (a ratio over a zero norm): NaN or inf ends
+        low, high = np.quantile(boot, [low_q, high_q])
     return Interval(estimate, float(low), float(high), n)
 
 
