@@ -104,8 +104,9 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
 
 
 def _gap_panel(ax, ds: xr.Dataset) -> None:
-    """Median gap closed by layer set, one line per condition; 0 = the host, 1 = the persona run."""
-    from ..analysis.summary import summarize
+    """Median gap closed by layer set, one line per condition with its 95% bootstrap band; 0 = the
+    host, 1 = the persona run."""
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label
 
     gap = ds["gap_closed"]
@@ -117,6 +118,9 @@ def _gap_panel(ax, ds: xr.Dataset) -> None:
     for i, condition in enumerate(edited):
         ax.plot(x, summary["median"].sel(condition=condition).values, marker="o", markersize=4,
                 color=_color(condition, i), label=condition)
+        ax.fill_between(x, summary["ci_low"].sel(condition=condition).values,
+                        summary["ci_high"].sel(condition=condition).values, color=_color(condition, i), alpha=0.15,
+                        linewidth=0)
     for condition in references:
         if condition != "host":  # the host closes no gap by definition: it is the line at 0
             ax.axhline(_reference(summary, condition), label=f"{condition} (no edit)", linewidth=1.2,
@@ -131,7 +135,7 @@ def _gap_panel(ax, ds: xr.Dataset) -> None:
     ax.set_xlim(-0.5, len(layer_sets) - 0.5)
     ax.set_xlabel("injected layer set")
     ax.set_ylabel(axis_label(ds["gap_closed"]))
-    ax.set_title("median over cells", fontsize="medium")
+    ax.set_title("median over cells, 95% bootstrap band", fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
 
 
