@@ -15,7 +15,7 @@ variable a file lacks (e.g. `evidence` in an older markers file) are skipped.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
