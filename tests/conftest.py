@@ -11,6 +11,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tiny_models import FAMILIES, build_sharp_model, build_tiny_model  # noqa: E402
 
 
+def _torch_numerics_state() -> dict:
+    """The process-wide torch settings that change how float32 results round."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "grad": torch.is_grad_enabled(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "matmul precision": torch.get_float32_matmul_precision(), "default dtype": torch.get_default_dtype(),
+            "fp32 precision": getattr(torch.backends, "fp32_precision", None)}
+
+
+@pytest.fixture(autouse=True)
+def _no_test_changes_torch_numerics():
+    """A test that leaves a global torch setting changed would change the rounding of every later
+    test, so that a comparison passes alone and fails in the full run: fail the test that leaks it."""
+    before = _torch_numerics_state()
+    yield
+    after = _torch_numerics_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"this test left torch settings changed (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """One tiny random model folder (weights, tokenizer, chat template) per family."""

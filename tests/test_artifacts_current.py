@@ -14,6 +14,7 @@ import pytest
 
 from nnsight_persona.storage.manifest import file_hashes, read_manifest
 from nnsight_persona.storage.store import load_dataset, spec_of
+from tolerances import assert_vectors_close
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = sorted(p for p in (ROOT / "artifacts").iterdir() if p.is_dir())
@@ -63,6 +64,7 @@ def _first_cell(ds):
     return str(ds.cell.values[0])
 
 
+@pytest.mark.numeric
 def test_capture_and_substitute_recompute_to_the_committed_numbers(toy):
     from nnsight_persona.studies.xu2026 import capture, substitute
 
@@ -76,8 +78,9 @@ def test_capture_and_substitute_recompute_to_the_committed_numbers(toy):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
     cap_committed = _committed("capture-toy.nc")
     cap = capture.run(toy, grid, _spec(capture.CaptureSpec, cap_committed, cells=(cell,)), progress=False)
-    np.testing.assert_allclose(cap.resid.isel(model=0).values,
-                               cap_committed.resid.isel(model=0).sel(cell=[cell]).values, rtol=1e-4, atol=1e-4)
+    # Committed from another CPU's rounding: per vector, by norm.
+    assert_vectors_close(cap.resid.isel(model=0).values, cap_committed.resid.isel(model=0).sel(cell=[cell]).values,
+                         msg="fresh vs committed capture")
     np.testing.assert_array_equal(cap.continuation_ids.values, cap_committed.continuation_ids.sel(cell=[cell]).values)
 
 
@@ -99,6 +102,7 @@ def test_markers_recompute_to_the_committed_texts(toy):
     assert ds.text.isel(model=0).values.tolist() == committed.text.isel(model=0).sel(cell=[cell]).values.tolist()
 
 
+@pytest.mark.numeric
 def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
     from nnsight_persona.studies.xu2026 import inject, knockout
 
@@ -114,6 +118,7 @@ def test_inject_and_knockout_recompute_to_the_committed_numbers(toy):
                                            rtol=1e-3, atol=1e-4, err_msg=f"{name}: {variable}")
 
 
+@pytest.mark.numeric
 def test_persona_vectors_recompute_to_the_committed_numbers(toy):
     from nnsight_persona.studies.vectors import extract
     from nnsight_persona.studies.vectors.traits import trait_from_spec
@@ -126,4 +131,4 @@ def test_persona_vectors_recompute_to_the_committed_numbers(toy):
     mine = committed.sample_trait.values == trait.name
     assert ds.answer.isel(model=0, checkpoint=0).values.tolist() == \
         committed.answer.isel(model=0, checkpoint=0).values[mine].tolist()
-    np.testing.assert_allclose(ds.vector.values, committed.vector.sel(trait=[trait.name]).values, rtol=1e-4, atol=1e-4)
+    assert_vectors_close(ds.vector.values, committed.vector.sel(trait=[trait.name]).values, msg="fresh vs committed vectors")

@@ -8,6 +8,8 @@ import pytest
 from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
 from nnsight_persona.core.grids import load_grid
 
+from tolerances import assert_vectors_close
+
 
 @pytest.fixture(scope="module")
 def both(loaded_models):
@@ -16,8 +18,11 @@ def both(loaded_models):
 
 
 def _equal(a, b, var):
-    if a[var].dtype.kind in "fc":
-        # The local substitution sweep reuses prefix KV caches, the remote one cannot: float noise.
+    if a[var].dtype.kind in "fc" and a[var].dims[-1:] == ("hidden",):
+        # The local paths reuse prefix KV caches, the remote ones cannot: per vector, by norm.
+        assert_vectors_close(a[var].values, b[var].values, msg=var)
+    elif a[var].dtype.kind in "fc":
+        # Scalars per cell (KLs, cosines, ratios): each within rtol of its own value.
         np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=1e-4)
     else:
         assert (a[var].values == b[var].values).all()
@@ -34,6 +39,7 @@ def _equal(a, b, var):
     ],
     ids=["capture", "substitute", "markers", "inject", "knockout"],
 )
+@pytest.mark.numeric
 def test_remote_local_equals_local(both, tiny_grid_file, module, make_spec, variables):
     local, remote = both
     grid = load_grid(tiny_grid_file)

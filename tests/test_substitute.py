@@ -75,6 +75,7 @@ def check_substitution(loaded, plain, grid, raw, cells, layers, batch_size, run_
     return ds, power
 
 
+@pytest.mark.numeric
 def test_substitution_equals_hooks_reference(sharp_models, sharp_plain, family, tiny_grid_file, tiny_grid_raw):
     grid = load_grid(tiny_grid_file)
     _, power = check_substitution(sharp_models[family], sharp_plain[family], grid, tiny_grid_raw,
@@ -84,6 +85,7 @@ def test_substitution_equals_hooks_reference(sharp_models, sharp_plain, family, 
     assert min(power.values()) > 0.1, power
 
 
+@pytest.mark.numeric
 def test_substitution_of_the_toy_model_equals_hooks_reference(toy_model, toy_plain, toy_grid_raw):
     cells = ["pirate__weather", "robot__story"]
     ds, power = check_substitution(toy_model, toy_plain, load_grid("toy"), toy_grid_raw, cells, (2, 6), 32, cells)
@@ -117,6 +119,7 @@ def test_random_condition_has_the_additive_norm_and_is_seeded(loaded_models, tin
     np.testing.assert_allclose(step, additive_step, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.numeric
 def test_batched_equals_one_patch_per_pass(sharp_models, tiny_grid_file):
     loaded = sharp_models["qwen2"]
     grid = load_grid(tiny_grid_file)
@@ -145,6 +148,7 @@ def test_bad_condition_and_capture_without_the_layer(loaded_models, tiny_grid_fi
         substitute.run(loaded, grid, substitute.SubstituteSpec(grid="tiny", layers=LAYERS), capture_ds=cap, progress=False)
 
 
+@pytest.mark.numeric
 def test_prefix_cache_equals_whole_sequences(sharp_models, family, tiny_grid_file):
     loaded = sharp_models[family]
     grid = load_grid(tiny_grid_file)
