@@ -57,6 +57,7 @@ def test_empty_knockout_is_bit_identical(tiny_dirs, family, attn):
     batch = left_pad(SEQS, loaded.pad_id)
     clean, _ = _logits(loaded, batch)
     empty, _ = _logits(loaded, batch, _knockout(batch, (1, 1), 3, range(4), 4))
+    # Exact: the same kernels on the same batch; an empty knockout must not touch a single bit.
     assert torch.equal(clean, empty)
 
 
@@ -66,6 +67,7 @@ def test_only_targeted_rows_and_queries_change(tiny_dirs, family, attn):
     clean, _ = _logits(loaded, batch)
     knocked, _ = _logits(loaded, batch, _knockout(batch, (1, 3), 4, [1, 2], 4, rows=[0]))
     pad0 = int(batch.pad[0])
+    # Exact below: the same kernels on the same batch, and these rows and queries see no changed input.
     assert torch.equal(knocked[1:], clean[1:])  # other rows
     assert torch.equal(knocked[0, : pad0 + 4], clean[0, : pad0 + 4])  # queries before the blocked ones
     assert (knocked[0, pad0 + 4 :] - clean[0, pad0 + 4 :]).abs().max() > 1e-6
@@ -100,7 +102,7 @@ def test_per_head_knockout_leaves_other_heads_alone(tiny_dirs):
     _, weights = _logits(loaded, batch, _knockout(batch, (1, 3), 4, [1], 4, heads=(2,)), weights_block=1)
     _, clean = _logits(loaded, batch, None, weights_block=1)
     assert weights[:, 2, -1, :].ne(clean[:, 2, -1, :]).any()
-    for head in (0, 1, 3):
+    for head in (0, 1, 3):  # exact: the same kernels on the same inputs for the untouched heads
         assert torch.equal(weights[:, head], clean[:, head])
 
 
@@ -159,7 +161,7 @@ def test_single_head_knockout_changes_only_that_heads_attention_output(tiny_dirs
     clean, knocked = head_outputs(None), head_outputs(knockout)
     for r, (block, head) in enumerate(targets):
         first = int(batch.pad[r]) + 4
-        for b in range(block):
+        for b in range(block):  # exact: the same kernels on the same inputs up to the knocked head
             assert torch.equal(knocked[b][r], clean[b][r])
         for h in range(n_heads):
             if h != head:

@@ -158,6 +158,7 @@ def test_sparsity_zero_leaves_every_output_unchanged(toy, plain, pset):
     want = _plain_logits(plain, ids)
     copy_ = MaskedCopy(toy)
     masked = copy_.with_masks(masks[("pirate", 0.0)])
+    # Exact: the same weights (x 1.0), kernels and unpadded sequence as the plain model.
     assert torch.equal(_plain_logits(masked.lm._module, ids), want)
     structured, _ = _find(toy, pset, sparsities=(0.0,), structured=True, head=True)
     with toy.lm.trace(torch.tensor([ids])):
