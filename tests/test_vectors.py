@@ -137,7 +137,7 @@ def test_steering_with_coef_zero_is_the_clean_generation(toy, traits, extracted)
     clean = generate_with_edit(toy, batch, N_TOKENS)
     for positions in steer.POSITIONS:
         zero = generate_with_edit(toy, batch, N_TOKENS, steer.steering_edit(batch, 4, 0.0 * v.expand(2, -1), positions))
-        assert torch.equal(zero, clean), positions
+        assert torch.equal(zero, clean), positions  # token ids; a zero vector adds exactly nothing
     steered = generate_with_edit(toy, batch, N_TOKENS, steer.steering_edit(batch, 4, 8.0 * v.expand(2, -1), "response"))
     assert not torch.equal(steered, clean)  # the same edit with a coefficient does steer
     # The whole steer experiment: coef 0 rows equal its clean baseline answers.
