@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from reference import chat_prompt, load_plain
+from tolerances import assert_vectors_close
 
 from nnsight_persona.core.errors import DataFileError
 from nnsight_persona.studies.subnetworks import data, evaluate, find
@@ -191,7 +192,7 @@ def test_weight_mask_of_the_copy_equals_masking_plain_weights(toy, plain, pset):
     ids = _plain_ids(toy.tokenizer, "describe the night sky.", "beep boop. the stars are bright.")[1]
     got = _plain_logits(MaskedCopy(toy).with_masks(chosen).lm._module, ids)
     want = _plain_logits(reference, ids)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_vectors_close(got, want, msg="masked copy vs masked plain, logits per position")
     assert (want - _plain_logits(plain, ids)).abs().max() > 1.0  # a mask that matters
     assert torch.equal(plain.model.embed_tokens.weight, reference.model.embed_tokens.weight)
 
@@ -209,7 +210,7 @@ def test_structured_variant_equals_the_channel_mask_applied_to_the_weights(toy, 
     with toy.lm.trace(torch.tensor([ids])):
         mask_channels(toy.lm, channel_factors(chosen))
         logits = toy.lm.output.logits.save()
-    torch.testing.assert_close(logits[0], want, rtol=1e-5, atol=1e-5)
+    assert_vectors_close(logits[0], want, msg="nnsight channel masks vs zeroed plain weights, logits per position")
     assert (want - _plain_logits(plain, ids)).abs().max() > 1.0
 
 
