@@ -181,6 +181,7 @@ def test_callers_model_is_bit_identical_after_find_and_eval(toy, pset):
     assert float(abs(ds.margin.sel(variant="mask:pirate@0.5") - ds.margin.sel(variant="unpruned")).max()) > 0.5
 
 
+@pytest.mark.numeric
 def test_weight_mask_of_the_copy_equals_masking_plain_weights(toy, plain, pset):
     masks, _ = _find(toy, pset, sparsities=(0.5,), method="wanda", head=True)
     chosen = masks[("robot", 0.5)]
@@ -197,6 +198,7 @@ def test_weight_mask_of_the_copy_equals_masking_plain_weights(toy, plain, pset):
     assert torch.equal(plain.model.embed_tokens.weight, reference.model.embed_tokens.weight)
 
 
+@pytest.mark.numeric
 def test_structured_variant_equals_the_channel_mask_applied_to_the_weights(toy, plain, pset):
     masks, _ = _find(toy, pset, sparsities=(0.4,), structured=True, head=True)
     chosen = masks[("pirate", 0.4)]
