@@ -11,25 +11,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tiny_models import FAMILIES, build_sharp_model, build_tiny_model  # noqa: E402
 
 
-def _torch_numerics_state() -> dict:
-    """The process-wide torch settings that change how float32 results round."""
+def torch_settings() -> dict:
+    """The process-wide torch settings that change how later computations round or run."""
     import torch
 
-    return {"threads": torch.get_num_threads(), "grad": torch.is_grad_enabled(),
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "matmul precision": torch.get_float32_matmul_precision(), "default dtype": torch.get_default_dtype(),
-            "fp32 precision": getattr(torch.backends, "fp32_precision", None)}
+    return {
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "default_dtype": str(torch.get_default_dtype()),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "grad": torch.is_grad_enabled(),
+    }
 
 
 @pytest.fixture(autouse=True)
-def _no_test_changes_torch_numerics():
-    """A test that leaves a global torch setting changed would change the rounding of every later
-    test, so that a comparison passes alone and fails in the full run: fail the test that leaks it."""
-    before = _torch_numerics_state()
+def torch_settings_unchanged():
+    """A test (or the package code it runs) that leaves a global torch setting changed makes every
+    later test compute differently: a thread count splits matmul reductions another way, and two
+    computations compared later round apart by more than they do alone. Such a test fails here,
+    naming the setting, instead of a later test failing only in the full run."""
+    before = torch_settings()
     yield
-    after = _torch_numerics_state()
+    after = torch_settings()
     changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
-    assert not changed, f"this test left torch settings changed (before, after): {changed}"
+    assert not changed, f"the test left torch settings changed (before, after): {changed}"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Captured residuals agree with plain transformers, one prompt at a time, on every family."""
 
-import numpy as np
 import pytest
+import numpy as np
 import torch
 
 from nnsight_persona.studies.xu2026 import capture
@@ -9,7 +9,9 @@ from nnsight_persona.core.grids import load_grid
 from nnsight_persona.storage.store import load_dataset, save_dataset
 from reference import CONDITIONS, chat_prompt, greedy, hidden_states, user_texts
 from tiny_models import MAX_TEST_PARAMS
-from tolerances import assert_vectors_close
+from tolerances import RESIDUAL, assert_close_per_vector, relative_errors
+
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
 
 
 def _capture(loaded, grid, batch_size, n_continuation=4):
@@ -72,19 +74,17 @@ def check_against_reference(loaded, plain, grid, raw, cells, n_continuation=4):
                 for layer in ds.layer.values:
                     got = torch.from_numpy(ds.resid.sel(layer=layer, position=pos, cell=cell, condition=cond).values)
                     expected = states[layer][p[str(pos)]]
-                    assert_vectors_close(got, expected, msg=f"{cell} {cond} {pos} layer {layer}")
+                    assert_close_per_vector(got, expected, RESIDUAL, what=f"{cell} {cond} {pos} layer {layer}")
                     seen.append(expected)
     assert len(lengths) > 2  # the batch really mixed prompt lengths
     return seen
 
 
-@pytest.mark.numeric
 def test_capture_equals_plain_transformers_per_prompt(sharp_models, sharp_plain, family, tiny_grid_file, tiny_grid_raw):
     grid = load_grid(tiny_grid_file)
     check_against_reference(sharp_models[family], sharp_plain[family], grid, tiny_grid_raw, grid.cell_labels)
 
 
-@pytest.mark.numeric
 def test_capture_of_the_toy_model_equals_plain_transformers(toy_model, toy_plain, toy_grid_raw):
     grid = load_grid("toy")
     seen = check_against_reference(toy_model, toy_plain, grid, toy_grid_raw, ["pirate__weather", "robot__story"])
@@ -92,17 +92,15 @@ def test_capture_of_the_toy_model_equals_plain_transformers(toy_model, toy_plain
     assert max(float(v.norm()) for v in seen) > 50
 
 
-@pytest.mark.numeric
 def test_batching_never_shifts_a_position(loaded_models, family, tiny_grid_file):
     loaded = loaded_models[family]
     grid = load_grid(tiny_grid_file)
     one = _capture(loaded, grid, batch_size=1)
     many = _capture(loaded, grid, batch_size=16)
-    assert one.resid.dims[-1] == "hidden"
-    assert_vectors_close(one.resid.values, many.resid.values, msg="batch of 1 vs padded batch of 16")
-    # The comparison can fail: neighbouring positions hold different residuals.
+    assert_close_per_vector(many.resid.values, one.resid.values, RESIDUAL)  # padded vs unpadded
+    # The comparison can fail: neighbouring positions hold residuals far apart for the bound.
     r = one.resid.values
-    assert np.abs(r[0, 1:, 0] - r[0, 1:, 1]).max() > 1e-3
+    assert relative_errors(r[0, 1:, 0], r[0, 1:, 1]).max() > 100 * RESIDUAL
 
 
 def test_netcdf_round_trip_is_identical(loaded_models, tiny_grid_file, tmp_path):

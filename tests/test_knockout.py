@@ -9,6 +9,9 @@ from nnsight_persona.core.edits import Knockout
 from nnsight_persona.models.loading import load_model
 from nnsight_persona.core.tracing import apply_edits, generate_with_edit
 from reference import load_plain, logits_with_mask_knockout
+from tolerances import RESIDUAL, assert_close_per_vector, relative_errors
+
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
 
 SEQS = [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24], [30, 31, 32, 33, 34, 35, 36]]
 # Longer than the tiny Gemma-2's sliding window (16), whose cache then hands the kernel fewer keys.
@@ -57,7 +60,6 @@ def test_empty_knockout_is_bit_identical(tiny_dirs, family, attn):
     batch = left_pad(SEQS, loaded.pad_id)
     clean, _ = _logits(loaded, batch)
     empty, _ = _logits(loaded, batch, _knockout(batch, (1, 1), 3, range(4), 4))
-    # Exact: the same kernels on the same batch; an empty knockout must not touch a single bit.
     assert torch.equal(clean, empty)
 
 
@@ -67,7 +69,6 @@ def test_only_targeted_rows_and_queries_change(tiny_dirs, family, attn):
     clean, _ = _logits(loaded, batch)
     knocked, _ = _logits(loaded, batch, _knockout(batch, (1, 3), 4, [1, 2], 4, rows=[0]))
     pad0 = int(batch.pad[0])
-    # Exact below: the same kernels on the same batch, and these rows and queries see no changed input.
     assert torch.equal(knocked[1:], clean[1:])  # other rows
     assert torch.equal(knocked[0, : pad0 + 4], clean[0, : pad0 + 4])  # queries before the blocked ones
     assert (knocked[0, pad0 + 4 :] - clean[0, pad0 + 4 :]).abs().max() > 1e-6
@@ -93,7 +94,10 @@ def test_knockout_equals_an_independent_mask_hook(tiny_dirs, family):
     knocked, _ = _logits(loaded, batch, _knockout(batch, (1, 3), 4, [0, 3], 4))
     for r, seq in enumerate(SEQS):
         expected = logits_with_mask_knockout(plain, seq, [0, 3], 4, [1, 2])
-        torch.testing.assert_close(knocked[r, int(batch.pad[r]) :], expected, atol=1e-4, rtol=1e-4)
+        assert_close_per_vector(knocked[r, int(batch.pad[r]) :], expected, RESIDUAL, what=f"row {r}")
+        with torch.no_grad():  # the comparison can fail: the knockout moves the logits far past the bound
+            unknocked = plain(torch.tensor([seq])).logits[0]
+        assert relative_errors(unknocked, expected).max() > 10 * RESIDUAL
 
 
 def test_per_head_knockout_leaves_other_heads_alone(tiny_dirs):
@@ -102,7 +106,7 @@ def test_per_head_knockout_leaves_other_heads_alone(tiny_dirs):
     _, weights = _logits(loaded, batch, _knockout(batch, (1, 3), 4, [1], 4, heads=(2,)), weights_block=1)
     _, clean = _logits(loaded, batch, None, weights_block=1)
     assert weights[:, 2, -1, :].ne(clean[:, 2, -1, :]).any()
-    for head in (0, 1, 3):  # exact: the same kernels on the same inputs for the untouched heads
+    for head in (0, 1, 3):
         assert torch.equal(weights[:, head], clean[:, head])
 
 
@@ -161,7 +165,7 @@ def test_single_head_knockout_changes_only_that_heads_attention_output(tiny_dirs
     clean, knocked = head_outputs(None), head_outputs(knockout)
     for r, (block, head) in enumerate(targets):
         first = int(batch.pad[r]) + 4
-        for b in range(block):  # exact: the same kernels on the same inputs up to the knocked head
+        for b in range(block):
             assert torch.equal(knocked[b][r], clean[b][r])
         for h in range(n_heads):
             if h != head:

@@ -11,6 +11,8 @@ from nnsight_persona.studies.xu2026 import capture, substitute
 from nnsight_persona.core.grids import load_grid
 from reference import CONDITIONS, Mismatches, chat_prompt, greedy, hidden_states, patched_logits, replacement, summed_kl, user_texts
 
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
+
 LAYERS = (0, 2, 4)
 CHECKED = ("additive", "oracle", "baseline", "persona_only", "task_only")
 POSITIONS = ("p_user_last", "p_last", "g1", "g2")
@@ -75,7 +77,6 @@ def check_substitution(loaded, plain, grid, raw, cells, layers, batch_size, run_
     return ds, power
 
 
-@pytest.mark.numeric
 def test_substitution_equals_hooks_reference(sharp_models, sharp_plain, family, tiny_grid_file, tiny_grid_raw):
     grid = load_grid(tiny_grid_file)
     _, power = check_substitution(sharp_models[family], sharp_plain[family], grid, tiny_grid_raw,
@@ -85,7 +86,6 @@ def test_substitution_equals_hooks_reference(sharp_models, sharp_plain, family, 
     assert min(power.values()) > 0.1, power
 
 
-@pytest.mark.numeric
 def test_substitution_of_the_toy_model_equals_hooks_reference(toy_model, toy_plain, toy_grid_raw):
     cells = ["pirate__weather", "robot__story"]
     ds, power = check_substitution(toy_model, toy_plain, load_grid("toy"), toy_grid_raw, cells, (2, 6), 32, cells)
@@ -119,12 +119,12 @@ def test_random_condition_has_the_additive_norm_and_is_seeded(loaded_models, tin
     np.testing.assert_allclose(step, additive_step, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.numeric
 def test_batched_equals_one_patch_per_pass(sharp_models, tiny_grid_file):
     loaded = sharp_models["qwen2"]
     grid = load_grid(tiny_grid_file)
     one = _run(loaded, grid, batch_size=1, positions=("p_last", "g2"))
     many = _run(loaded, grid, batch_size=64, positions=("p_last", "g2"))
+    # A default tiny model's KLs (below ~2e-3, one scale): elementwise, an absolute floor (tests/README.md).
     np.testing.assert_allclose(one.kl.values, many.kl.values, atol=1e-4, rtol=1e-4)
 
 
@@ -148,12 +148,12 @@ def test_bad_condition_and_capture_without_the_layer(loaded_models, tiny_grid_fi
         substitute.run(loaded, grid, substitute.SubstituteSpec(grid="tiny", layers=LAYERS), capture_ds=cap, progress=False)
 
 
-@pytest.mark.numeric
 def test_prefix_cache_equals_whole_sequences(sharp_models, family, tiny_grid_file):
     loaded = sharp_models[family]
     grid = load_grid(tiny_grid_file)
     cached = _run(loaded, grid, batch_size=7)
     whole = _run(loaded, grid, batch_size=7, prefix_cache=False)
+    # A default tiny model's KLs (below ~2e-3, one scale): elementwise, an absolute floor (tests/README.md).
     np.testing.assert_allclose(cached.kl.values, whole.kl.values, atol=1e-4, rtol=1e-4)
     assert cached.kl.notnull().all()
 

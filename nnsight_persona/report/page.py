@@ -367,12 +367,12 @@ def figures(ds, path: Path) -> list[dict]:
 def _figure_names(ds) -> list[str]:
     import re
 
-    from ..plots import ACROSS_MODELS, FIGURES
+    from ..plots import ACROSS_MODELS, figure_names
 
     experiment = ds.attrs.get("experiment")
     models = [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
     names = [name + ("" if len(models) == 1 else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", m))
-             for m in models for name in FIGURES[experiment]]
+             for m in models for name in figure_names(ds)]
     return names + (["across_models"] if len(models) > 1 and experiment in ACROSS_MODELS else [])
 
 
