@@ -25,10 +25,10 @@ def _worst(path: str) -> dict[str, tuple[float, float]]:
 def margins_table(native: str, second: str) -> str:
     a, b = _worst(native), _worst(second)
     rows = ["| test | bound | worst, native | worst, second rounding | margin |", "|---|---|---|---|---|"]
-    def worst(t):
+    def used(t):  # the largest error over the bound, on either rounding
         return max(a.get(t, (1, 0.0))[1], b.get(t, (1, 0.0))[1]) / min(a.get(t, (1.0, 0))[0], b.get(t, (1.0, 0))[0])
 
-    for test in sorted(set(a) | set(b), key=lambda t: (-worst(t), t)):  # the thinnest margin first
+    for test in sorted(set(a) | set(b), key=lambda t: (-used(t), t)):  # the thinnest margin first
         bound = min(a.get(test, (1.0, 0))[0], b.get(test, (1.0, 0))[0])
         worst = max(a.get(test, (1, 0.0))[1], b.get(test, (1, 0.0))[1])
         cells = [f"{a[test][1]:.1e}" if test in a else "-", f"{b[test][1]:.1e}" if test in b else "-"]
