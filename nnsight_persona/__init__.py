@@ -8,7 +8,9 @@ The Python API (docs/python.md), imported on first use so `import nnsight_person
   subnetwork_find, subnetwork_eval: the same for the `vectors ...` and `subnetwork ...` commands;
 - load_model: load a model once for several runs;
 - open_results: result files of one experiment, concatenated along `model`;
-- write_report: the HTML page of a results folder.
+- write_report: the HTML page of a results folder;
+- summary, findings: a file's statistics with bootstrap intervals, and the claims a folder supports
+  (docs/statistics.md).
 """
 
 __version__ = "0.1.0"
@@ -22,6 +24,7 @@ _EXPORTS = {
     "load_model": "models",
     "open_results": "storage.results",
     "write_report": "report",
+    "summary": "api", "findings": "api",
 }
 
 __all__ = sorted(_EXPORTS)

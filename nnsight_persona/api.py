@@ -15,6 +15,7 @@ Without `out` nothing is written. With `out`, the file follows the commands' rul
 computing, an unfinished one is resumed, anything else is refused unless `overwrite=True`.
 """
 
+from .analysis.api import findings, summary
 from .studies.subnetworks.api import subnetwork_eval, subnetwork_find
 from .studies.vectors.api import (
     vectors_calibrate, vectors_extract, vectors_monitor, vectors_steer, vectors_trace, vectors_vs_delta, vectors_vs_edit,
@@ -27,5 +28,5 @@ VECTORS_AND_SUBNETWORKS = ("vectors_extract", "vectors_steer", "vectors_monitor"
 __all__ = [
     "capture", "decompose", "substitute", "markers", "inject", "knockout", "heads",
     "vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_edit", "vectors_vs_delta",
-    "vectors_calibrate", "subnetwork_find", "subnetwork_eval",
+    "vectors_calibrate", "subnetwork_find", "subnetwork_eval", "summary", "findings",
 ]

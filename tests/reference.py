@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
+from tolerances import SCORES
+
 
 def load_plain(path, attn="eager"):
     return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn, dtype=torch.float32).eval()
@@ -210,9 +212,11 @@ def replacement(h: dict, name: str) -> torch.Tensor:
 
 class Mismatches:
     """Collects (what, expected, got) where got is not within rel/abs of expected, so a failing
-    check reports how many values were off and the worst of them, not just the first."""
+    check reports how many values were off and the worst of them, not just the first. Summed KLs
+    one at a time: relative to the KL (tolerances.SCORES), with the same floor in nats for KLs near
+    0, whose rounding is absolute (a difference of nearly equal log-probabilities)."""
 
-    def __init__(self, rel=1e-4, abs_=1e-4):
+    def __init__(self, rel=SCORES, abs_=SCORES):
         self.rel, self.abs, self.bad, self.n = rel, abs_, [], 0
 
     def check(self, what, expected: float, got: float) -> None:

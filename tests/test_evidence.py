@@ -9,8 +9,11 @@ import pytest
 from nnsight_persona.core import evidence
 from nnsight_persona.core.errors import SelectionError
 from reference import answer_evidence, chat_prompt, greedy, user_texts
+from tolerances import SCORES, assert_close_per_vector
 
-TOL = 1e-4  # nats per token
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
+
+TOL = 1e-4  # nats per token, the bound #24 sets against plain transformers (values of one scale)
 CELLS = [("pirate", "weather"), ("robot", "story"), ("poet", "breakfast"), ("knight", "weather")]
 
 
@@ -66,7 +69,7 @@ def test_padded_batches_equal_one_at_a_time(toy_model, toy_answers):
     batched = evidence.score_answers(toy_model, *zip(*toy_answers), batch_size=len(toy_answers))
     for name in ("evidence", "evidence_sum", "reference_logp"):
         a, b = getattr(one, name), getattr(batched, name)
-        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), (name, a, b)
+        assert_close_per_vector(b, a, SCORES, axis=None, what=name)  # padded vs unpadded
         assert np.abs(a - b).max() < TOL, name
 
 
@@ -75,7 +78,7 @@ def test_remote_path_equals_local(toy_model, toy_answers):
     simulated = evidence.score_answers(dataclasses.replace(toy_model, remote="local"), *zip(*toy_answers), batch_size=4)
     for name in ("evidence", "evidence_sum", "reference_logp"):
         a, b = getattr(local, name), getattr(simulated, name)
-        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), (name, a, b)
+        assert_close_per_vector(b, a, SCORES, axis=None, what=name)
 
 
 def test_logit_budget_splits_passes_without_changing_scores(toy_model, toy_answers, monkeypatch):

@@ -8,6 +8,8 @@ from nnsight_persona.core.grids import grid_from_dict, load_grid
 from nnsight_persona.core.scoring import marker_counts, markers_found
 from reference import CONDITIONS, chat_prompt, greedy_with_patch, hidden_states, replacement, user_texts
 
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
+
 
 def test_scoring_follows_the_papers_rules():
     text = "A single point of failure (SPOF). Scalability: fine. Clean code; indemnification; fault-tolerant."
@@ -117,8 +119,6 @@ def test_evidence_of_every_condition_is_scored_on_the_unedited_model(toy_model, 
     """Each condition's answer (plain greedy decoding under the reference's hook) scored XY against
     BY by plain forward passes of the UNEDITED model equals the dataset's evidence; scored with the
     edit still in place, the edited conditions' values would be far off (checked: power)."""
-    import torch
-
     from reference import answer_evidence, patched_logits
 
     cells, layer, n_tokens = ["pirate__weather", "robot__story", "knight__breakfast"], 4, 12

@@ -4,12 +4,10 @@ from the raw YAML files and the chat template, the log-likelihoods by unpadded f
 the plain model (reference.answer_evidence), the filter, coherence, AUROC and AxBench-style
 score written out again."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from reference import answer_evidence, greedy

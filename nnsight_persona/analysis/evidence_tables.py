@@ -4,7 +4,6 @@ mean with a percentile bootstrap interval over questions (BOOTSTRAP resamples, n
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..storage.store import load_dataset
 from .calibration import mean_interval
