@@ -176,7 +176,9 @@ def test_heads_through_the_remote_path_and_resumed(loaded_models, tiny_grid_file
     full = heads.run(local, grid, spec(), progress=False)
     remote = heads.run(dataclasses.replace(local, remote="local"), grid, spec(), progress=False)
     for name in ("kl", "logp_drop", "group_kl"):
-        assert_close_per_vector(remote[name].values, full[name].values, SCORES, axis=None, what=name)
+        # A default tiny model's KLs (1e-7..1e-3, one scale) round absolutely: elementwise with a floor,
+        # as test_remote_local.py (relative to the array's norm it used 0.87 of SCORES under SSE4.2).
+        np.testing.assert_allclose(remote[name].values, full[name].values, atol=1e-5, rtol=1e-4, err_msg=name)
     real, calls = knockout.window_scores_on_prefix, {"n": 0}  # the local scoring call
 
     def interrupted(*args, **kwargs):
