@@ -138,7 +138,10 @@ def test_findings_command_writes_claims(tmp_path):
     assert result.exit_code == 0, result.output
     claims = json.loads(out.read_text())
     assert {"claim", "treatment", "control", "effect", "ci_low", "ci_high", "p_holm", "n", "holds"} <= set(claims[0])
-    assert len(claims) == 1 + 3 * 8  # markers: one; knockout: three controls x eight bands
+    from nnsight_persona.storage.store import load_dataset
+
+    markers_claims = 1 + ("evidence" in load_dataset(TOY / "markers-toy-long.nc"))  # any_marker, and evidence if scored
+    assert len(claims) == markers_claims + 3 * 8  # knockout: three controls x eight bands
     assert "remove_persona" in result.output
 
 
