@@ -4,11 +4,13 @@ The Python API (docs/python.md), imported on first use so `import nnsight_person
 
 - capture, decompose, substitute, markers, inject, knockout, heads: run an experiment on a model
   name or an already loaded model; each returns the Dataset its command writes;
-- vectors_extract, vectors_steer, vectors_monitor, vectors_trace, vectors_vs_edit, vectors_vs_delta,
+- vectors_extract, vectors_steer, vectors_monitor, vectors_trace, vectors_vs_edit, vectors_vs_delta, vectors_calibrate,
   subnetwork_find, subnetwork_eval: the same for the `vectors ...` and `subnetwork ...` commands;
 - load_model: load a model once for several runs;
 - open_results: result files of one experiment, concatenated along `model`;
-- write_report: the HTML page of a results folder.
+- write_report: the HTML page of a results folder;
+- summary, findings: a file's statistics with bootstrap intervals, and the claims a folder supports
+  (docs/statistics.md).
 """
 
 __version__ = "0.1.0"
@@ -17,10 +19,12 @@ _EXPORTS = {
     "capture": "api", "decompose": "api", "substitute": "api", "markers": "api", "inject": "api",
     "knockout": "api", "heads": "api",
     "vectors_extract": "api", "vectors_steer": "api", "vectors_monitor": "api", "vectors_trace": "api",
-    "vectors_vs_edit": "api", "vectors_vs_delta": "api", "subnetwork_find": "api", "subnetwork_eval": "api",
+    "vectors_vs_edit": "api", "vectors_vs_delta": "api", "vectors_calibrate": "api", "subnetwork_find": "api",
+    "subnetwork_eval": "api",
     "load_model": "models",
     "open_results": "storage.results",
     "write_report": "report",
+    "summary": "api", "findings": "api",
 }
 
 __all__ = sorted(_EXPORTS)

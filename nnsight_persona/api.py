@@ -15,17 +15,18 @@ Without `out` nothing is written. With `out`, the file follows the commands' rul
 computing, an unfinished one is resumed, anything else is refused unless `overwrite=True`.
 """
 
+from .analysis.api import findings, summary
 from .studies.subnetworks.api import subnetwork_eval, subnetwork_find
 from .studies.vectors.api import (
-    vectors_extract, vectors_monitor, vectors_steer, vectors_trace, vectors_vs_delta, vectors_vs_edit,
+    vectors_calibrate, vectors_extract, vectors_monitor, vectors_steer, vectors_trace, vectors_vs_delta, vectors_vs_edit,
 )
 from .studies.xu2026.api import capture, decompose, heads, inject, knockout, markers, substitute
 
 EXPERIMENTS = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads")
 VECTORS_AND_SUBNETWORKS = ("vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_edit",
-                           "vectors_vs_delta", "subnetwork_find", "subnetwork_eval")
+                           "vectors_vs_delta", "vectors_calibrate", "subnetwork_find", "subnetwork_eval")
 __all__ = [
     "capture", "decompose", "substitute", "markers", "inject", "knockout", "heads",
     "vectors_extract", "vectors_steer", "vectors_monitor", "vectors_trace", "vectors_vs_edit", "vectors_vs_delta",
-    "subnetwork_find", "subnetwork_eval",
+    "vectors_calibrate", "subnetwork_find", "subnetwork_eval", "summary", "findings",
 ]

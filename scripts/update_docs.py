@@ -13,17 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import GENERATORS as BENCHMARK_GENERATORS  # noqa: E402
+from nnsight_persona.analysis.findings_tables import GENERATORS as FINDINGS_GENERATORS
+from nnsight_persona.analysis.evidence_tables import GENERATORS as EVIDENCE_GENERATORS
 from nnsight_persona.analysis.plan_tables import GENERATORS as PLAN_GENERATORS
 from nnsight_persona.analysis.tables import GENERATORS as RESULT_GENERATORS
 from nnsight_persona.analysis.toy_tables import GENERATORS as TOY_GENERATORS
 from nnsight_persona.analysis.vector_tables import GENERATORS as VECTOR_GENERATORS
 from nnsight_persona.storage.docblocks import refresh, stale
+from scripts.tolerance_margins import GENERATORS as MARGIN_GENERATORS  # noqa: E402
 
-GENERATORS = {**RESULT_GENERATORS, **BENCHMARK_GENERATORS, **VECTOR_GENERATORS, **TOY_GENERATORS, **PLAN_GENERATORS}
+GENERATORS = {**FINDINGS_GENERATORS, **RESULT_GENERATORS, **BENCHMARK_GENERATORS, **VECTOR_GENERATORS, **TOY_GENERATORS,
+              **EVIDENCE_GENERATORS, **MARGIN_GENERATORS, **PLAN_GENERATORS}
 
 
 def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "tests" / "README.md"]
 
 
 def main(argv: list[str]) -> int:

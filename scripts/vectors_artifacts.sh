@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The persona-vector results committed in artifacts/toy and artifacts/smollm2 (docs/persona-vectors.md).
-# Run from the repository root: `bash scripts/vectors_artifacts.sh [toy|toy-trace|smollm2|all]`
+# Run from the repository root: `bash scripts/vectors_artifacts.sh [toy|toy-trace|smollm2|smollm2-subnetworks|all]`
 # (default all; toy-trace: the toy's trace across checkpoints alone);
 # each command is a few CPU minutes at most. --overwrite replaces the committed files. The toy trace
 # needs intermediate checkpoints, trained into runs/ (not committed).
@@ -55,14 +55,34 @@ fi
 
 if [ "$PART" = smollm2 ] || [ "$PART" = all ]; then
 
-# SmolLM2-135M-Instruct: the original's traits, system-prompt elicitation.
-np vectors extract --model smollm2 --traits evil,sycophantic,humorous,impolite --n-questions 4 --n-tokens 40 \
-  --batch-size 20 --out $S/vectors-extract.nc --no-progress --overwrite
-np vectors steer --model smollm2 --vectors $S/vectors-extract.nc --layers 15 --coefs 0,0.25,0.5,1 --scale norm \
-  --n-tokens 40 --batch-size 20 --out $S/vectors-steer.nc --no-progress --overwrite
+# SmolLM2-135M-Instruct: the traits it expresses in a system prompt (pirate_speech, knight,
+# melancholic) and the original's four, system-prompt elicitation, scored by the evidence measure
+# (--scorer evidence: the answer's log-likelihood under the positive prompt against the negative one).
+ST=pirate_speech,knight,melancholic,evil,sycophantic,humorous,impolite
+# Which traits the model expresses: prompted against unprompted answers, evidence AUROC per trait,
+# with a placebo control (the positive prompt only rewords the negative one).
+np vectors calibrate --model smollm2 --traits $ST,experiments/controls/placebo.yaml --n-questions 5 --n-tokens 40 --batch-size 16 \
+  --out $S/vectors-calibrate.nc --no-progress --overwrite
+np vectors extract --model smollm2 --traits $ST --scorer evidence --n-questions 4 --n-tokens 40 \
+  --batch-size 16 --out $S/vectors-extract.nc --no-progress --overwrite
+np vectors steer --model smollm2 --vectors $S/vectors-extract.nc --scorer evidence --layers 15 --coefs 0,0.25,0.5,1 \
+  --scale norm --n-questions 4 --n-tokens 40 --batch-size 16 --out $S/vectors-steer.nc --no-progress --overwrite
 np vectors monitor --model smollm2 --vectors $S/vectors-extract.nc --layers 5,10,15,20,25 --n-tokens 40 --batch-size 20 \
   --out $S/vectors-monitor.nc --no-progress --overwrite
-# The elicitation variants on two traits, every pair kept (few pairs pass the filter on SmolLM2).
+# The elicitation variants on two traits, every pair kept.
 np vectors extract --model smollm2 --traits evil,humorous --elicitation instruction,character,two-shot,combined \
-  --keep all --n-questions 4 --n-tokens 40 --batch-size 20 --out $S/vectors-elicitation.nc --no-progress --overwrite
+  --keep all --scorer evidence --n-questions 4 --n-tokens 40 --batch-size 20 --out $S/vectors-elicitation.nc \
+  --no-progress --overwrite
+fi
+
+if [ "$PART" = smollm2-subnetworks ] || [ "$PART" = all ]; then
+# SmolLM2 persona subnetworks (docs/subnetworks.md), whose eval scores every generation by the
+# evidence measure beside the markers. The masks go to runs/ (13 MB per persona and sparsity).
+for V in "":"0.1,0.2,0.3":"" "-low":"0.01,0.03":"" "-structured":"0.05,0.1,0.2":"--structured"; do
+  IFS=: read -r SUFFIX SPARSITY FLAG <<< "$V"
+  np subnetwork find --model smollm2 --set smollm2 --sparsity $SPARSITY $FLAG --out $S/subnetwork-find-smollm2$SUFFIX.nc \
+    --masks runs/smollm2/subnetwork-find-smollm2$SUFFIX-masks.safetensors --no-progress --overwrite
+  np subnetwork eval runs/smollm2/subnetwork-find-smollm2$SUFFIX-masks.safetensors --random-seeds 3 --n-tokens 24 \
+    --out $S/subnetwork-eval-smollm2$SUFFIX.nc --no-progress --overwrite
+done
 fi

@@ -11,6 +11,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tiny_models import FAMILIES, build_sharp_model, build_tiny_model  # noqa: E402
 
 
+def torch_settings() -> dict:
+    """The process-wide torch settings that change how later computations round or run."""
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "default_dtype": str(torch.get_default_dtype()),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "grad": torch.is_grad_enabled(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def torch_settings_unchanged():
+    """A test (or the package code it runs) that leaves a global torch setting changed makes every
+    later test compute differently: a thread count splits matmul reductions another way, and two
+    computations compared later round apart by more than they do alone. Such a test fails here,
+    naming the setting, instead of a later test failing only in the full run."""
+    before = torch_settings()
+    yield
+    after = torch_settings()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the test left torch settings changed (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """One tiny random model folder (weights, tokenizer, chat template) per family."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
+from tolerances import SCORES
+
 
 def load_plain(path, attn="eager"):
     return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn, dtype=torch.float32).eval()
@@ -210,9 +212,11 @@ def replacement(h: dict, name: str) -> torch.Tensor:
 
 class Mismatches:
     """Collects (what, expected, got) where got is not within rel/abs of expected, so a failing
-    check reports how many values were off and the worst of them, not just the first."""
+    check reports how many values were off and the worst of them, not just the first. Summed KLs
+    one at a time: relative to the KL (tolerances.SCORES), with the same floor in nats for KLs near
+    0, whose rounding is absolute (a difference of nearly equal log-probabilities)."""
 
-    def __init__(self, rel=1e-4, abs_=1e-4):
+    def __init__(self, rel=SCORES, abs_=SCORES):
         self.rel, self.abs, self.bad, self.n = rel, abs_, [], 0
 
     def check(self, what, expected: float, got: float) -> None:
@@ -225,3 +229,21 @@ class Mismatches:
             _, what, expected, got = max(self.bad, key=lambda b: b[0])
             raise AssertionError(f"{len(self.bad)} of {self.n} values differ from the reference; "
                                  f"worst: {what}: expected {expected:.6g}, got {got:.6g}")
+
+
+@torch.no_grad()
+def answer_evidence(model, persona_ids: list[int], reference_ids: list[int], answer: list[int]) -> dict:
+    """The evidence of one answer, written out: two unpadded forward passes of plain transformers
+    (prompt + answer), the whole log-softmax, and the log-prob of answer token t read at the
+    column before it (prompt length - 1 + t). Returns the mean and summed difference (persona -
+    reference) and the reference's mean log-likelihood, in nats."""
+    def summed(prompt):
+        logits = model(torch.tensor([list(prompt) + list(answer)])).logits[0].float()
+        logp = logits.log_softmax(-1)
+        start = len(prompt)
+        return sum(float(logp[start - 1 + t, answer[t]]) for t in range(len(answer)))
+
+    with_persona, reference = summed(persona_ids), summed(reference_ids)
+    n = len(answer)
+    return {"evidence": (with_persona - reference) / n, "evidence_sum": with_persona - reference,
+            "reference_logp": reference / n}

@@ -86,12 +86,14 @@ def test_experiments_reuse_a_capture_file(tiny_dirs, tiny_grid_file, tmp_path):
     result = _run("markers", "--capture", str(cap), "--layers", "2", "--n-tokens", "5", "--out", str(mk), "--no-progress")
     assert result.exit_code == 0, result.output
     assert "cells with a marker" in result.output
+    assert "mean evidence" in result.output and "AUROC vs bare" in result.output  # the evidence table follows
     assert load_dataset(mk).text.sizes == {"model": 1, "cell": 4, "condition": 4}
     result = _run("plot", str(sub), str(dec), str(mk), "--out-dir", str(tmp_path / "figs"))
     assert result.exit_code == 0, result.output
-    # substitute: kl_by_layer and controls; decompose: decomposition; markers: markers
+    # substitute: kl_by_layer and controls; decompose: decomposition; markers: markers and evidence
     assert sorted(p.name for p in (tmp_path / "figs").glob("*.png")) == [
-        "decompose-decomposition.png", "markers-markers.png", "substitute-controls.png", "substitute-kl_by_layer.png"]
+        "decompose-decomposition.png", "markers-evidence.png", "markers-markers.png", "substitute-controls.png",
+        "substitute-kl_by_layer.png"]
 
 
 def test_experiment_commands_run_their_own_capture(tiny_dirs, tiny_grid_file, tmp_path):
@@ -156,9 +158,10 @@ def test_reproduce_writes_every_dataset_and_figure(tiny_dirs, tiny_grid_file, tm
     for experiment in ("capture", "decompose", "substitute", "markers", "inject", "knockout"):
         path = tmp_path / f"{experiment}-tiny.nc"
         assert path.name in names and load_dataset(path).attrs["completed"] == 1
-    # one figure per experiment but capture, and substitute's two (kl_by_layer, controls); these
-    # tiny random models barely react to a persona, so reproduce skips their head sweep and says so
-    assert sum(n.endswith(".png") for n in names) == 6
+    # one figure per experiment but capture, substitute's two (kl_by_layer, controls) and markers'
+    # two (markers, evidence); these tiny random models barely react to a persona, so reproduce
+    # skips their head sweep and says so
+    assert sum(n.endswith(".png") for n in names) == 7
     assert "heads: skipped" in result.output and not (tmp_path / "heads-tiny.nc").exists()
     assert (tmp_path / "MANIFEST.json").exists()
     # the report is written before the manifest, which lists it with its current hash
@@ -168,7 +171,8 @@ def test_reproduce_writes_every_dataset_and_figure(tiny_dirs, tiny_grid_file, tm
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     page = (tmp_path / "index.html").read_bytes()
     assert manifest["files"]["index.html"] == hashlib.sha256(page).hexdigest()
-    assert page.count(b"<section ") == sum(n.endswith(".nc") for n in names)
+    # one section per result file, after the folder's findings
+    assert page.count(b"<section ") - page.count(b'<section id="findings"') == sum(n.endswith(".nc") for n in names)
 
 
 def test_run_executes_a_spec_file(tiny_dirs, tiny_grid_file, tmp_path):

@@ -11,6 +11,7 @@ from nnsight_persona.core.errors import ModelError
 from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
 from nnsight_persona.core.grids import load_grid
 from nnsight_persona.models.loading import load_model, resolve_device
+from tolerances import RESIDUAL, assert_close_per_vector
 
 
 def test_auto_picks_a_gpu_only_where_there_is_one():
@@ -55,7 +56,8 @@ def test_every_experiment_on_the_gpu_gives_the_cpu_numbers(tiny_dirs, tiny_grid_
         results[device] = (cap, sub, mk, ko, inj)
     (cap, sub, mk, ko, inj), (gcap, gsub, gmk, gko, ginj) = results["cpu"], results["cuda"]
     assert (cap.continuation_ids.values == gcap.continuation_ids.values).all()
-    np.testing.assert_allclose(gcap.resid.values, cap.resid.values, atol=1e-4)
+    assert_close_per_vector(gcap.resid.values, cap.resid.values, RESIDUAL)
+    # The default tiny models' KLs are all below ~2e-3 (tests/README.md): one scale, elementwise.
     np.testing.assert_allclose(gsub.kl.values, sub.kl.values, atol=1e-3)
     np.testing.assert_allclose(gko.kl.values, ko.kl.values, atol=1e-3)
     np.testing.assert_allclose(ginj.kl.values, inj.kl.values, atol=1e-3)

@@ -12,10 +12,10 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 
 import cli_child
 from nnsight_persona.storage.store import load_dataset, spec_of
+from tolerances import SCORES, assert_close_per_vector
 
 KILLS = 24
 SEED = 13
@@ -49,7 +49,7 @@ def run(args, kill_after=None):
 def assert_equal_runs(path: Path, reference):
     ds = load_dataset(path)
     assert ds.attrs["completed"] == 1
-    np.testing.assert_allclose(ds.kl.values, reference.kl.values, atol=1e-6)
+    assert_close_per_vector(ds.kl.values, reference.kl.values, SCORES, axis=None)  # rows batched anew on resuming
 
 
 def test_sigkill_at_random_points_never_loses_a_result(tmp_path):

@@ -219,3 +219,41 @@ def test_knockout_figure_draws_every_control_per_key_and_the_shift(loaded_models
     assert f"persona (medians of {len(grid.cells) - 1}/{len(grid.cells)} cells)" in labels
     legend = [t.get_text() for t in kl_ax.get_legend().get_texts()]
     assert (f"persona ({n[0]} keys)" if n[0] == n[1] else f"persona ({n[0]}-{n[1]} keys)") in legend
+
+
+def test_knockout_answers_are_scored_on_the_unedited_model(toy_model, toy_plain, toy_grid_raw):
+    """Answers generated with the persona knocked out (plain greedy decoding through the reference's
+    own mask hooks) scored XY against BY by plain forward passes of the UNKNOCKED model equal the
+    dataset's evidence; with the knockout still in place, the XY pass would give other values."""
+    from reference import answer_evidence, chat_prompt, user_texts
+
+    cells, n_tokens = ("pirate__weather", "poet__story"), 8
+    spec = knockout.KnockoutSpec(grid="toy", bands=((0, toy_model.n_layers),), conditions=("persona", "none"),
+                                 cells=cells, n_tokens=n_tokens, n_eval=4)
+    ds = knockout.run(toy_model, load_grid("toy"), spec, progress=False).isel(model=0, band=0)
+    tok = toy_model.tokenizer
+    blocks = list(range(toy_model.n_layers))
+    worst_knocked_gap = 0.0
+    for cell in cells:
+        persona, task = cell.split("__")
+        texts = user_texts(toy_grid_raw, persona, task)
+        xy, by = chat_prompt(tok, texts["XY"]), chat_prompt(tok, texts["BY"])
+        for cond in ("persona", "none"):
+            keys = [int(k) for k in ds.key_positions.sel(cell=cell, condition=cond).values if k >= 0]
+            seq = list(xy["ids"])
+            for _ in range(n_tokens):  # greedy, the knockout held from p_last on
+                nxt = int(logits_with_mask_knockout(toy_plain, seq, blocks, xy["p_last"], keys)[-1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                seq.append(nxt)
+            answer = seq[len(xy["ids"]):]
+            expected = answer_evidence(toy_plain, xy["ids"], by["ids"], answer)
+            got = ds.sel(cell=cell, condition=cond)
+            assert int(got.answer_length) == len(answer), (cell, cond)
+            assert abs(float(got.evidence) - expected["evidence"]) < 1e-4, (cell, cond, float(got.evidence), expected)
+            if keys:
+                logp = logits_with_mask_knockout(toy_plain, seq, blocks, xy["p_last"], keys).log_softmax(-1)
+                knocked = sum(float(logp[len(xy["ids"]) - 1 + t, a]) for t, a in enumerate(answer)) / len(answer)
+                worst_knocked_gap = max(worst_knocked_gap,
+                                        abs(knocked - expected["reference_logp"] - expected["evidence"]))
+    assert worst_knocked_gap > 100 * 1e-4, worst_knocked_gap

@@ -8,6 +8,8 @@ from nnsight_persona.core.grids import grid_from_dict, load_grid
 from nnsight_persona.core.scoring import marker_counts, markers_found
 from reference import CONDITIONS, chat_prompt, greedy_with_patch, hidden_states, replacement, user_texts
 
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
+
 
 def test_scoring_follows_the_papers_rules():
     text = "A single point of failure (SPOF). Scalability: fine. Clean code; indemnification; fault-tolerant."
@@ -110,3 +112,44 @@ def test_bad_markers_input(loaded_models, tiny_grid_file):
         markers.run(loaded, grid, markers.MarkersSpec(grid="tiny", layer=1, patch_steps="some"), progress=False)
     with pytest.raises(SelectionError, match=r"layer 9 out of range; allowed: 0..4"):
         markers.run(loaded, grid, markers.MarkersSpec(grid="tiny", layer=9), progress=False)
+
+
+@pytest.mark.parametrize("patch_steps", ["prefill", "all"])
+def test_evidence_of_every_condition_is_scored_on_the_unedited_model(toy_model, toy_plain, toy_grid_raw, patch_steps):
+    """Each condition's answer (plain greedy decoding under the reference's hook) scored XY against
+    BY by plain forward passes of the UNEDITED model equals the dataset's evidence; scored with the
+    edit still in place, the edited conditions' values would be far off (checked: power)."""
+    from reference import answer_evidence, patched_logits
+
+    cells, layer, n_tokens = ["pirate__weather", "robot__story", "knight__breakfast"], 4, 12
+    spec = markers.MarkersSpec(grid="toy", layer=layer, n_tokens=n_tokens, patch_steps=patch_steps, cells=tuple(cells))
+    ds = markers.run(toy_model, load_grid("toy"), spec, progress=False).isel(model=0)
+    tok, eos = toy_model.tokenizer, eos_ids(toy_model.tokenizer, toy_plain)
+    worst_edited_gap = 0.0
+    for cell in cells:
+        persona, task = cell.split("__")
+        p = {c: chat_prompt(tok, text) for c, text in user_texts(toy_grid_raw, persona, task).items()}
+        h = {c: hidden_states(toy_plain, p[c]["ids"])[layer][p[c]["p_last"]] for c in CONDITIONS}
+        xy, by, bare = p["XY"], p["BY"], chat_prompt(tok, toy_grid_raw["tasks"][task])
+        answers = {"clean": greedy_with_patch(toy_plain, xy["ids"], n_tokens, eos, layer, xy["p_last"]),
+                   "bare": greedy_with_patch(toy_plain, bare["ids"], n_tokens, eos, layer, bare["p_last"])}
+        for cond in markers.EDITED:
+            value = replacement(h, cond)
+            delta = value - h["XY"] if patch_steps == "all" else None
+            answers[cond] = greedy_with_patch(toy_plain, xy["ids"], n_tokens, eos, layer, xy["p_last"], value, delta)
+        for cond, answer in answers.items():
+            expected = answer_evidence(toy_plain, xy["ids"], by["ids"], answer)
+            got = ds.sel(cell=cell, condition=cond)
+            assert int(got.answer_length) == len(answer), (cell, cond)
+            assert abs(float(got.evidence) - expected["evidence"]) < 1e-4, (cell, cond, float(got.evidence), expected)
+            if cond in markers.EDITED:  # the same answer scored with the edit in the XY pass
+                seq, value = xy["ids"] + answer, replacement(h, cond)
+                adds = () if patch_steps == "prefill" else ((layer, len(xy["ids"]), value - h["XY"]),)
+                logp = patched_logits(toy_plain, seq, layer, xy["p_last"], value, adds=adds).log_softmax(-1)
+                edited = sum(float(logp[len(xy["ids"]) - 1 + t, a]) for t, a in enumerate(answer))
+                by_logp = expected["reference_logp"] * len(answer)
+                worst_edited_gap = max(worst_edited_gap, abs((edited - by_logp) / len(answer) - expected["evidence"]))
+    assert worst_edited_gap > 100 * 1e-4, worst_edited_gap
+    print(f"evidence with the edit in place off by up to {worst_edited_gap:.3f} nats/token")
+    # The toy speaks in persona: its clean answers carry evidence, its bare answers do not.
+    assert float(ds.evidence.sel(condition="clean").mean()) > float(ds.evidence.sel(condition="bare").mean())

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tiny_models import build_tiny_model
+from tolerances import RESIDUAL, assert_close_per_vector
 
 from nnsight_persona.studies.xu2026 import capture, inject, knockout, substitute
 from nnsight_persona.core.grids import load_grid
@@ -86,7 +87,9 @@ def pair(ndif_server, ndif_model_dir):
 
 
 def _equal(a, b, var):
-    if a[var].dtype.kind in "fc":
+    if a[var].dims[-1:] == ("hidden",):  # residuals by two routes (the server's, this process's)
+        assert_close_per_vector(a[var].values, b[var].values, RESIDUAL, what=var)
+    elif a[var].dtype.kind in "fc":  # a default tiny model's KLs and scores: all below ~2e-3, one scale
         np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=0, err_msg=var)
     else:
         assert (a[var].values == b[var].values).all(), var
@@ -188,4 +191,4 @@ def test_ndif_server_stopped_fails_cleanly_then_resumes(ndif_server, tmp_path, t
         resumed = capture.run(remote, grid, spec, progress=False, previous=ds)
         assert resumed.attrs["completed"] == 1
         local = capture.run(load_model(str(tmp_path / "fresh"), dtype="float32"), grid, spec, progress=False)
-        np.testing.assert_allclose(resumed.resid.values, local.resid.values, atol=1e-5, rtol=0)
+        assert_close_per_vector(resumed.resid.values, local.resid.values, RESIDUAL)

@@ -252,7 +252,7 @@ def test_reproduce_writes_outside_artifacts_and_resumes_step_by_step(tiny_dirs, 
     assert all(digest(folder / name) == d for name, d in finished.items())
     for name in ("inject-tiny.nc", "knockout-tiny.nc"):
         assert load_dataset(folder / name).attrs["completed"] == 1
-    assert len(list(folder.glob("*.png"))) == 6  # substitute draws two figures
+    assert len(list(folder.glob("*.png"))) == 7  # substitute and markers (markers, evidence) draw two figures
     done = {p.name: digest(p) for p in folder.iterdir()}
     # 3. a finished folder: nothing to do, not even loading the model
     forbid_model_load(monkeypatch)

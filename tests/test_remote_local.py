@@ -7,6 +7,9 @@ import pytest
 
 from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, substitute
 from nnsight_persona.core.grids import load_grid
+from tolerances import RESIDUAL, assert_close_per_vector
+
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +19,10 @@ def both(loaded_models):
 
 
 def _equal(a, b, var):
-    if a[var].dtype.kind in "fc":
-        # The local substitution sweep reuses prefix KV caches, the remote one cannot: float noise.
+    # The local substitution sweep reuses prefix KV caches, the remote one cannot: float noise.
+    if a[var].dims[-1:] == ("hidden",):
+        assert_close_per_vector(b[var].values, a[var].values, RESIDUAL, what=var)
+    elif a[var].dtype.kind in "fc":  # a default tiny model's KLs and scores: all below ~2e-3, one scale
         np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=1e-4)
     else:
         assert (a[var].values == b[var].values).all()

@@ -87,20 +87,68 @@ def test_the_command_writes_one_self_contained_page(folder, tmp_path):
 
 
 def test_every_figure_is_embedded_from_its_file(folder, page):
-    from nnsight_persona.plots import FIGURES
+    import xarray as xr
+
+    from nnsight_persona.plots import FIGURES, figure_names
 
     for name in ("substitute-toy", "decompose-toy", "markers-toy"):
         section = page.sections[name]
-        experiment = section["attrs"]["data-experiment"]
         images = {img["data-figure"]: img["src"] for img in section["images"]}
-        assert set(images) == set(FIGURES[experiment])
-        for figure, src in images.items():
-            assert src.startswith("data:image/png;base64,")
-            assert base64.b64decode(src.split(",", 1)[1]) == (folder / f"{name}-{figure}.png").read_bytes()
+        # Every figure of the experiment the file can draw (a markers file made before evidence: no evidence figure).
+        assert set(figure_names(xr.load_dataset(folder / f"{name}.nc"))) <= set(images)
+        for img in section["images"]:
+            assert img["src"].startswith("data:image/png;base64,")
+            assert base64.b64decode(img["src"].split(",", 1)[1]) == (folder / img["data-file"]).read_bytes()
     # the partial file has no PNGs next to it: its figures are drawn for the page
     drawn = page.sections["substitute-partial"]["images"]
     assert len(drawn) == len(FIGURES["substitute"])
     assert all(base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for img in drawn)
+
+
+def _embedded_pngs(page) -> dict:
+    return {img["data-file"]: img["src"] for section in page.sections.values() for img in section["images"]}
+
+
+def test_every_png_of_the_folder_is_embedded(folder, page):
+    embedded = _embedded_pngs(page)
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert pngs and set(pngs) <= set(embedded)
+    for name in pngs:
+        assert base64.b64decode(embedded[name].split(",", 1)[1]) == (folder / name).read_bytes()
+
+
+def test_the_page_opens_with_the_findings_and_no_section_is_empty(folder, page):
+    from nnsight_persona.analysis.findings import folder_findings
+
+    text = (folder / "index.html").read_text(encoding="utf-8")
+    body = text[text.index("<body>"):]
+    assert body.index('id="findings"') < body.index("<nav>") < body.index('class="experiment"')
+    digest = page.sections["findings"]["tables"]["findings"]
+    claims = folder_findings(folder)
+    assert len(page.sections["findings"]["tables"]["claims"]) == len(claims)
+    assert sum(int(r["holds"][0]) for r in digest) == sum(c["holds"] for c in claims)
+    for name, section in page.sections.items():
+        if name != "findings":
+            assert section["images"] or set(section["tables"]) - {"provenance"}, f"section {name} is empty"
+    # figures first, tables folded
+    start = text.index('<section id="substitute-toy"')
+    part = text[start:text.index("</section>", start)]
+    assert part.index("<img") < part.index("<details") < part.index('data-table="additivity"')
+
+
+@pytest.mark.parametrize("name", ["toy", "smollm2"])
+def test_the_report_of_each_artifacts_folder_embeds_every_png(tmp_path, name):
+    import shutil
+
+    from nnsight_persona.report.page import write_report
+
+    source = Path(__file__).resolve().parent.parent / "artifacts" / name
+    folder = shutil.copytree(source, tmp_path / name)
+    page = Page(write_report(folder).read_text(encoding="utf-8"))
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert len(pngs) > 0 and sorted(set(_embedded_pngs(page)) & set(pngs)) == pngs
+    experiments = {s["attrs"].get("data-experiment") for s in page.sections.values()}
+    assert any(e.startswith("vectors") for e in experiments) and any(e.startswith("subnetwork") for e in experiments)
 
 
 @pytest.mark.parametrize("name", ["substitute-toy", "substitute-partial"])

@@ -57,8 +57,8 @@ def test_every_figure_loads(page):
                            "done: i.complete, name: i.dataset.figure}))")
     from nnsight_persona.plots import FIGURES
 
-    # substitute-toy and the partial copy (2 figures each), decompose-toy and markers-toy (1 each)
-    assert len(images) == 2 * len(FIGURES["substitute"]) + len(FIGURES["decompose"]) + len(FIGURES["markers"])
+    # every PNG of the folder, and the partial copy's figures drawn for the page (it has no PNGs)
+    assert len(images) == len(list(page.folder.glob("*.png"))) + len(FIGURES["substitute"])
     broken = [i for i in images if not (i["done"] and i["w"] > 0 and i["h"] > 0)]
     assert not broken, f"figures that did not load: {broken}"
     # Decoded to the end: a truncated PNG keeps its size (naturalWidth) but its last rows stay
@@ -73,7 +73,12 @@ def test_every_figure_loads(page):
 
 
 def _table(page, section: str, kind: str) -> list[dict]:
-    """Rows of a table as the browser has them: {column: (shown text, data-value)}."""
+    """Rows of a table as the browser has them: {column: (shown text, data-value)}, after opening the
+    section's folded tables as a reader does (they are hidden until then)."""
+    folded = page.locator(f'section[id="{section}"] details.tables')
+    if folded.count() and not folded.first.get_attribute("open"):
+        assert not page.locator(f'section[id="{section}"] table[data-table="{kind}"]').first.is_visible()
+        folded.first.locator("summary").click()
     return page.evaluate(
         """([section, kind]) => Array.from(document.querySelectorAll(
                `section[id="${section}"] table[data-table="${kind}"] tbody tr`)).map(tr =>
@@ -105,8 +110,21 @@ def test_an_incomplete_run_is_flagged_where_a_reader_sees_it(page):
     banner = page.locator("#incomplete-runs")
     assert banner.is_visible()
     assert PARTIAL in banner.inner_text()
-    heading = page.locator(f'section[id="{PARTIAL[:-3]}"] h2')
+    heading = page.locator(f'section[id="{PARTIAL[:-3]}"] h3')
     assert "incomplete run" in heading.inner_text()
-    assert "incomplete" not in page.locator('section[id="substitute-toy"] h2').inner_text()
+    assert "incomplete" not in page.locator('section[id="substitute-toy"] h3').inner_text()
     completed = page.locator(f'section[id="{PARTIAL[:-3]}"] table[data-table="provenance"] td[data-completed]')
     assert completed.inner_text().startswith("NO")
+
+
+def test_the_findings_table_opens_the_page_and_no_section_is_empty(page):
+    findings = page.locator('section#findings table[data-table="findings"]')
+    assert findings.is_visible() and findings.locator("tbody tr").count() > 0
+    first = page.evaluate("document.querySelector('h1').nextElementSibling.nextElementSibling.id")
+    assert first in ("findings", "incomplete-runs")
+    empty = page.evaluate("""Array.from(document.querySelectorAll('div.experiment section')).filter(s =>
+        !s.querySelector('img') && !s.querySelector('details.tables table')).map(s => s.id)""")
+    assert not empty, f"sections without a figure or a table: {empty}"
+    hidden = page.evaluate("""Array.from(document.querySelectorAll('div.experiment section')).filter(s =>
+        s.querySelector('img') && s.querySelector('img').getBoundingClientRect().height === 0).map(s => s.id)""")
+    assert not hidden, f"sections whose first figure is not shown: {hidden}"

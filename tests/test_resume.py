@@ -50,6 +50,10 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(loaded_models, tiny_g
         np.testing.assert_allclose(resumed[variable].values, full[variable].values, atol=1e-6)
     else:
         assert (resumed[variable].values == full[variable].values).all()
+    if "evidence" in full:  # the answers' scores: kept from the partial run, computed for the rest
+        assert np.isnan(partial.evidence.values).any() and not np.isnan(full.evidence.values).all()
+        np.testing.assert_allclose(resumed.evidence.values, full.evidence.values, atol=1e-6)
+        assert (resumed.answer_length.values == full.answer_length.values).all()
 
 
 def test_resumable_only_matches_the_same_unfinished_computation(loaded_models, tiny_grid_file, tmp_path):

@@ -25,6 +25,9 @@ from nnsight_persona.studies.xu2026 import capture, inject, knockout, markers, s
 from nnsight_persona.core.grids import CONDITIONS, grid_from_dict
 from nnsight_persona.models.loading import load_model, resolve_model
 from reference import greedy, hidden_states
+from tolerances import RESIDUAL, SCORES, assert_close_per_vector
+
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = {  # two cells, with markers, so every experiment (markers and knockout texts too) runs
@@ -125,7 +128,7 @@ def test_conversion_equals_transformers_gguf_load(plain, smol, gguf_file):
     with torch.no_grad():
         expected = gguf_model(torch.tensor([ids])).logits[0]
         got = plain(torch.tensor([ids])).logits[0]
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert_close_per_vector(got, expected, RESIDUAL, what="logits per position")  # two loads of one model
 
 
 # --- every experiment, and agreement with plain transformers ----------------------------------
@@ -167,7 +170,7 @@ def test_capture_equals_plain_transformers_hidden_states(runs, smol, plain, grid
                 assert int(ds.token_index.values[pi, ci, cj]) == idx
                 got = torch.from_numpy(ds.resid.values[:, pi, ci, cj])
                 want = torch.stack([states[L][idx] for L in range(N_LAYERS + 1)])
-                torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4, msg=f"{cell.label} {cond} {pos}")
+                assert_close_per_vector(got, want, RESIDUAL, what=f"{cell.label} {cond} {pos}")
 
 
 def test_knockout_of_nothing_equals_the_clean_run(runs, smol, plain, grid):
@@ -189,13 +192,13 @@ def test_remote_local_equals_local(smol, grid, runs, name):
         spec = capture.CaptureSpec(grid="smol", layers=(0, 15, 30), n_continuation=4)
         ds = capture.run(remote, grid, spec, progress=False)
         local = runs["capture"].sel(layer=[0, 15, 30])
-        np.testing.assert_allclose(ds.resid.values, local.resid.values, atol=1e-4, rtol=1e-4)
+        assert_close_per_vector(ds.resid.values, local.resid.values, RESIDUAL)  # whole sequences vs prefix caches
         assert (ds.continuation_ids.values == local.continuation_ids.values[..., :4]).all()
     else:
         spec = substitute.SubstituteSpec(grid="smol", layers=(9,), positions=("p_last",), conditions=("additive", "oracle"))
         ds = substitute.run(remote, grid, spec, capture_ds=runs["capture"], progress=False)
         local = runs["substitute"].sel(layer=[9], position=["p_last"])
-        np.testing.assert_allclose(ds.kl.values, local.kl.values, atol=1e-4, rtol=1e-3)
+        assert_close_per_vector(ds.kl.values, local.kl.values, SCORES, axis=None)
     assert ds.attrs["completed"] == 1
 
 
@@ -349,3 +352,48 @@ def test_a_typo_fails_fast_with_a_suggestion_when_the_hub_is_unreachable():
     assert result["code"] != 0 and "Traceback" not in result["out"]
     assert "did you mean 'toy'?" in result["out"] and "cannot be reached" in result["out"]
     assert result["s"] < 5, result
+
+
+# --- evidence (core/evidence.py) --------------------------------------------------------------
+
+def test_evidence_equals_plain_transformers(smol, plain, grid, runs):
+    """The evidence of greedy answers (XY's, 24 tokens, and BY's, 16) equals two plain forward
+    passes per answer to 1e-4 nats/token, batched (left-padded) and one at a time; the markers
+    run's clean answers carry the same values."""
+    from nnsight_persona.core import evidence
+    from reference import answer_evidence
+
+    tok = smol.tokenizer
+    rows = []
+    for cell in grid.cells:
+        ids = {c: tok(tok.apply_chat_template([{"role": "user", "content": grid.user_text(cell, c)}],
+                                              add_generation_prompt=True, tokenize=False),
+                      add_special_tokens=False).input_ids for c in ("XY", "BY")}
+        for prompt, n in (("XY", 24), ("BY", 16)):
+            out = greedy(plain, ids[prompt], n, tok.eos_token_id)
+            cut = next((i for i, t in enumerate(out) if t in smol.eos_ids), len(out))
+            rows.append((ids["XY"], ids["BY"], out[:cut]))
+    expected = np.array([answer_evidence(plain, *row)["evidence"] for row in rows])
+    batched = evidence.score_answers(smol, *zip(*rows), batch_size=len(rows))
+    one = evidence.score_answers(smol, *zip(*rows), batch_size=1)
+    np.testing.assert_allclose(batched.evidence, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(one.evidence, batched.evidence, atol=1e-4, rtol=0)
+    assert np.abs(expected).max() > 100 * 1e-4  # a swapped pair or shifted token moves them far
+    assert (batched.answer_length == [len(r[2]) for r in rows]).all()
+    mk = runs["markers"].isel(model=0)
+    for cell in grid.cells:
+        xy, by, _ = rows[2 * grid.cells.index(cell)]
+        out = greedy(plain, xy, 6, tok.eos_token_id)  # the markers run's 6 tokens
+        answer = out[: next((i for i, t in enumerate(out) if t in smol.eos_ids), len(out))]
+        assert int(mk.answer_length.sel(cell=cell.label, condition="clean")) == len(answer)
+        want = answer_evidence(plain, xy, by, answer)["evidence"]
+        assert abs(float(mk.evidence.sel(cell=cell.label, condition="clean")) - want) < 1e-4
+
+
+def test_evidence_remote_path_equals_local(smol, grid, runs):
+    """The markers run's evidence through nnsight's local simulation of the remote path."""
+    spec = markers.MarkersSpec(grid="smol", layer=12, n_tokens=6, conditions=("clean", "additive"))
+    remote = markers.run(dataclasses.replace(smol, remote="local"), grid, spec, capture_ds=runs["capture"], progress=False)
+    local = runs["markers"]
+    assert (remote.text.values == local.text.values).all()
+    assert_close_per_vector(remote.evidence.values, local.evidence.values, SCORES, axis=None)

@@ -11,12 +11,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from reference import chat_prompt, load_plain
+from tolerances import RESIDUAL, SCORES, assert_close_per_vector
 
 from nnsight_persona.core.errors import DataFileError
 from nnsight_persona.studies.subnetworks import data, evaluate, find
 from nnsight_persona.studies.subnetworks import masks as M
 from nnsight_persona.studies.subnetworks.apply import MaskedCopy, channel_factors, mask_channels
 from nnsight_persona.studies.subnetworks.norms import encode, linear_names, record_norms
+
+pytestmark = pytest.mark.numeric  # two computations of one quantity (.ci/run reruns these under other rounding)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,7 @@ def test_channel_norms_equal_plain_forward_hooks(toy, plain, pset, tokens):
                 plain(torch.tensor([ids]))
             for name in names:
                 want = captured[name][0, start:].double().pow(2).sum(0).sqrt()
-                np.testing.assert_allclose(got[name][r].numpy(), want.numpy(), rtol=2e-4, atol=1e-4, err_msg=name)
+                assert_close_per_vector(got[name][r], want, RESIDUAL, what=name)  # padded nnsight vs unpadded hooks
     finally:
         for h in handles:
             h.remove()
@@ -190,7 +193,7 @@ def test_weight_mask_of_the_copy_equals_masking_plain_weights(toy, plain, pset):
     ids = _plain_ids(toy.tokenizer, "describe the night sky.", "beep boop. the stars are bright.")[1]
     got = _plain_logits(MaskedCopy(toy).with_masks(chosen).lm._module, ids)
     want = _plain_logits(reference, ids)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_close_per_vector(got, want, RESIDUAL, what="logits per position")
     assert (want - _plain_logits(plain, ids)).abs().max() > 1.0  # a mask that matters
     assert torch.equal(plain.model.embed_tokens.weight, reference.model.embed_tokens.weight)
 
@@ -208,7 +211,7 @@ def test_structured_variant_equals_the_channel_mask_applied_to_the_weights(toy, 
     with toy.lm.trace(torch.tensor([ids])):
         mask_channels(toy.lm, channel_factors(chosen))
         logits = toy.lm.output.logits.save()
-    torch.testing.assert_close(logits[0], want, rtol=1e-5, atol=1e-5)
+    assert_close_per_vector(logits[0], want, RESIDUAL, what="logits per position")
     assert (want - _plain_logits(plain, ids)).abs().max() > 1.0
 
 
@@ -219,7 +222,7 @@ def test_structured_variant_runs_through_the_local_simulation_of_the_remote_path
     seqs = [encode(toy.tokenizer, it.question, it.matching) for it in pset.persona("robot").evaluation[:4]]
     here = evaluate.answer_logprobs(toy, seqs, channels)
     there = evaluate.answer_logprobs(simulated, seqs, channels)
-    np.testing.assert_allclose(there, here, rtol=1e-5, atol=1e-4)
+    assert_close_per_vector(there, here, SCORES, axis=None)
     assert np.abs(here - evaluate.answer_logprobs(toy, seqs)).max() > 0.5  # the edit travelled
     questions = [it.question for it in pset.persona("robot").evaluation[:3]]
     assert evaluate.generations(simulated, questions, 6, channels) == evaluate.generations(toy, questions, 6, channels)
@@ -331,7 +334,7 @@ def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
                                       "--no-progress", *extra])
         assert result.exit_code == 0, result.output
     here, there = load_dataset(tmp_path / "here.nc"), load_dataset(tmp_path / "there.nc")
-    np.testing.assert_allclose(there.margin.values, here.margin.values, rtol=1e-5, atol=1e-4)
+    assert_close_per_vector(there.margin.values, here.margin.values, SCORES, axis=None)
     assert there.attrs["backend"] == "local simulation of the remote path"
 
 
@@ -360,5 +363,6 @@ def test_committed_toy_subnetwork_results_recompute(toy):
     eval_spec = evaluate.EvalSpec(**spec_of(evaluated))
     got = evaluate.score_variant(MaskedCopy(toy).with_masks(evaluate.masks_of(variant, masks)), pset, variant, None,
                                  eval_spec)
-    np.testing.assert_allclose(got["margin"], evaluated.margin.sel(variant=label).values, rtol=1e-4, atol=1e-3)
+    # recomputed here against the committed file (made on another CPU, in other batches)
+    assert_close_per_vector(got["margin"], evaluated.margin.sel(variant=label).values, SCORES, axis=None)
     assert got["text"] == evaluated.text.sel(variant=label).values.tolist()

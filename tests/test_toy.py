@@ -261,3 +261,24 @@ def test_cli_evaluate_writes_json(tmp_path, one_thread):
     n_system = metrics["n_system"] + metrics["n_system_baseline"]
     assert metrics["n"] == 16 and n_system > 0 and len(metrics["samples"]) == 16 + n_system
     assert sum(s["system"] is not None for s in metrics["samples"]) == n_system
+
+
+def test_train_and_evaluate_leave_the_threads_and_the_rng_as_they_were(tmp_path):
+    """They set torch's thread count (and the trainer its seed) for their own run only: left
+    changed, a later computation in the same process rounds differently (a matmul's reduction is
+    split by thread) and draws other random numbers."""
+    import torch
+    from click.testing import CliRunner
+
+    from nnsight_persona.models.toy.cli import toy
+
+    threads = torch.get_num_threads()
+    other = 1 if threads != 1 else 2
+    rng = torch.random.get_rng_state()
+    result = CliRunner().invoke(toy, ["train", "--out", str(tmp_path / "t"), "--tiny", "--steps", "2", "--batch-size", "4",
+                                      "--threads", str(other), "--seed", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(toy, ["evaluate", "--model-dir", str(tmp_path / "t"), "--n", "4", "--threads", str(other)])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng)

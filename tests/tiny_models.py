@@ -133,8 +133,9 @@ def build_tiny_model(family: str, directory: Path, seed: int = 0, final_norm_gai
     config.bos_token_id = tok.convert_tokens_to_ids(spec["bos"]) if spec["bos"] else None
     config.eos_token_id = tok.convert_tokens_to_ids(spec["eos"])
     config.pad_token_id = tok.convert_tokens_to_ids(spec["pad"])
-    torch.manual_seed(seed)
-    model = cls(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights without changing the session's RNG
+        torch.manual_seed(seed)
+        model = cls(config).eval()
     if final_norm_gain != 1.0:
         with torch.no_grad():
             if family == "gemma2":  # Gemma's RMSNorm scales by (1 + weight), weight starting at 0

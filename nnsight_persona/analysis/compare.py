@@ -175,7 +175,9 @@ def side_by_side(rows: list[dict]) -> list[dict]:
     return list(table.values())
 
 
-def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict, paper_layer=None) -> dict:
+def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict, paper_layer=None, cells=None) -> dict:
+    from .paper_interval import interval_fields
+
     q25, q75 = paper["iqr"]
     return {
         "model": model_id,
@@ -190,6 +192,7 @@ def _row(model_id, statistic, position, layer, ours: xr.Dataset, paper: dict, pa
         "paper_q25": float(q25),
         "ours_q75": float(ours["q75"]),
         "paper_q75": float(q75),
+        **({} if cells is None else interval_fields(cells, paper["median"])),
     }
 
 
@@ -211,7 +214,8 @@ def _compare_decompose(ds, ref, model_id, partner):
     table = ref["decomposition"]
     summaries = {s: summarize(ds[s]) for s in DECOMPOSITION_STATS}
     return [
-        _row(model_id, s, p, L, summaries[s].sel(position=p, layer=L), table[p][str(P)][s], P)
+        _row(model_id, s, p, L, summaries[s].sel(position=p, layer=L), table[p][str(P)][s], P,
+             ds[s].sel(position=p, layer=L).values)
         for p, L, P in _shared_sites(ds, table, "decomposition", partner)
         for s in DECOMPOSITION_STATS
         if s in table[p][str(P)]
@@ -225,7 +229,8 @@ def _compare_substitute(ds, ref, model_id, partner):
     summary = summarize(ds["kl"].sel(condition="additive"))
     table = ref["causal"]
     return [
-        _row(model_id, "kl additive", p, L, summary.sel(position=p, layer=L), table[p][str(P)]["summary"], P)
+        _row(model_id, "kl additive", p, L, summary.sel(position=p, layer=L), table[p][str(P)]["summary"], P,
+             ds["kl"].sel(condition="additive", position=p, layer=L).values)
         for p, L, P in _shared_sites(ds, table, "causal results", partner)
     ]
 
@@ -253,6 +258,7 @@ def _compare_markers(ds, ref, model_id, partner):
             "paper_rate": float(paper["any_present_count"] / paper["total_cells"]),
             "ours_distinct_mean": float(np.nanmean(one["n_distinct"].values.astype(float))) if valid.any() else float("nan"),
             "paper_distinct_mean": float(paper["distinct_mean"]),
+            **_rate_interval(any_marker[valid], paper["any_present_count"] / paper["total_cells"]),
         })
     if not rows:
         raise SelectionError(
@@ -262,10 +268,17 @@ def _compare_markers(ds, ref, model_id, partner):
     return rows
 
 
+def _rate_interval(values, paper_rate):
+    from .paper_interval import interval_fields
+
+    return interval_fields(values, paper_rate, statistic="mean")
+
+
 def _compare_inject(ds, refs, model_id, partner):
     """Host injection: host, oracle and cached at the paper's single layer (v14b_v2), and cached
     at each clamp set (v14e_multilayer), medians over the cells both have."""
     from ..studies.xu2026.inject import PAPER_CLAMPS, label
+    from .paper_interval import interval_fields
 
     single, multi = refs
     paper_cells = list(single["results"])
@@ -298,6 +311,7 @@ def _compare_inject(ds, refs, model_id, partner):
                 "ours_median": float(np.nanmedian(ours)), "paper_median": float(np.median(paper)),
                 "ours_q25": float(np.nanpercentile(ours, 25)), "paper_q25": float(np.percentile(paper, 25)),
                 "ours_q75": float(np.nanpercentile(ours, 75)), "paper_q75": float(np.percentile(paper, 75)),
+                **interval_fields(ours, np.median(paper)),
             })
     if not rows:
         raise SelectionError(f"no layer set in common with the paper's clamp sets {[label(s) for s in PAPER_CLAMPS]} "

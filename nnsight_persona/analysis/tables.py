@@ -57,13 +57,21 @@ def decompose_table(path: str, positions: str = "p_last", layers: str = "") -> s
 
 
 def markers_table(path: str) -> str:
-    """Cells with any own-persona marker, per condition."""
-    ds = _one_model(load_dataset(path))
+    """Cells with any own-persona marker, per condition; where the file is scored with evidence,
+    beside it the mean evidence with its 95% bootstrap interval over cells, the answers with
+    positive evidence, those in persona and the AUROC against bare (markers.evidence_table)."""
+    from ..studies.xu2026.markers import evidence_table
+
+    full = load_dataset(path)
+    ds = _one_model(full)
+    scored = {row["condition"]: row for row in evidence_table(full if "model" in full.dims else full.expand_dims("model"))}
+    extra = [k for k in next(iter(scored.values()), {}) if k != "condition"]
     rows = []
     for condition in ds.condition.values:
         flags = ds.any_marker.sel(condition=condition).values.astype(float)
-        rows.append([str(condition), f"{int(np.nansum(flags))}/{int((~np.isnan(flags)).sum())}"])
-    return markdown(["condition", "cells with markers"], rows)
+        row = [str(condition), f"{int(np.nansum(flags))}/{int((~np.isnan(flags)).sum())}"]
+        rows.append(row + [scored[str(condition)][k] for k in extra])
+    return markdown(["condition", "cells with markers", *extra], rows)
 
 
 def inject_table(path: str, variable: str = "kl") -> str:

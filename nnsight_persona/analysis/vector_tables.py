@@ -34,8 +34,9 @@ def steer_table(path: str, kinds: str = "vector,random_s0,shuffled_s0") -> str:
         for layer in ds.layer.values.tolist():
             for kind in [k for k in kinds.split(",") if k in ds.kind.values.tolist()]:
                 s = ds.sel(trait=trait, layer=layer, kind=kind)
-                cells = [f"{float(s.trait_score.sel(coef=c).mean()):.0f} / {float(s.coherence.sel(coef=c).mean()):.0f}"
-                         for c in coefs]
+                trait_format = "+.3f" if "evidence" in ds else ".0f"  # evidence: nats/token, else 0-100
+                cells = [f"{float(s.trait_score.sel(coef=c).mean()):{trait_format}} / "
+                         f"{float(s.coherence.sel(coef=c).mean()):.0f}" for c in coefs]
                 rows.append([trait, str(layer), kind, *cells, float(s.steering_score.max()),
                              float(base.sel(baseline="prompted")), float(base.sel(baseline="clean"))])
     return markdown(["trait", "layer", "kind", *[f"coef {c:g}: trait / coh." for c in coefs], "best score",

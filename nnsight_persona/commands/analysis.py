@@ -136,4 +136,60 @@ def report_command(folder, paper, progress, quiet):
     click.echo(f"wrote {write_report(folder, paper=paper, progress=progress and not quiet)}")
 
 
-COMMANDS = (plot_command, compare_command, collect_command, report_command)
+@click.command("summary")
+@click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stat", "statistic", type=click.Choice(["median", "mean"]), default="median", show_default=True,
+              help="The statistic over the experiment's unit (cells, questions, ...).")
+@click.option("--method", type=click.Choice(["percentile", "bca"]), default="percentile", show_default=True,
+              help="The bootstrap interval.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap resamples.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the records (variable, coords, estimate, ci_low, ci_high, n) as JSON here.")
+@click.option("--digits", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Decimals printed.")
+@clean_errors
+def summary_command(result, statistic, method, seed, json_out, digits):
+    """Every statistic of RESULT over its unit: estimate, 95% bootstrap interval and n, grouped by
+    the dims that are not the unit (docs/statistics.md)."""
+    import json
+
+    from ..analysis.intervals import interval_summary, summary_table_rows, unit_of
+    from ..analysis.summary import format_table
+    from ..storage.store import load_dataset
+
+    ds = load_dataset(result)
+    records = interval_summary(ds, statistic, method=method, seed=seed)
+    click.echo(f"{result.name}: {statistic} over {' x '.join(unit_of(ds))}, 95% {method} bootstrap interval")
+    for name in dict.fromkeys(r["variable"] for r in records):
+        click.echo(f"\n{name}")
+        rows = [{k: v for k, v in row.items() if k != "variable"}
+                for row in summary_table_rows([r for r in records if r["variable"] == name])]
+        click.echo(format_table(rows, digits=digits))
+    if json_out:
+        json_out.write_text(json.dumps(records, indent=1, default=float))
+        click.echo(f"wrote {json_out}")
+
+
+@click.command("findings")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write every claim as a JSON record here.")
+@click.option("--all", "show_all", is_flag=True, help="Print every claim, not one line per claim and file.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap and Monte Carlo tests.")
+@click.option("--digits", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Decimals printed.")
+@clean_errors
+def findings_command(folder, json_out, show_all, seed, digits):
+    """The claims FOLDER's result files support: effect (mean paired difference), its interval,
+    Holm-adjusted p within the folder, n and whether it holds (docs/statistics.md)."""
+    import json
+
+    from ..analysis.findings import findings_digest, findings_rows, folder_findings
+    from ..analysis.summary import format_table
+
+    claims = folder_findings(folder, seed=seed)
+    click.echo(format_table(findings_rows(claims) if show_all else findings_digest(claims), digits=digits))
+    if json_out:
+        json_out.write_text(json.dumps(claims, indent=1, default=float))
+        click.echo(f"wrote {json_out}")
+
+
+COMMANDS = (plot_command, compare_command, collect_command, report_command, summary_command, findings_command)

@@ -33,9 +33,9 @@ LONG_GRIDS = {"toy-long", "xu2026-long"}
 
 def _draw_figures(ds, path: Path) -> None:
     """The figures of the result in `path`, next to it, unless they are already newer than it."""
-    from ..plots import FIGURES, figures_for, save_figure
+    from ..plots import figure_names, figures_for, save_figure
 
-    names = FIGURES.get(ds.attrs.get("experiment"), {})
+    names = figure_names(ds)
     pngs = [path.with_name(f"{path.stem}-{name}.png") for name in names]
     if all(p.exists() and p.stat().st_mtime >= path.stat().st_mtime for p in pngs):
         return

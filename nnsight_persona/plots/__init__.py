@@ -25,6 +25,7 @@ from .style import (  # noqa: F401 (the package's figure helpers, importable fro
 )
 from .controls import plot_controls
 from .decomposition import plot_decomposition
+from .evidence import plot_evidence
 from .inject import plot_gap_closed
 from .heads import plot_head_map
 from .kl_by_layer import plot_kl_by_layer
@@ -36,12 +37,19 @@ from .subnetworks import plot_alignment_vs_sparsity, plot_persona_by_mask
 FIGURES = {
     "substitute": {"kl_by_layer": plot_kl_by_layer, "controls": plot_controls},
     "decompose": {"decomposition": plot_decomposition},
-    "markers": {"markers": plot_markers},
+    "markers": {"markers": plot_markers, "evidence": plot_evidence},
     "inject": {"gap_closed": plot_gap_closed},
     "knockout": {"knockout_by_band": plot_knockout_by_band},
     "heads": {"head_map": plot_head_map},
     "subnetwork-eval": {"alignment_vs_sparsity": plot_alignment_vs_sparsity, "persona_by_mask": plot_persona_by_mask},
 }
+# Figures drawn only where the dataset has the variable (results made before it existed lack it).
+NEEDS = {"evidence": "evidence_auroc"}
+
+
+def figure_names(ds: xr.Dataset) -> list[str]:
+    """The names of the figures FIGURES has for this dataset's experiment that it can draw."""
+    return [name for name in FIGURES.get(ds.attrs.get("experiment"), {}) if name not in NEEDS or NEEDS[name] in ds]
 
 
 def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
@@ -53,7 +61,8 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
     out = {}
     for model in models:
         suffix = "" if len(models) == 1 else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-        for name, plot in FIGURES[experiment].items():
+        for name in figure_names(ds):
+            plot = FIGURES[experiment][name]
             out[name + suffix] = plot(ds, model=model)
     if len(models) > 1 and experiment in ACROSS_MODELS:
         out["across_models"] = plot_across_models(ds)
@@ -61,6 +70,6 @@ def figures_for(ds: xr.Dataset) -> dict[str, Figure]:
 
 
 __all__ = [
-    "FIGURES", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
-    "plot_markers", "plot_across_models",
+    "FIGURES", "figure_names", "figures_for", "save_figure", "plot_controls", "plot_decomposition", "plot_head_map", "plot_kl_by_layer",
+    "plot_markers", "plot_evidence", "plot_across_models",
 ]

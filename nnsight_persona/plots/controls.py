@@ -1,5 +1,5 @@
 """Substitution KL of the additive vector beside its controls: one panel per position, one line per
-condition (median over cells by layer, IQR band). Additivity means the additive line lies well
+condition (median over cells by layer, 95% bootstrap band). Additivity means the additive line lies well
 below persona_only, task_only and baseline; where it does not, a small additive KL shows nothing."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CONDITION_STYLE = {
 
 
 def plot_controls(ds: xr.Dataset, model: str | None = None) -> Figure:
-    from ..analysis.summary import summarize
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label, figure_title, new_figure, one_model
 
     if "kl" not in ds or "condition" not in ds.dims:
@@ -37,7 +37,7 @@ def plot_controls(ds: xr.Dataset, model: str | None = None) -> Figure:
             color, style = CONDITION_STYLE[condition]
             layers = s["layer"].values
             ax.plot(layers, s["median"].values, style, marker="o", markersize=3, color=color, label=condition)
-            ax.fill_between(layers, s["q25"].values, s["q75"].values, color=color, alpha=0.12, linewidth=0)
+            ax.fill_between(layers, s["ci_low"].values, s["ci_high"].values, color=color, alpha=0.12, linewidth=0)
         ax.set_yscale("log", nonpositive="mask")
         ax.set_title(position, fontsize="medium")
         ax.set_xlabel(axis_label(ds["layer"], "layer"))

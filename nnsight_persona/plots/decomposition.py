@@ -1,4 +1,4 @@
-"""Decomposition curves by layer: one panel per statistic, median over cells with IQR, one line per position."""
+"""Decomposition curves by layer: one panel per statistic, median over cells with its 95% bootstrap interval, one line per position."""
 
 from __future__ import annotations
 

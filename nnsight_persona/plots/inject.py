@@ -24,7 +24,7 @@ SITE_DIMS = ("site_layer", "site_position", "cell", "site_condition")
 
 
 def plot_gap_closed(ds: xr.Dataset, model: str | None = None) -> Figure:
-    """KL per condition (bars over layer sets, IQR over cells), gap closed, and KL by injection site."""
+    """KL per condition (bars over layer sets, 95% bootstrap interval of the median over cells), gap closed, and KL by injection site."""
     from .style import figure_title, new_figure, one_model
 
     _check(ds)
@@ -77,8 +77,9 @@ def _reference(summary: xr.Dataset, condition: str) -> float:
 
 
 def _kl_panel(ax, ds: xr.Dataset) -> None:
-    """Grouped bars: one group per layer set, one bar per edited condition; IQR error bars."""
-    from ..analysis.summary import summarize
+    """Grouped bars: one group per layer set, one bar per edited condition; error bars: the 95%
+    bootstrap interval of the median over cells."""
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label
 
     summary = summarize(ds["kl"])
@@ -89,7 +90,7 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
     for i, condition in enumerate(edited):
         s = summary.sel(condition=condition)
         median = s["median"].values
-        err = np.stack([median - s["q25"].values, s["q75"].values - median])
+        err = np.stack([median - s["ci_low"].values, s["ci_high"].values - median])
         ax.bar(x + (i - (len(edited) - 1) / 2) * width, median, width, yerr=err, capsize=2,
                color=_color(condition, i), label=condition, error_kw={"linewidth": 0.8})
     for condition in references:
@@ -98,13 +99,14 @@ def _kl_panel(ax, ds: xr.Dataset) -> None:
     ax.set_xticks(x, layer_sets)
     ax.set_xlabel("injected layer set")
     ax.set_ylabel(textwrap.fill(axis_label(ds["kl"]), 36))
-    ax.set_title("median over cells, IQR bars", fontsize="medium")
+    ax.set_title("median over cells, 95% bootstrap interval", fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
 
 
 def _gap_panel(ax, ds: xr.Dataset) -> None:
-    """Median gap closed by layer set, one line per condition; 0 = the host, 1 = the persona run."""
-    from ..analysis.summary import summarize
+    """Median gap closed by layer set, one line per condition with its 95% bootstrap band; 0 = the
+    host, 1 = the persona run."""
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label
 
     gap = ds["gap_closed"]
@@ -116,6 +118,9 @@ def _gap_panel(ax, ds: xr.Dataset) -> None:
     for i, condition in enumerate(edited):
         ax.plot(x, summary["median"].sel(condition=condition).values, marker="o", markersize=4,
                 color=_color(condition, i), label=condition)
+        ax.fill_between(x, summary["ci_low"].sel(condition=condition).values,
+                        summary["ci_high"].sel(condition=condition).values, color=_color(condition, i), alpha=0.15,
+                        linewidth=0)
     for condition in references:
         if condition != "host":  # the host closes no gap by definition: it is the line at 0
             ax.axhline(_reference(summary, condition), label=f"{condition} (no edit)", linewidth=1.2,
@@ -130,7 +135,7 @@ def _gap_panel(ax, ds: xr.Dataset) -> None:
     ax.set_xlim(-0.5, len(layer_sets) - 0.5)
     ax.set_xlabel("injected layer set")
     ax.set_ylabel(axis_label(ds["gap_closed"]))
-    ax.set_title("median over cells", fontsize="medium")
+    ax.set_title("median over cells, 95% bootstrap band", fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
 
 

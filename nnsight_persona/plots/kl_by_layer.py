@@ -1,4 +1,4 @@
-"""The paper's Figure 1: substitution KL by layer, median over cells with IQR, one line per position."""
+"""The paper's Figure 1: substitution KL by layer, median over cells with its 95% bootstrap interval, one line per position."""
 
 from __future__ import annotations
 

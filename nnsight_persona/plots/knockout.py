@@ -22,7 +22,7 @@ DIMS = ("band", "cell", "condition")
 
 
 def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
-    """Median KL by band with the IQR (log y where positive); below it the any-marker rate when present."""
+    """Median KL by band with its 95% bootstrap interval (log y where positive); below it the any-marker rate when present."""
     from .style import figure_title, new_figure, one_model
 
     _check(ds)
@@ -55,7 +55,7 @@ def _color(condition: str, i: int) -> str:
 
 
 def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> None:
-    from ..analysis.summary import summarize
+    from ..analysis.intervals import median_with_interval as summarize
     from .style import axis_label
 
     summary = summarize(ds[variable])
@@ -68,7 +68,7 @@ def _kl_panel(ax, ds: xr.Dataset, variable: str = "kl", legend: bool = True) -> 
         if not (median > 0).any():  # e.g. 'none', which equals the clean run: KL 0 has no place on a log axis
             label += " (KL 0, not shown)"
         ax.plot(x, median, marker="o", markersize=3.5, color=color, label=label)
-        ax.fill_between(x, s["q25"].values, s["q75"].values, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(x, s["ci_low"].values, s["ci_high"].values, color=color, alpha=0.18, linewidth=0)
     values = summary["median"].values
     if (values > 0).any():
         ax.set_yscale("log", nonpositive="mask")

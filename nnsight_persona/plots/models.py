@@ -14,7 +14,7 @@ VARIABLE = {"substitute": ("kl", {"condition": "additive"}, True), "decompose": 
 
 def plot_across_models(ds: xr.Dataset, model: str | None = None) -> Figure:
     """`model` is ignored: every model of the dataset is drawn."""
-    from ..analysis.summary import summarize
+    from ..analysis.intervals import median_with_interval as summarize
     from ..storage.results import n_layers_of, own_layers
     from .style import OTHER_COLORS, axis_label, figure_title, new_figure
 
@@ -35,7 +35,7 @@ def plot_across_models(ds: xr.Dataset, model: str | None = None) -> Figure:
             x = s["layer"].values / depth
             color = OTHER_COLORS[i % len(OTHER_COLORS)]
             ax.plot(x, s["median"].values, marker="o", markersize=3, color=color, label=f"{model} ({depth} layers)")
-            ax.fill_between(x, s["q25"].values, s["q75"].values, color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(x, s["ci_low"].values, s["ci_high"].values, color=color, alpha=0.15, linewidth=0)
     for ax, position in zip(axes, positions):
         ax.set_title(position, fontsize="medium")
         ax.set_xlabel("depth (layer / n_layers)")

@@ -71,16 +71,16 @@ def position_color(position: str, i: int) -> str:
 
 
 def median_band_by_layer(ax, da: xr.DataArray) -> None:
-    """One line per position: the median over cells by layer, with the IQR as a band."""
-    from ..analysis.summary import summarize
+    """One line per position: the median over cells by layer, with its 95% bootstrap interval as a band."""
+    from ..analysis.intervals import median_with_interval
 
-    summary = summarize(da.squeeze("model", drop=True) if "model" in da.dims else da)
+    summary = median_with_interval(da.squeeze("model", drop=True) if "model" in da.dims else da)
     layers = summary["layer"].values
     for i, position in enumerate(str(p) for p in summary["position"].values):
         s = summary.sel(position=position)
         color = position_color(position, i)
         ax.plot(layers, s["median"].values, marker="o", markersize=3, color=color, label=position)
-        ax.fill_between(layers, s["q25"].values, s["q75"].values, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(layers, s["ci_low"].values, s["ci_high"].values, color=color, alpha=0.18, linewidth=0)
     ax.set_xlabel(axis_label(da["layer"], "layer"))
     ax.set_ylabel(axis_label(da))
     ax.grid(True, alpha=0.3)

@@ -19,7 +19,9 @@ from pathlib import Path
 from ..core.errors import PersonaError
 
 NAME = "index.html"
-ORDER = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads")
+ORDER = ("capture", "decompose", "substitute", "markers", "inject", "knockout", "heads", "vectors-extract",
+         "vectors-steer", "vectors-monitor", "vectors-trace", "vectors-vs-edit", "vectors-vs-delta", "subnetwork-find",
+         "subnetwork-eval")
 DEFAULT_PAPER = "gemma2b"  # the paper model a model the paper does not report is set beside
 
 
@@ -35,8 +37,10 @@ def write_report(folder, paper: str = DEFAULT_PAPER, out=None, progress: bool = 
     if not files:
         raise PersonaError(f"{folder} holds no result files (*.nc); run an experiment or `reproduce` first")
     path = Path(out) if out is not None else folder / NAME
-    sections = [section(p, paper) for p in tqdm(files, desc="report", disable=not progress)]
-    page = render(folder.name, sections)
+    owned = png_owners(folder, files)
+    sections = [section(p, paper, owned.get(p.name, [])) for p in tqdm(files, desc="report", disable=not progress)]
+    orphans = [_png_figure(png, "") for png in owned.get(None, [])]
+    page = render(folder.name, sections, folder_claims(folder), orphans)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
@@ -57,8 +61,63 @@ def _order(path: Path):
     return (ORDER.index(experiment) if experiment in ORDER else len(ORDER), path.name)
 
 
-def section(path: Path, paper: str = DEFAULT_PAPER) -> dict:
-    """What the page shows of one result file."""
+def png_owners(folder: Path, files: list[Path]) -> dict:
+    """Every PNG of the folder under the result file whose name (without .nc) is the longest prefix of
+    the PNG's name followed by "-" (substitute-toy-long-controls.png: substitute-toy-long.nc, not
+    substitute-toy.nc); PNGs of no result file (e.g. a vectors-trace figure) under None."""
+    stems = sorted((f.stem for f in files), key=len, reverse=True)
+    owned: dict = {}
+    for png in sorted(folder.glob("*.png")):
+        owner = next((st for st in stems if png.stem == st or png.stem.startswith(st + "-")), None)
+        owned.setdefault(None if owner is None else owner + ".nc", []).append(png)
+    return owned
+
+
+def folder_claims(folder: Path) -> dict:
+    """The folder's findings (analysis/findings.py): one row per file and claim, and every claim."""
+    from ..analysis.findings import findings_digest, findings_rows, folder_findings
+
+    claims = folder_findings(folder)
+    return {"digest": _table("findings: claims that hold, per file", findings_digest(claims), "findings"),
+            "all": _table("every claim", findings_rows(claims), "claims")}
+
+
+CAPTIONS = {
+    "kl_by_layer": "Look at the additive line against the controls: additivity holds where it stays below all of them "
+                   "(bands: 95% bootstrap intervals of the median over cells).",
+    "controls": "Each condition's KL per layer: the additive bar should be the shortest after oracle.",
+    "decomposition": "cos(Delta_XY, Delta_X + Delta_Y) near 1 and a small interaction mean persona and task add up.",
+    "markers": "Compare the bars of remove_persona and bare: a persona kept after its removal shows as a taller bar.",
+    "evidence": "The further a condition's curve bows from the diagonal, the better its answers are told from bare ones.",
+    "gap_closed": "How much of the host-to-persona gap each injected residual closes, per layer set.",
+    "knockout_by_band": "The persona line above the control spans marks the bands where the persona is read.",
+    "head_map": "Bright heads are those whose knockout alone moves the answer.",
+    "alignment_vs_sparsity": "The own mask above the random masks at the same sparsity is the subnetwork claim.",
+    "persona_by_mask": "Each mask's persona score: the own mask should favour its persona, random masks neither.",
+    "elicitation": "Cosines between the vectors of the elicitation styles: high off-diagonal values mean the styles agree.",
+    "steering": "The trait score as the coefficient grows: the persona vector should rise above its random and "
+                "shuffled controls.",
+    "cos_matrix": "Cosines between the vectors of different checkpoints or layers.",
+    "cos_to_final": "How close each checkpoint's vector is to the final one.",
+}
+
+
+def caption(name: str) -> str:
+    for key in sorted(CAPTIONS, key=len, reverse=True):
+        if name == key or name.startswith(key + "-") or name.endswith("-" + key) or name.endswith(key):
+            return CAPTIONS[key]
+    return "A figure of this result file."
+
+
+def _png_figure(png: Path, stem: str) -> dict:
+    name = png.stem[len(stem) + 1:] if stem and png.stem != stem else png.stem
+    return {"name": name, "file": png.name, "caption": caption(name), "alt": f"figure {png.name}",
+            "src": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")}
+
+
+def section(path: Path, paper: str = DEFAULT_PAPER, pngs=()) -> dict:
+    """What the page shows of one result file; `pngs`: the folder's PNGs of this file (png_owners),
+    embedded where the experiment's figure registry does not draw them."""
     from ..storage.results import provenance
     from ..storage.store import load_dataset, spec_of
 
@@ -78,8 +137,15 @@ def section(path: Path, paper: str = DEFAULT_PAPER) -> dict:
         "spec": json.dumps({k: v for k, v in spec.items() if k != "grid_definition"}, sort_keys=True, indent=1),
         "shows": what_this_shows(ds),
         "tables": tables(ds, paper),
-        "figures": figures(ds, path),
+        "figures": _with_files(figures(ds, path), pngs, path),
     }
+
+
+def _with_files(drawn: list[dict], pngs, path: Path) -> list[dict]:
+    """The registry's figures (with captions) and every other PNG of the file, in name order."""
+    names = {f"{path.stem}-{f['name']}.png" for f in drawn}
+    out = [{**f, "file": f"{path.stem}-{f['name']}.png", "caption": caption(f["name"])} for f in drawn]
+    return out + [_png_figure(png, path.stem) for png in pngs if png.name not in names]
 
 
 def _provenance_row(row: dict, spec: dict) -> dict:
@@ -367,19 +433,19 @@ def figures(ds, path: Path) -> list[dict]:
 def _figure_names(ds) -> list[str]:
     import re
 
-    from ..plots import ACROSS_MODELS, FIGURES
+    from ..plots import ACROSS_MODELS, figure_names
 
     experiment = ds.attrs.get("experiment")
     models = [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
     names = [name + ("" if len(models) == 1 else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", m))
-             for m in models for name in FIGURES[experiment]]
+             for m in models for name in figure_names(ds)]
     return names + (["across_models"] if len(models) > 1 and experiment in ACROSS_MODELS else [])
 
 
 # --- the page -----------------------------------------------------------------------------------
 
 
-def render(title: str, sections: list[dict]) -> str:
+def render(title: str, sections: list[dict], claims: dict | None = None, orphans=()) -> str:
     from importlib import resources
 
     import jinja2
@@ -389,5 +455,9 @@ def render(title: str, sections: list[dict]) -> str:
     from .. import __version__
 
     incomplete = [s for s in sections if s["incomplete"]]
+    experiments: dict[str, list[dict]] = {}
+    for s in sections:
+        experiments.setdefault(s["experiment"], []).append(s)
     return env.from_string(source).render(title=title, sections=sections, incomplete=incomplete,
-                                          version=__version__)
+                                          experiments=list(experiments.items()), claims=claims,
+                                          orphans=list(orphans), version=__version__)

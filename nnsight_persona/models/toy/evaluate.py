@@ -159,10 +159,15 @@ def passes(metrics: dict) -> bool:
 def evaluate(model_dir: str | Path | None = None, n: int = 240, seed: int = 1, batch_size: int = 48,
              return_samples: bool = False, threads: int = 2, novel: int = 0) -> dict:
     """Generate on ``n`` held-out prompts and return the metrics dict; with `novel` > 0, also the
-    copy rates of slot values absent from the corpus on that many prompts per case."""
-    import torch
+    copy rates of slot values absent from the corpus on that many prompts per case. `threads` holds
+    for the evaluation only (settings.torch_settings)."""
+    from .settings import torch_settings
 
-    torch.set_num_threads(threads)
+    with torch_settings(threads):
+        return _evaluate(model_dir, n, seed, batch_size, return_samples, novel)
+
+
+def _evaluate(model_dir, n: int, seed: int, batch_size: int, return_samples: bool, novel: int) -> dict:
     model, tokenizer = load(model_dir)
     examples = heldout_examples(n, seed=seed)
     answers = generate(model, tokenizer, [e.user for e in examples], batch_size=batch_size)

@@ -84,7 +84,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> dict:
-    """Train and save the toy model to ``out_dir``; returns a summary dict."""
+    """Train and save the toy model to ``out_dir``; returns a summary dict. The thread count and
+    the seeded global RNG hold for the run only (settings.torch_settings)."""
+    from .settings import torch_settings
+
+    cfg = cfg or TrainConfig()
+    with torch_settings(cfg.threads, seed=cfg.seed):
+        return _train(out_dir, cfg, progress)
+
+
+def _train(out_dir: str | Path, cfg: TrainConfig, progress: bool) -> dict:
     import torch
     from ...core.progress import tqdm
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -92,10 +101,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     from .model import count_parameters, toy_config
     from .tokenizer import build_tokenizer
 
-    cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
 
     examples = generate_corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
     tokenizer = build_tokenizer((f"{e.system or ''} {e.user} {e.answer}" for e in examples), vocab_size=cfg.vocab_size)

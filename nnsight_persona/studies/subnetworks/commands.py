@@ -115,6 +115,9 @@ def eval_command(masks, model_spec, set_name, random_seeds, n_tokens, no_prompt_
         for fig_path in save_figure(fig, out.with_name(f"{out.stem}-{name}")):
             click.echo(f"wrote {fig_path}")
     click.echo(eval_rows(ds))
+    if "mean_evidence" in ds:
+        click.echo("\nmean evidence (the persona's prompt against none, nats/token):")
+        click.echo(eval_rows(ds, "mean_evidence"))
 
 
 COMMANDS = (subnetwork,)

@@ -14,7 +14,15 @@ Measures, all answer-only, none with a persona prompt unless the variant is `pro
   sigmoid(margin) (the matching answer's share of the two answers' probability);
 - marker_rate: the fraction of greedy generations (every evaluation question of the set, n_tokens
   each) holding at least one of P's markers (scoring.py rules);
-- perplexity: exp of the mean negative log-likelihood of the neutral answers' tokens.
+- perplexity: exp of the mean negative log-likelihood of the neutral answers' tokens;
+- evidence (core.evidence, with `evidence` on, the default): each greedy generation scored for
+  each persona P, teacher-forced on the UNEDITED model (no mask), with P's prompt (the set's
+  prompt_template) against no prompt (the question alone): nats/token, positive where P's prompt
+  explains the answer better. Beside it `evidence_sum`, `answer_length`, `coherence`,
+  `evidence_coherent`; `mean_evidence` per (variant, persona); and the calibration of each
+  persona: `evidence_auroc` (the prompt:P answers against the unpruned ones) and
+  `evidence_threshold` (the 0.95 quantile of the unpruned answers' evidence, the null), with
+  `evidence_rate` the fraction of each variant's answers above it (beside marker_rate).
 
 Weight masks run on a copy of the weights (apply.MaskedCopy), here only; channel masks (the
 structured variant) run as activation edits on the caller's model, here or remotely.
@@ -35,7 +43,7 @@ from ...core.batching import chunked, left_pad
 from ...core.prompts import render_prompt
 from ...core.scoring import contains_marker
 from ...core.sites import module_at
-from ...core.tracing import decode_answer, greedy_config, retried
+from ...core.tracing import greedy_config, retried
 from .apply import MaskedCopy, channel_factors, mask_channels
 from .data import PersonaSet
 from .masks import random_mask
@@ -54,6 +62,7 @@ class EvalSpec:
     batch_size: int = 16
     prompt_baseline: bool = True
     data_sha256: str = ""
+    evidence: bool = True  # score the generations by core.evidence (persona prompt against no prompt)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,12 +162,37 @@ def _generate(loaded, batch, n_tokens: int, channels) -> torch.Tensor:
 
 def generations(loaded, user_texts: list[str], n_tokens: int, channels=None, batch_size: int = 16) -> list[str]:
     """Greedy answers (raw argmax at every step, cut at the first end of turn) to each user text."""
-    texts = []
+    return [loaded.tokenizer.decode(a, skip_special_tokens=True)
+            for a in generation_ids(loaded, user_texts, n_tokens, channels, batch_size)]
+
+
+def generation_ids(loaded, user_texts: list[str], n_tokens: int, channels=None, batch_size: int = 16) -> list[list[int]]:
+    """The token ids of `generations` (cut at the first end of turn)."""
+    from ...core.evidence import answer_ids
+
+    out = []
     for rng in chunked(len(user_texts), batch_size):
         prompts = [render_prompt(loaded.tokenizer, user_texts[i]).ids for i in rng]
         ids = _generate(loaded, left_pad(prompts, loaded.pad_id), n_tokens, channels)
-        texts += [decode_answer(loaded, row.tolist()) for row in ids]
-    return texts
+        out += [answer_ids(row.tolist(), loaded.eos_ids) for row in ids]
+    return out
+
+
+def persona_evidence(unedited, pset: PersonaSet, questions: list[str], answers: list[list[int]],
+                     batch_size: int = 16) -> dict:
+    """core.evidence of each answer (to questions[i]) for each persona: its prompt against none,
+    on `unedited` (the model without any mask). Arrays [persona, generation]."""
+    from ...core import evidence as core_evidence
+
+    tok = unedited.tokenizer
+    bare = [render_prompt(tok, q).ids for q in questions]
+    out = {}
+    for p in pset.personas:
+        got = core_evidence.score_answers(unedited, [render_prompt(tok, pset.prompted(p, q)).ids for q in questions],
+                                          bare, answers, batch_size=batch_size)
+        for name, values in got.as_dict().items():
+            out.setdefault(name, []).append(values)
+    return {name: np.array(values) for name, values in out.items()}
 
 
 def in_forward_order(loaded, masks: dict) -> dict:
@@ -181,7 +215,7 @@ def generation_questions(pset: PersonaSet) -> list[str]:
     return list(dict.fromkeys(it.question for p in pset.personas.values() for it in p.evaluation))
 
 
-def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: EvalSpec) -> dict:
+def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: EvalSpec, unedited=None) -> dict:
     tok = loaded.tokenizer
     ask = (lambda q: pset.prompted(variant.prompt_persona, q)) if variant.prompt_persona else (lambda q: q)
     personas = list(pset.personas)
@@ -194,7 +228,8 @@ def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: Ev
     margins = logp[0::2] - logp[1::2]
     owners = np.array(owners)
     questions = generation_questions(pset)
-    texts = generations(loaded, [ask(q) for q in questions], spec.n_tokens, channels, spec.batch_size)
+    ids = generation_ids(loaded, [ask(q) for q in questions], spec.n_tokens, channels, spec.batch_size)
+    texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
     neutral = [encode(tok, ask(q), a) for q, a in pset.neutral]
     n_tokens = sum(len(s.ids) - s.answer_start for s in neutral)
     nll = -answer_logprobs(loaded, neutral, channels, spec.batch_size).sum() / n_tokens
@@ -205,6 +240,8 @@ def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: Ev
         "marker_rate": [float(np.mean([contains_marker(t, pset.persona(p).markers) for t in texts])) for p in personas],
         "perplexity": float(math.exp(nll)),
         "text": texts,
+        "evidence": persona_evidence(unedited if unedited is not None else loaded, pset, questions, ids,
+                                     spec.batch_size) if spec.evidence else None,
     }
 
 
@@ -223,7 +260,7 @@ def run(loaded, pset: PersonaSet, spec: EvalSpec, masks: dict, progress: bool = 
             target, channels = loaded, (channel_factors(chosen) if chosen else None)
         else:
             target, channels = copy.with_masks(chosen), None
-        rows.append(score_variant(target, pset, variant, channels, spec))
+        rows.append(score_variant(target, pset, variant, channels, spec, unedited=loaded))
     return _dataset(loaded, pset, spec, todo, rows, structured)
 
 
@@ -259,8 +296,52 @@ def _dataset(loaded, pset, spec, todo, rows, structured):
             "seed": ("variant", [v.seed for v in todo]),
         },
     )
+    if spec.evidence:
+        _add_evidence(ds, rows)
     ds.attrs.update(provenance_attrs(loaded, EXPERIMENT, spec.to_dict()))
     ds.attrs["mask_variant"] = "structured (input channels, activation edits)" if structured else "weights (masked copy)"
     ds.attrs["persona_set"] = pset.name
     ds.attrs["completed"] = 1
     return ds
+
+
+NULL_QUANTILE = 0.95
+
+
+def _add_evidence(ds, rows) -> None:
+    """The evidence variables over (variant, persona, generation), their means, and each persona's
+    calibration: prompt:P against unpruned (AUROC) and the unpruned answers' 0.95 quantile (null)."""
+    from ...core import evidence as core_evidence
+    from ...analysis.calibration import auroc, threshold
+
+    stack = {name: np.stack([r["evidence"][name] for r in rows]) for name in core_evidence.VARIABLES}
+    per_answer = ("answer_length", "coherence")  # the same for every persona: kept once per generation
+    for name, values in stack.items():
+        if name in per_answer:
+            ds[name] = (("variant", "generation"), values[:, 0])
+        else:
+            ds[name] = (("variant", "persona", "generation"), values)
+        ds[name].attrs.update(core_evidence.ATTRS[name], prompt_pair="the persona's prompt against no prompt, "
+                                                                      "unedited model")
+    evidence = stack["evidence"]
+    with np.errstate(invalid="ignore"):
+        ds["mean_evidence"] = (("variant", "persona"), np.nanmean(evidence, axis=-1),
+                               {"long_name": "mean evidence of the variant's generations", "units": "nats/token"})
+    labels = ds.variant.values.tolist()
+    personas = ds.persona.values.tolist()
+    base = labels.index("unpruned")
+    aurocs, nulls, rates = [], [], np.full(evidence.shape[:2], np.nan)
+    for k, p in enumerate(personas):
+        null = evidence[base, k][np.isfinite(evidence[base, k])]
+        prompted = f"prompt:{p}"
+        aurocs.append(auroc(evidence[labels.index(prompted), k], null) if prompted in labels else float("nan"))
+        nulls.append(threshold(null, NULL_QUANTILE))
+        with np.errstate(invalid="ignore"):
+            rates[:, k] = np.mean(evidence[:, k] > nulls[-1], axis=-1)
+    ds["evidence_auroc"] = (("persona",), np.array(aurocs), {
+        "long_name": "AUROC of evidence: the prompt:P generations against the unpruned ones"})
+    ds["evidence_threshold"] = (("persona",), np.array(nulls), {
+        "long_name": f"the {NULL_QUANTILE:g} quantile of the unpruned generations' evidence (the null)",
+        "units": "nats/token"})
+    ds["evidence_rate"] = (("variant", "persona"), rates, {
+        "long_name": "generations whose evidence exceeds the persona's null threshold", "units": "1"})

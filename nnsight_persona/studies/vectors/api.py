@@ -20,7 +20,7 @@ def _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_qu
 
 
 def vectors_extract(model=None, *, traits=None, layers="all", token_sets=("response_avg", "prompt_avg", "prompt_last"),
-                    threshold=50.0, keep="filter", checkpoint_label="", step=-1, n_tokens=32, n_questions=0,
+                    threshold=None, keep="filter", checkpoint_label="", step=-1, n_tokens=32, n_questions=0,
                     scorer="offline", judge_model="judge", dtype=None, device="auto", ndif_host=None, batch_size=16,
                     out=None, export=None, overwrite=False, progress=True, elicitation="instruction", fresh=False):
     """Persona vectors (`vectors extract`): mean(kept positive answers) - mean(kept negative ones)
@@ -132,3 +132,17 @@ def vectors_vs_delta(vectors, capture, *, position="p_last", out=None):
     if out is not None:
         save_dataset(ds, out)
     return ds
+
+
+def vectors_calibrate(model=None, *, traits=None, n_tokens=40, n_questions=0, dtype=None, device="auto",
+                      ndif_host=None, batch_size=16, out=None, overwrite=False, progress=True):
+    """Evidence calibration (`vectors calibrate`): per trait, the AUROC of the evidence of its
+    prompted answers against its unprompted ones (against the negative prompt and against none),
+    with a bootstrap interval over questions and a null threshold."""
+    from .assembly import calibrate_run
+
+    opts = _vectors_options(model, dtype, device, ndif_host, batch_size, n_tokens, n_questions, "evidence", "judge",
+                            progress, overwrite, out)
+    with ExitStack() as stack:
+        ds, target = calibrate_run(opts, stack, traits=joined(traits))
+        return finished(ds, target)

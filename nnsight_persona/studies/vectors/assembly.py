@@ -142,16 +142,18 @@ def _traits_of(vectors_ds, names):
 
 
 def extract_run(opts: VectorsOptions, stack, traits=None, layers="all",
-                token_sets="response_avg,prompt_avg,prompt_last", threshold: float = 50.0, keep: str = "filter",
+                token_sets="response_avg,prompt_avg,prompt_last", threshold: float | None = None, keep: str = "filter",
                 checkpoint_label: str = "", step: int = -1, elicitation="instruction", fresh: bool = False):
     """`vectors extract`: (dataset, target); target None without an output. `elicitation`: a
     variant or a comma list (traits.VARIANTS); an unfinished result at the output is resumed
-    (`fresh`: started over)."""
+    (`fresh`: started over). `threshold` None: the scorer's default (50; 0 nats/token for
+    evidence)."""
     from . import extract as exp
-    from .scorers import make_scorer
+    from .scorers import make_scorer, thresholds
 
     chosen = _traits(traits)
-    make_scorer(opts.scorer, opts.judge_model)  # a bad --scorer fails before any model loads
+    scorer = make_scorer(opts.scorer, opts.judge_model)  # a bad --scorer fails before any model loads
+    threshold = thresholds(scorer, threshold)[0]  # the scorer's default where none is given, recorded as a number
     plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
     spec = exp.ExtractSpec(
         traits=tuple(t.name for t in chosen), layers=_layers(layers, plan.n_layers),
@@ -164,6 +166,21 @@ def extract_run(opts: VectorsOptions, stack, traits=None, layers="all",
     ds = _computed(target, lambda: exp.run(plan.load(), chosen, spec, progress=opts.progress,
                                            previous=target.previous if target is not None else None,
                                            checkpoint=_checkpoint(target)))
+    return ds, target
+
+
+def calibrate_run(opts: VectorsOptions, stack, traits=None):
+    """`vectors calibrate`: (dataset, target): the evidence of each trait's prompted answers
+    against its unprompted ones (calibrate.py)."""
+    from . import calibrate as exp
+
+    chosen = _traits(traits)
+    plan = _plan(opts.model_spec, opts.dtype, opts.device, opts.ndif_host)
+    spec = exp.CalibrateSpec(traits=tuple(t.name for t in chosen), n_questions=opts.n_questions,
+                             n_tokens=opts.n_tokens, batch_size=opts.batch_size,
+                             trait_definitions=tuple(t.to_dict() for t in chosen))
+    target = _claim(opts, "vectors-calibrate", spec.to_dict(), plan, stack)
+    ds = _computed(target, lambda: exp.run(plan.load(), chosen, spec, progress=opts.progress))
     return ds, target
 
 

@@ -38,8 +38,10 @@ def _model_options(fn):
         click.option("--n-questions", default=0, show_default=True, type=click.IntRange(min=0),
                      help="Use the first N questions of each trait file (0: all)."),
         click.option("--scorer", default="offline", show_default=True,
-                     help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence) or "
-                          "the URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
+                     help="'offline' (marker lexicon + the model's own A/B answer; repetition-based coherence), "
+                          "'evidence' (log-likelihood of the answer under the trait's positive prompt against its "
+                          "negative one, nats/token; coherence 100 x distinct token 3-grams) or the URL of an "
+                          "OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1)."),
         click.option("--judge-model", default="judge", show_default=True, help="Model name sent to the endpoint."),
         progress_options,
         OVERWRITE_OPTION,
@@ -71,8 +73,10 @@ def _stack():
 @click.option("--layers", default="all", show_default=True, help=LAYER_HELP)
 @click.option("--token-sets", default="response_avg,prompt_avg,prompt_last", show_default=True,
               help="Which mean residuals to take the difference of: response_avg (the original's), prompt_avg, prompt_last.")
-@click.option("--threshold", default=50.0, show_default=True, type=click.FloatRange(0, 100),
-              help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T.")
+@click.option("--threshold", default=None, type=float,
+              help="Keep a (pos, neg) pair when pos >= T, neg < T and both coherences >= T (0-100 scorers) "
+                   "[default: 50; with --scorer evidence T is in nats/token, default 0, and the coherence "
+                   "threshold 50].")
 @click.option("--keep", type=click.Choice(["filter", "all"]), default="filter", show_default=True,
               help="filter: the original's pair filter; all: every pair (the instruction's direction, expressed or not).")
 @click.option("--checkpoint-label", default="", help="Label of the checkpoint dim [default: the weights' revision].")
@@ -154,8 +158,12 @@ def steer(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_question
     write_result(ds, target)
     out = target.path
     _steer_summary(ds)
-    _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
-            out.with_suffix("").as_posix() + "-steering")
+    if "evidence" in ds:  # trait evidence in nats/token: its own figure, with intervals over questions
+        _figure(lambda: __import__("nnsight_persona.plots.steering_evidence", fromlist=["x"]).plot_steering_evidence(ds),
+                out.with_suffix("").as_posix() + "-steering")
+    else:
+        _figure(lambda: __import__("nnsight_persona.plots.persona_vectors", fromlist=["x"]).plot_steering(ds),
+                out.with_suffix("").as_posix() + "-steering")
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -208,6 +216,29 @@ def monitor(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questi
         layer = int(p.layer[len(p.layer) // 2])
         click.echo(f"{trait} L{layer} prompt_last projection: " + ", ".join(
             f"{c} {float(p.sel(condition=c, layer=layer)):.2f}" for c in d.condition.values.tolist()))
+
+
+@vectors.command()
+@_model_options
+@click.option("--traits", default=None, help="Comma list of trait names (experiments/traits/) or YAML files [default: all].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output netCDF [default: runs/<model>/vectors-calibrate.nc].")
+@clean_errors
+def calibrate(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model, progress,
+              overwrite, traits, out):
+    """Does the model express each trait in its prompt? Greedy answers to the evaluation questions
+    under each instruction pair's positive prompt and with no instruction, scored by the evidence
+    measure (the positive prompt against the negative one, and against none): AUROC (bootstrap
+    interval over questions) and a null threshold per trait. --scorer is not used."""
+    from .assembly import calibrate_run
+    from .calibrate import summary_lines
+
+    opts = _options(model_spec, dtype, device, ndif_host, batch_size, n_tokens, n_questions, scorer, judge_model,
+                    progress, overwrite, out)
+    ds, target = calibrate_run(opts, _stack(), traits=traits)
+    write_result(ds, target)
+    for line in summary_lines(ds):
+        click.echo(line)
 
 
 @vectors.command("export")
@@ -339,7 +370,9 @@ def vs_delta(vectors_path, capture_path, position, out):
               help="A capture file holding p_last at the layers [default: capture the cells first].")
 @click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--scorer", default="offline", show_default=True, help="'offline' or an OpenAI-compatible endpoint URL.")
+@click.option("--scorer", default="offline", show_default=True,
+              help="'offline', 'evidence' (the trait score is the answer's evidence, XY against BY) or an "
+                   "OpenAI-compatible endpoint URL.")
 @click.option("--judge-model", default="judge", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output netCDF [default: runs/<model>/vectors-vs-edit.nc]; the figure is written beside it.")

@@ -41,7 +41,8 @@ from ...core.stopping import stoppable
 from .chat import render, system_text, user_text
 from .elicitation import variant_cosines
 from .passes import TOKEN_SETS, check_layers, generate_answers, token_set_means
-from .scorers import make_scorer
+from . import trait_evidence
+from .scorers import make_scorer, thresholds
 from .traits import VARIANTS, Trait, trait_from_spec
 
 SIDES = ("pos", "neg")
@@ -55,7 +56,7 @@ class ExtractSpec:
     layers: tuple[int, ...]
     token_sets: tuple[str, ...] = TOKEN_SETS
     n_tokens: int = 32
-    threshold: float = 50.0
+    threshold: float | None = None  # None: the scorer's default (50 for 0-100 scorers, 0 nats/token for evidence)
     scorer: str = "offline"
     judge_model: str = "judge"
     n_questions: int = 0  # 0: every extraction question of the trait file
@@ -89,8 +90,10 @@ def check_spec(spec: ExtractSpec, n_layers: int, traits: list[Trait] | None = No
     check_layers(spec.layers, n_layers)
     if spec.keep not in KEEP:
         raise SelectionError(f"unknown --keep {spec.keep!r}; allowed: {list(KEEP)}")
-    if not 0 <= spec.threshold <= 100:
-        raise SelectionError(f"threshold {spec.threshold} must lie in 0..100")
+    if spec.threshold is not None and spec.scorer != "evidence" and not 0 <= spec.threshold <= 100:
+        raise SelectionError(f"threshold {spec.threshold} must lie in 0..100 (the {spec.scorer!r} scorer's scale)")
+    if spec.threshold is not None and not np.isfinite(spec.threshold):
+        raise SelectionError(f"threshold {spec.threshold} must be a finite number")
 
 
 def samples_of(traits: list[Trait], n_questions: int, variants=("instruction",)) -> list[dict]:
@@ -119,6 +122,7 @@ class _State:
         self.trait_score = np.full(n, np.nan)
         self.coherence = np.full(n, np.nan)
         self.kept = np.zeros(n, dtype=bool)
+        self.evidence = trait_evidence.empty(n)  # the evidence scorer's arrays (stay NaN under other scorers)
         self.units: dict[tuple[str, str], tuple] = {}  # (variant, trait) -> (vector, shuffled, resid_norm)
 
     def restore(self, previous: xr.Dataset, rows, variants, names) -> None:
@@ -134,6 +138,9 @@ class _State:
         self.trait_score[:] = one.trait_score.values
         self.coherence[:] = one.coherence.values
         self.kept[:] = one.kept.values.astype(bool)
+        for name in self.evidence:
+            if name in one:
+                self.evidence[name][:] = one[name].values
         for variant in variants:
             at = one.sel(elicitation=variant) if "elicitation" in one.dims else one
             for name in names:
@@ -181,9 +188,16 @@ def run(loaded, traits: list[Trait], spec: ExtractSpec, progress: bool = True, p
 
 def _extract_trait(loaded, trait, idx, rows, prompts, state, spec, scorer, layers, sets, variant, progress) -> None:
     """Score one (variant, trait)'s answers, filter its pairs, and take its difference of means."""
-    texts = [loaded.tokenizer.decode(state.answers[i], skip_special_tokens=True) for i in idx]
-    t, c = scorer.score(loaded, trait, [rows[i]["question"] for i in idx], texts, spec.batch_size)
-    kept = keep_pairs([rows[i] for i in idx], np.asarray(t, dtype=float), np.asarray(c, dtype=float), spec.threshold)
+    if getattr(scorer, "needs_ids", False):  # evidence: each answer under its own pair's prompts
+        items = [(rows[i]["pair"], rows[i]["question"], variant) for i in idx]
+        t, c, got = scorer.score_items(loaded, trait, items, [state.answers[i] for i in idx], spec.batch_size)
+        for name in state.evidence:
+            state.evidence[name][idx] = got[name]
+    else:
+        texts = [loaded.tokenizer.decode(state.answers[i], skip_special_tokens=True) for i in idx]
+        t, c = scorer.score(loaded, trait, [rows[i]["question"] for i in idx], texts, spec.batch_size)
+    kept = keep_pairs([rows[i] for i in idx], np.asarray(t, dtype=float), np.asarray(c, dtype=float),
+                      *thresholds(scorer, spec.threshold))
     if spec.keep == "all":
         kept[:] = True
     desc = f"extract: residuals ({trait.name}{', ' + variant if len(spec.elicitation) > 1 else ''})"
@@ -200,8 +214,11 @@ def _extract_trait(loaded, trait, idx, rows, prompts, state, spec, scorer, layer
     state.units[(variant, trait.name)] = (vector, shuffled, resid_norm.astype(np.float32))
 
 
-def keep_pairs(rows, trait_score, coherence, threshold) -> np.ndarray:
-    """Per sample: whether its (pos, neg) row pair passes the filter (both sides get the verdict)."""
+def keep_pairs(rows, trait_score, coherence, threshold, coherence_threshold=None) -> np.ndarray:
+    """Per sample: whether its (pos, neg) row pair passes the filter (both sides get the verdict):
+    pos trait score >= threshold > neg's, both coherences >= coherence_threshold (default: the
+    same threshold, as the original's 0-100 judge)."""
+    coherence_threshold = threshold if coherence_threshold is None else coherence_threshold
     kept = np.zeros(len(rows), dtype=bool)
     index = {(r["trait"].name, r["pair"], r["question_index"], r["side"]): i for i, r in enumerate(rows)}
     for (name, pair, q, side), i in index.items():
@@ -209,7 +226,7 @@ def keep_pairs(rows, trait_score, coherence, threshold) -> np.ndarray:
             continue
         j = index[(name, pair, q, "neg")]
         ok = (trait_score[i] >= threshold and trait_score[j] < threshold
-              and coherence[i] >= threshold and coherence[j] >= threshold)
+              and coherence[i] >= coherence_threshold and coherence[j] >= coherence_threshold)
         kept[i] = kept[j] = bool(ok)  # NaN scores compare False: a None judgement drops the pair
     return kept
 
@@ -234,6 +251,7 @@ def shuffled_difference(means: np.ndarray, side: np.ndarray, kept: np.ndarray, s
 def _dataset(loaded, traits, spec, rows, state, scorer, completed: bool) -> xr.Dataset:
     names = [t.name for t in traits]
     variants = list(spec.elicitation)
+    threshold, coherence_threshold = thresholds(scorer, spec.threshold)
     side = np.array([r["side"] for r in rows], dtype=object)
     trait_of = np.array([r["trait"].name for r in rows], dtype=object)
     variant_of = np.array([r["variant"] for r in rows], dtype=object)
@@ -257,8 +275,8 @@ def _dataset(loaded, traits, spec, rows, state, scorer, completed: bool) -> xr.D
             n_kept[e, k] = int((kp & (s == "pos")).sum())
             ts, cs = state.trait_score[mine], state.coherence[mine]
             with np.errstate(invalid="ignore"):
-                rates[e, k] = [np.mean(ts[s == "pos"] >= spec.threshold), np.mean(ts[s == "neg"] < spec.threshold),
-                               np.mean(cs >= spec.threshold)]
+                rates[e, k] = [np.mean(ts[s == "pos"] >= threshold), np.mean(ts[s == "neg"] < threshold),
+                               np.mean(cs >= coherence_threshold)]
             outcome[e, k] = "extracted" if n_kept[e, k] else "nonextractable"
     answers = [a if a is not None else [] for a in state.answers]
     texts = [loaded.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
@@ -308,11 +326,14 @@ def _dataset(loaded, traits, spec, rows, state, scorer, completed: bool) -> xr.D
         },
         attrs=provenance_attrs(loaded, "vectors-extract", spec.to_dict()),
     )
+    if getattr(scorer, "needs_ids", False):
+        _add_evidence(ds, state.evidence)
     if len(variants) > 1:
         ds = ds.merge(variant_cosines(ds))
     else:
         ds = ds.isel(elicitation=0, drop=True)
-    ds.attrs.update(token_sets=", ".join(spec.token_sets), threshold=spec.threshold, scorer=scorer.describe(),
+    ds.attrs.update(token_sets=", ".join(spec.token_sets), threshold=threshold, coherence_threshold=coherence_threshold,
+                    scorer=scorer.describe(),
                     checkpoint_revision=loaded.revision, elicitation=", ".join(variants), completed=int(completed))
     ds["vector"].attrs.update(long_name="persona vector: mean(kept pos) - mean(kept neg)",
                               layer_convention="L = hidden_states[L]; 0 = embeddings")
@@ -325,6 +346,18 @@ def _dataset(loaded, traits, spec, rows, state, scorer, completed: bool) -> xr.D
     ds["generated"].attrs.update(long_name="1 where the answer was generated (0: an unfinished run stopped before)")
     ds["messages"].attrs.update(long_name="the prompt's chat messages (JSON), rendered with the model's chat template")
     return ds
+
+
+def _add_evidence(ds: xr.Dataset, evidence: dict) -> None:
+    """The evidence scorer's per-sample arrays (trait_evidence.py): over (sample, reference) and sample."""
+    ds.coords["reference"] = list(trait_evidence.REFERENCES)
+    for name, values in evidence.items():
+        dims = ("model", "checkpoint", "sample") + (("reference",) if values.ndim == 2 else ())
+        ds[name] = (dims, values[None, None])
+        ds[name].attrs.update(trait_evidence.attrs(name))
+    ds["trait_score"].attrs.update(long_name="evidence against the negative side (the filter's trait score)",
+                                   units="nats/token")
+    ds["coherence"].attrs.update(long_name="100 x fraction of distinct token 3-grams")
 
 
 def summary_lines(ds: xr.Dataset) -> list[str]:

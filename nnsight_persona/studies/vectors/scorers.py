@@ -1,6 +1,8 @@
 """Scoring answers 0-100 for a trait and for coherence: the filter of extraction and the measure
 of steering. Pluggable: `make_scorer("offline")` (the default, nothing leaves the machine) or
-`make_scorer("http://host:port/v1", model=...)`, any OpenAI-compatible chat-completions endpoint.
+`make_scorer("http://host:port/v1", model=...)`, any OpenAI-compatible chat-completions endpoint,
+or `make_scorer("evidence")`, the likelihood measure of core.evidence (trait_evidence.py: the
+trait score in nats/token, not 0-100).
 
 Offline: the trait score is the mean of what the trait file offers, a marker lexicon (50 per
 distinct marker word found, at most 100) and an A/B question the model itself answers about its
@@ -163,6 +165,20 @@ class EndpointScorer:
 def make_scorer(spec: str = "offline", model: str = "judge"):
     if spec == "offline":
         return OfflineScorer()
+    if spec == "evidence":
+        from .trait_evidence import EvidenceScorer
+
+        return EvidenceScorer()
     if spec.startswith(("http://", "https://")):
         return EndpointScorer(spec, model=model)
-    raise ScorerError(f"unknown scorer {spec!r}; allowed: 'offline' or an http(s):// URL of an OpenAI-compatible endpoint")
+    raise ScorerError(f"unknown scorer {spec!r}; allowed: 'offline', 'evidence' or an http(s):// URL of an "
+                      "OpenAI-compatible endpoint")
+
+
+def thresholds(scorer, threshold: float | None) -> tuple[float, float]:
+    """(trait threshold, coherence threshold) of extraction's filter: a 0-100 scorer uses
+    `threshold` (default 50) for both, as the original; the evidence scorer its own units' default
+    (0 nats/token) for the trait and its coherence threshold (50)."""
+    default = getattr(scorer, "default_threshold", 50.0)
+    trait = default if threshold is None else float(threshold)
+    return trait, getattr(scorer, "coherence_threshold", trait)

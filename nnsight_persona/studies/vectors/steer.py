@@ -31,6 +31,7 @@ from ...core.errors import SelectionError
 from ...storage.provenance import provenance_attrs
 from .chat import render
 from .passes import check_layers, generate_answers, token_set_means
+from . import trait_evidence
 from .scorers import make_scorer
 
 POSITIONS = ("response", "prompt", "all")
@@ -193,10 +194,14 @@ def run(loaded, traits, vectors: xr.Dataset, spec: SteerSpec, progress: bool = T
     answers = _generate_by_layer(loaded, prompts, spec, make_edit, layer_batches, rows, progress)
     texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
     base_texts = [tok.decode(a, skip_special_tokens=True) for a in base_answers]
-    steer_t, steer_c = _score(loaded, scorer, traits, rows, texts, spec, key=lambda r: r[0])
-    base_t, base_c = _score(loaded, scorer, traits, base_rows, base_texts, spec, key=lambda r: r[0])
-    return _dataset(loaded, traits, spec, nq, rows, texts, steer_t, steer_c, base_rows, base_texts, base_t, base_c,
-                    values, target_norm, scorer)
+    steer_t, steer_c, steer_e = _score(loaded, scorer, traits, rows, texts, spec, key=lambda r: r[0], answers=answers)
+    base_t, base_c, base_e = _score(loaded, scorer, traits, base_rows, base_texts, spec, key=lambda r: r[0],
+                                    answers=base_answers)
+    ds = _dataset(loaded, traits, spec, nq, rows, texts, steer_t, steer_c, base_rows, base_texts, base_t, base_c,
+                  values, target_norm, scorer)
+    if steer_e is not None:
+        add_evidence(ds, traits, rows, steer_e, base_rows, base_e)
+    return ds
 
 
 def scale_factor(scale: str, v: np.ndarray, target_norm: float, source_norm: float) -> float:
@@ -231,14 +236,75 @@ def _generate_by_layer(loaded, prompts, spec, make_edit, order, rows, progress):
     return answers
 
 
-def _score(loaded, scorer, traits, rows, texts, spec, key):
+def _score(loaded, scorer, traits, rows, texts, spec, key, answers=None):
+    """(trait score, coherence, the evidence scorer's arrays or None) of each row's answer. The
+    evidence scorer scores the token ids under pair 0's prompts of the row's question."""
     t_out, c_out = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    by_ids = getattr(scorer, "needs_ids", False)
+    evidence = trait_evidence.empty(len(rows)) if by_ids else None
     for trait in traits:
         idx = [i for i, r in enumerate(rows) if key(r) is trait]
-        if idx:
+        if not idx:
+            continue
+        if by_ids:
+            t, c, got = scorer.score_items(loaded, trait, [(0, rows[i][-1], "instruction") for i in idx],
+                                           [answers[i] for i in idx], spec.batch_size)
+            for name in evidence:
+                evidence[name][idx] = got[name]
+        else:
             t, c = scorer.score(loaded, trait, [rows[i][-1] for i in idx], [texts[i] for i in idx], spec.batch_size)
-            t_out[idx], c_out[idx] = t, c
-    return t_out, c_out
+        t_out[idx], c_out[idx] = t, c
+    return t_out, c_out, evidence
+
+
+def add_evidence(ds, traits, rows, steer_e, base_rows, base_e) -> None:
+    """The evidence scorer's variables, and its AxBench-style score: `trait_score` is evidence
+    against the negative side (nats/token), put on 0-100 per trait by trait_evidence.calibrated_trait
+    (0 at the clean baseline's mean, 100 at the prompting baseline's) as `trait_scaled`; the
+    steering and baseline scores are the harmonic mean of that and coherence (100 x distinct
+    3-grams), averaged over questions."""
+    names, kinds = ds.trait.values.tolist(), ds.kind.values.tolist()
+    layers, coefs = ds.layer.values.tolist(), ds.coef.values.tolist()
+    nq, refs = ds.sizes["question"], list(trait_evidence.REFERENCES)
+    shape, bshape = (len(names), len(kinds), len(layers), len(coefs), nq), (len(names), len(BASELINES), nq)
+    steer = {n: np.full(shape + v.shape[1:], np.nan if v.dtype.kind == "f" else -1, dtype=v.dtype)
+             for n, v in steer_e.items()}
+    base = {n: np.full(bshape + v.shape[1:], np.nan if v.dtype.kind == "f" else -1, dtype=v.dtype)
+            for n, v in base_e.items()}
+    for i, (t, kind, layer, coef, qi, _) in enumerate(rows):
+        k = (names.index(t.name), kinds.index(kind), layers.index(layer), coefs.index(coef), qi)
+        for n in steer:
+            steer[n][k] = steer_e[n][i]
+    for i, (t, b, q) in enumerate(base_rows):
+        k = (names.index(t.name), BASELINES.index(b), list(t.eval_questions).index(q))
+        for n in base:
+            base[n][k] = base_e[n][i]
+    ds.coords["reference"] = refs
+    dims, bdims = ("model", "trait", "kind", "layer", "coef", "question"), ("model", "trait", "baseline", "question")
+    for n in steer:
+        extra = ("reference",) if steer[n].ndim == len(shape) + 1 else ()
+        ds[n] = (dims + extra, steer[n][None])
+        ds[f"baseline_{n}"] = (bdims + extra, base[n][None])
+        ds[n].attrs.update(trait_evidence.attrs(n))
+        ds[f"baseline_{n}"].attrs.update(trait_evidence.attrs(n))
+    trait, coherence = ds.trait_score.values[0], ds.coherence.values[0]
+    b_trait, b_coh = ds.baseline_trait.values[0], ds.baseline_coherence.values[0]
+    scaled, b_scaled = np.full(trait.shape, np.nan), np.full(b_trait.shape, np.nan)
+    for k in range(len(names)):
+        clean, prompted = np.nanmean(b_trait[k, 0]), np.nanmean(b_trait[k, 1])
+        scaled[k] = trait_evidence.calibrated_trait(trait[k], clean, prompted)
+        b_scaled[k] = trait_evidence.calibrated_trait(b_trait[k], clean, prompted)
+    ds["trait_scaled"] = (dims, scaled[None])
+    ds["baseline_trait_scaled"] = (bdims, b_scaled[None])
+    ds["steering_score"] = (dims[:-1], np.nanmean(harmonic(scaled, coherence), axis=-1)[None])
+    ds["baseline_score"] = (bdims[:-1], np.nanmean(harmonic(b_scaled, b_coh), axis=-1)[None])
+    ds["trait_score"].attrs.update(long_name="evidence against the negative side (pair 0's prompts)", units="nats/token")
+    ds["trait_scaled"].attrs.update(long_name="trait evidence on 0-100: 0 at the clean baseline's mean, 100 at the "
+                                              "prompting baseline's, clipped (NaN when prompting does not raise it)")
+    ds["coherence"].attrs.update(long_name="100 x fraction of distinct token 3-grams")
+    ds["steering_score"].attrs.update(long_name="AxBench-style steering score: mean over questions of the harmonic "
+                                                "mean of trait_scaled and coherence")
+    ds["baseline_score"].attrs.update(long_name="the same score for the unsteered baselines")
 
 
 def _dataset(loaded, traits, spec, nq, rows, texts, steer_t, steer_c, base_rows, base_texts, base_t, base_c,

@@ -13,8 +13,13 @@ poet), greedy answers to the bare task prompt (the task alone as the user turn) 
   in units of |Delta_X| of the cell at L: ``vector`` adds coef x |Delta_X| x v / |v| (v the
   persona vector), so coef 1 is the persona vector at the one-site edit's size; ``delta_x`` adds
   coef x Delta_X itself, so coef 1 is the one-site edit repeated at every step.
-Scored with the grid's persona markers (any marker, distinct markers, as `markers` does) and the
-trait's scorer (trait score and coherence, as `vectors steer` does; the task is the question).
+Scored with the grid's persona markers (any marker, distinct markers, as `markers` does), the
+evidence measure (core.evidence: the cell's XY prompt against its BY prompt, teacher-forced on the
+unedited model, as `markers` scores its answers; `evidence`, `evidence_sum`, `answer_length`,
+`reference_logp`, `evidence_coherent`, and `ref_...` for the references) and the trait's scorer
+(trait score and coherence, as `vectors steer` does; the task is the question). With
+`--scorer evidence` the trait score IS that evidence (nats/token) and the coherence 100 x the
+answer's distinct token 3-grams.
 Layer L = hidden_states[L].
 """
 
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ...core import evidence as core_evidence
 from ...core.edits import GenerationEdit
 from ...core.errors import SelectionError
 from ...core.grids import Grid
@@ -161,15 +167,49 @@ def run(loaded, grid: Grid, traits, vectors: xr.Dataset, spec: VsEditSpec, captu
             answers[row] = a
     rows = list(answers)
     texts = {r: tok.decode(answers[r], skip_special_tokens=True) for r in rows}
+    pairs = core_evidence.grid_prompt_pairs(tok, grid, cells)
+    got = core_evidence.score_answers(loaded, [pairs[r[3]][0] for r in rows], [pairs[r[3]][1] for r in rows],
+                                      [answers[r] for r in rows], batch_size=spec.batch_size, progress=progress,
+                                      desc="vs-edit: evidence")
+    scores = {r: {name: values[i] for name, values in got.as_dict().items()} for i, r in enumerate(rows)}
     trait_score, coherence = {}, {}
-    for persona in spec.personas:
+    if getattr(scorer, "needs_ids", False):
+        trait_score = {r: scores[r]["evidence"] for r in rows}
+        coherence = {r: 100.0 * scores[r]["coherence"] for r in rows}
+    for persona in ([] if trait_score else spec.personas):
         mine = [r for r in rows if cells[r[3]].persona == persona]
         t, c = scorer.score(loaded, by_name[persona], [grid.tasks[cells[r[3]].task] for r in mine],
                             [texts[r] for r in mine], spec.batch_size)
         trait_score.update(zip(mine, t))
         coherence.update(zip(mine, c))
-    return _dataset(loaded, grid, spec, cells, layers, rows, answers, texts, trait_score, coherence, dx, v, added,
-                    scorer)
+    ds = _dataset(loaded, grid, spec, cells, layers, rows, answers, texts, trait_score, coherence, dx, v, added,
+                  scorer)
+    _add_evidence(ds, cells, layers, rows, scores)
+    return ds
+
+
+def _add_evidence(ds, cells, layers, rows, scores) -> None:
+    """The evidence variables over the steered (condition, coef, layer, cell) and reference
+    (reference, layer, cell) answers (bare and prompted repeated at every layer, as their texts)."""
+    conds, coefs = ds.condition.values.tolist(), ds.coef.values.tolist()
+    names = [n for n in core_evidence.VARIABLES if n != "coherence"]  # coherence: the scorer's variable
+    shape, rshape = (len(conds), len(coefs), len(layers), len(cells)), (len(REFERENCES), len(layers), len(cells))
+    steer = {n: np.full(shape, np.nan) for n in names}
+    ref = {n: np.full(rshape, np.nan) for n in names}
+    for row in rows:
+        what, coef, li, ci = row
+        if what in REFERENCES:
+            for lj in (range(len(layers)) if li is None else [li]):
+                for n in names:
+                    ref[n][REFERENCES.index(what), lj, ci] = scores[row][n]
+        else:
+            for n in names:
+                steer[n][conds.index(what), coefs.index(coef), li, ci] = scores[row][n]
+    for n in names:
+        ds[n] = (("model", "condition", "coef", "layer", "cell"), steer[n][None])
+        ds[f"ref_{n}"] = (("model", "reference", "layer", "cell"), ref[n][None])
+        for name in (n, f"ref_{n}"):
+            ds[name].attrs.update(core_evidence.ATTRS[n], prompt_pair="XY against BY, unedited model")
 
 
 def _dataset(loaded, grid, spec, cells, layers, rows, answers, texts, trait_score, coherence, dx, v, added, scorer):

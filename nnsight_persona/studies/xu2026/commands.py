@@ -115,6 +115,9 @@ def markers(common, conditions, patch_steps, n_tokens):
     ds, out = _assembled("markers", common, conditions=conditions, patch_steps=patch_steps, n_tokens=n_tokens)
     click.echo(format_table([{"condition": c, "cells with a marker": f"{k}/{n}", "mean distinct": d}
                              for c, k, n, d in exp.summary_table(ds)]))
+    if "evidence" in ds:
+        click.echo("evidence (nats/token; XY prompt against BY prompt, unedited model):")
+        click.echo(format_table(exp.evidence_table(ds)))
     write_result(ds, out)
 
 

@@ -32,7 +32,8 @@ Measured on the n_eval clean XY continuation tokens t teacher-forced from p_last
   them away from BY (noise also lowers the clean tokens' probability, which raises persona_shift:
   read the two together). NaN where KL(BY || XY) < min_gap;
 - for grids with markers, whether persona markers survive in n_tokens greedy tokens generated
-  with the knockout held at every step.
+  with the knockout held at every step, and (with ``evidence``, the default) each answer's
+  evidence (core.evidence): XY prompt against BY prompt of the cell, on the unedited model.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 import xarray as xr
 
 from ...core.batching import chunked, left_pad, length_ordered
+from ...core import evidence as evidence_scorer
 from ...core.edits import Knockout
 from ...core.errors import SelectionError
 from ...core.grids import Grid
@@ -103,6 +105,7 @@ class KnockoutSpec:
     min_gap: float = 1.0  # nats: below it persona_shift / toward_by are NaN (no persona effect to measure)
     batch_size: int = 32
     batches_per_request: int = 8  # KL batches sent together in one nnsight session
+    evidence: bool = True  # score the generated answers by core.evidence (XY against BY, unedited model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -320,6 +323,7 @@ def run(
     per_cell = {name: np.full(len(cells), np.nan) for name in ("gap", "kl_by_xy")}
     with_markers = bool(grid.markers) and spec.n_tokens > 0
     texts = np.full(shape, "", dtype=object)
+    answer_scores = evidence_scorer.empty_scores(shape) if with_markers and spec.evidence else None
     todo = [(ci, bi, k) for ci in range(len(cells)) for bi in range(len(spec.bands)) for k in range(len(conditions))]
     if previous is not None:
         prev = previous.isel(model=0)
@@ -329,6 +333,8 @@ def run(
             per_cell[name][:] = prev[name].values
         if with_markers:
             texts[:] = prev.text.values
+        if answer_scores is not None:
+            evidence_scorer.restore_scores(answer_scores, prev)
         todo = [(ci, bi, k) for ci, bi, k in todo if np.isnan(res["kl"][bi, ci, k])]
 
     def knock_row(ci, bi, k) -> KnockRow:
@@ -339,7 +345,8 @@ def run(
 
     n_heads = loaded.lm._module.config.num_attention_heads
     make = lambda done: _dataset(loaded, grid, spec, cells, conditions, res, per_cell,
-                                 texts if with_markers else None, keys, prompts, done)
+                                 texts if with_markers else None, keys, prompts, done, answer_scores)
+    pairs = [(p["XY"].ids, p["BY"].ids) for p in prompts]
     rows = [((ci, bi, k), knock_row(ci, bi, k)) for ci, bi, k in todo]
     with stoppable() as stop:
         for chunk, scores, cell_scores in score_rows(loaded, rows, prompts, continuation, spec.n_eval, spec.queries,
@@ -350,6 +357,11 @@ def run(
                 tokens = generate_with_edit(loaded, gen_batch, spec.n_tokens, knockout=gen_knock)
                 for r, ((ci, bi, k), _) in enumerate(chunk):
                     texts[bi, ci, k] = decode_answer(loaded, tokens[r].tolist())
+                if answer_scores is not None:  # on the unedited model: no knockout here
+                    answers = [evidence_scorer.answer_ids(t.tolist(), loaded.eos_ids) for t in tokens]
+                    got = evidence_scorer.score_answers(loaded, [pairs[row.cell][0] for _, row in chunk],
+                                                        [pairs[row.cell][1] for _, row in chunk], answers, spec.batch_size)
+                    evidence_scorer.store_scores(answer_scores, got, [(bi, ci, k) for (ci, bi, k), _ in chunk])
             for ci, (gap, kl_by_xy) in cell_scores.items():
                 per_cell["gap"][ci], per_cell["kl_by_xy"][ci] = gap, kl_by_xy
             # The KL marks a row done, so it is written last.
@@ -386,7 +398,8 @@ def _check(spec: KnockoutSpec, loaded) -> None:
             raise SelectionError(f"head(s) {bad} out of range; allowed: 0..{n_heads - 1}")
 
 
-def _dataset(loaded, grid, spec, cells, conditions, res, per_cell, texts, keys, prompts, completed) -> xr.Dataset:
+def _dataset(loaded, grid, spec, cells, conditions, res, per_cell, texts, keys, prompts, completed,
+             scores=None) -> xr.Dataset:
     dims = ("model", "band", "cell", "condition")
     n_keys = np.array([[len(keys[(ci, c)]) for c in conditions] for ci in range(len(cells))])
     width = max(1, int(n_keys.max()))
@@ -453,6 +466,8 @@ def _dataset(loaded, grid, spec, cells, conditions, res, per_cell, texts, keys, 
     ds["prompt"].attrs.update(long_name="prompt the condition runs on (neutral: the filler host)")
     if texts is not None:
         ds["any_marker"].attrs.update(long_name="any own-persona marker in the continuation")
+    if scores is not None:
+        evidence_scorer.add_scores(ds, scores, dims, prompt_pair="XY against BY")
     return ds
 
 

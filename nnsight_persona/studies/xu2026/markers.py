@@ -7,7 +7,9 @@ For each cell, 80 greedy tokens under four conditions:
 - ``bare``: the task alone as the user turn, no persona text.
 Patching ``prefill`` edits only the step that computes the probe position (the paper's choice: its
 hook never touched later steps); ``all`` also adds the edit's difference (replacement minus the
-clean residual) at every later generated position. Scoring follows ``scoring``.
+clean residual) at every later generated position. Scoring follows ``scoring`` (the markers)
+and, with ``evidence`` (the default), ``core.evidence``: every answer, whatever its condition, is
+scored XY prompt against BY prompt of its cell on the unedited model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 import xarray as xr
 
 from ...core.batching import chunked, left_pad, length_ordered
+from ...analysis.calibration import calibrate
+from ...core import evidence as evidence_scorer
 from ...core.edits import GenerationEdit
 from ...core.errors import SelectionError
 from ...core.grids import Grid
@@ -51,6 +55,7 @@ class MarkersSpec:
     cells: tuple[str, ...] = ()
     n_tokens: int = 80
     batch_size: int = 32
+    evidence: bool = True  # score every answer by core.evidence (XY against BY, unedited model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,12 +118,16 @@ def run(
             rows.append((ci, cond, prompt))
     texts = np.full((len(cells), len(conditions)), "", dtype=object)
     done = np.zeros((len(cells), len(conditions)), dtype=bool)
+    scores = evidence_scorer.empty_scores((len(cells), len(conditions))) if spec.evidence else None
     if previous is not None:
         texts[:] = previous.text.isel(model=0).values
         done[:] = previous.generated.isel(model=0).values.astype(bool)
+        if scores is not None:
+            evidence_scorer.restore_scores(scores, previous.isel(model=0))
         rows = [r for r in rows if not done[r[0], conditions.index(r[1])]]
     rows = length_ordered(rows, lambda r: len(r[2].ids))
-    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False)
+    pairs = evidence_scorer.grid_prompt_pairs(tok, grid, cells) if spec.evidence else None
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, texts, done, False, scores)
     step = GENERATED_POSITIONS[spec.position] + 1 if spec.position in GENERATED_POSITIONS else 0
     with stoppable() as stop:
         for rng in tqdm(list(chunked(len(rows), spec.batch_size)), desc="markers", disable=not progress):
@@ -126,13 +135,18 @@ def run(
             batch = left_pad([p.ids for _, _, p in chunk], loaded.pad_id)
             edit = _edit(chunk, batch, vectors, spec, step)
             tokens = generate_with_edit(loaded, batch, spec.n_tokens, edit)
+            if scores is not None:  # on the unedited model: the edit above is not applied here
+                answers = [evidence_scorer.answer_ids(tokens[r].tolist(), loaded.eos_ids) for r in range(len(chunk))]
+                got = evidence_scorer.score_answers(loaded, [pairs[ci][0] for ci, _, _ in chunk],
+                                                    [pairs[ci][1] for ci, _, _ in chunk], answers, spec.batch_size)
+                evidence_scorer.store_scores(scores, got, [(ci, conditions.index(cond)) for ci, cond, _ in chunk])
             for r, (ci, cond, _) in enumerate(chunk):
                 ki = conditions.index(cond)
                 texts[ci, ki] = decode_answer(loaded, tokens[r].tolist())
                 done[ci, ki] = True
             if checkpoint is not None:
                 checkpoint(partial)
-    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, texts, done, stop.finished))
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, texts, done, stop.finished, scores))
 
 
 def _edit(chunk, batch, vectors, spec, step) -> GenerationEdit | None:
@@ -151,7 +165,7 @@ def _edit(chunk, batch, vectors, spec, step) -> GenerationEdit | None:
     return GenerationEdit(layer=spec.layer, step=step, rows=rows, cols=cols, values=values, deltas=deltas)
 
 
-def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed) -> xr.Dataset:
+def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed, scores=None) -> xr.Dataset:
     marker_keys = [(p, m) for p, ms in grid.markers.items() for m in ms]
     counts = np.zeros((len(cells), len(conditions), len(marker_keys)), dtype=np.int64)
     any_marker = np.zeros((len(cells), len(conditions)), dtype=np.int8)
@@ -193,6 +207,10 @@ def _dataset(loaded, grid, spec, cells, conditions, texts, done, completed) -> x
     ds["n_distinct"].attrs.update(long_name="distinct own-persona markers")
     ds["marker_count"].attrs.update(long_name="occurrences of each grid marker (any persona's)")
     ds["generated"].attrs.update(long_name="1 where the continuation was generated (0: interrupted before)")
+    if scores is not None:
+        evidence_scorer.add_scores(ds, scores, dims, prompt_pair="XY against BY")
+        ds = calibrate(ds)  # AUROC against bare, per-persona thresholds, in_persona
+    ds.attrs["scorer"] = evidence_scorer.default_scorer(loaded.model_id) if scores is not None else "markers"
     return ds
 
 
@@ -203,4 +221,28 @@ def summary_table(ds: xr.Dataset) -> list[tuple[str, int, int, float]]:
         sel = ds.sel(condition=cond).isel(model=0)
         ok = sel.generated.values.astype(bool)
         rows.append((str(cond), int(sel.any_marker.values[ok].sum()), int(ok.sum()), float(sel.n_distinct.values[ok].mean()) if ok.any() else float("nan")))
+    return rows
+
+
+def evidence_table(ds: xr.Dataset) -> list[dict]:
+    """Per condition, for the first model of a result scored with evidence: the mean evidence
+    over cells with its 95% bootstrap interval, the answers with positive evidence, those in
+    persona (above their persona's threshold and coherent) and the AUROC against bare."""
+    from ...analysis.calibration import mean_interval
+
+    if "evidence" not in ds:
+        return []
+    one = ds.isel(model=0)
+    rows = []
+    for cond in one.condition.values:
+        sel = one.sel(condition=cond)
+        ok = sel.generated.values.astype(bool) & np.isfinite(sel.evidence.values)
+        mean, low, high = mean_interval(sel.evidence.values[ok])
+        row = {"condition": str(cond), "mean evidence": f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+               "positive": f"{int((sel.evidence.values[ok] > 0).sum())}/{int(ok.sum())}"}
+        if "in_persona" in one:
+            row["in persona"] = f"{int(sel.in_persona.values[ok].sum())}/{int(ok.sum())}"
+            auc = float(sel.evidence_auroc)
+            row["AUROC vs bare"] = "" if np.isnan(auc) else f"{auc:.2f}"
+        rows.append(row)
     return rows

@@ -1,0 +1,84 @@
+"""Generated docs tables of the evidence measure in the persona-vector and subnetwork results
+(scripts/update_docs.py): calibration AUROCs, steering curves and subnetwork evaluations, each
+mean with a percentile bootstrap interval over questions (BOOTSTRAP resamples, numpy seed 0)."""
+
+from __future__ import annotations
+
+
+from ..storage.store import load_dataset
+from .calibration import mean_interval
+from .tables import markdown
+
+
+def _fmt(triple, digits: int = 3) -> str:
+    m, lo, hi = triple
+    return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def calibrate_table(path: str) -> str:
+    """Per trait: the evidence AUROC of prompted against unprompted answers (intervals over questions)."""
+    from ..studies.vectors.calibrate import markdown_table
+
+    return markdown_table(load_dataset(path))
+
+
+def steer_evidence_table(path: str, reference: str = "neg") -> str:
+    """Per trait and vector kind (the steer run's layers): mean trait evidence against `reference`
+    [95% interval over questions] and mean coherence at each coefficient, and the unsteered
+    baselines' evidence."""
+    ds = load_dataset(path).isel(model=0)
+    coefs = ds.coef.values.tolist()
+    rows = []
+    for trait in ds.trait.values.tolist():
+        base = ds.baseline_evidence.sel(trait=trait, reference=reference)
+        clean, prompted = _fmt(mean_interval(base.sel(baseline="clean").values)), _fmt(
+            mean_interval(base.sel(baseline="prompted").values))
+        for layer in ds.layer.values.tolist():
+            for kind in ds.kind.values.tolist():
+                s = ds.sel(trait=trait, layer=layer, kind=kind)
+                cells = [f"{_fmt(mean_interval(s.evidence.sel(coef=c, reference=reference).values))} / "
+                         f"{float(s.coherence.sel(coef=c).mean()):.0f}" for c in coefs]
+                rows.append([trait, str(layer), kind, *cells, clean, prompted])
+    return markdown(["trait", "layer", "kind", *[f"coef {c:g}: evidence / coh." for c in coefs],
+                     "clean (unsteered)", "prompted (unsteered)"], rows)
+
+
+def steer_score_table(path: str) -> str:
+    """Per trait and kind: the AxBench-style steering score (evidence scaled between the clean and
+    prompted baselines, harmonic mean with coherence) at each coefficient."""
+    ds = load_dataset(path).isel(model=0)
+    coefs = ds.coef.values.tolist()
+    rows = []
+    for trait in ds.trait.values.tolist():
+        for layer in ds.layer.values.tolist():
+            for kind in ds.kind.values.tolist():
+                s = ds.steering_score.sel(trait=trait, layer=layer, kind=kind)
+                rows.append([trait, str(layer), kind, *[float(s.sel(coef=c)) for c in coefs],
+                             float(ds.baseline_score.sel(trait=trait, baseline="prompted"))])
+    return markdown(["trait", "layer", "kind", *[f"coef {c:g}" for c in coefs], "prompted"], rows)
+
+
+def subnetwork_evidence_table(path: str) -> str:
+    """Per variant and persona: mean evidence (the persona's prompt against none) [95% interval
+    over the generations' questions], the share above the persona's null, the marker rate; and
+    each persona's AUROC of prompt:P against unpruned."""
+    ds = load_dataset(path)
+    rows = []
+    for persona in ds.persona.values.tolist():
+        for variant in ds.variant.values.tolist():
+            e = ds.evidence.sel(variant=variant, persona=persona).values
+            rows.append([persona, variant, _fmt(mean_interval(e)),
+                         float(ds.evidence_rate.sel(variant=variant, persona=persona)),
+                         float(ds.marker_rate.sel(variant=variant, persona=persona))])
+    table = markdown(["persona", "variant", "mean evidence [95% CI]", "above null", "marker rate"], rows)
+    aurocs = ", ".join(f"{p} {float(ds.evidence_auroc.sel(persona=p)):.3f} (null "
+                       f"{float(ds.evidence_threshold.sel(persona=p)):+.3f})" for p in ds.persona.values.tolist())
+    return table + f"\n\nAUROC of prompt:P against unpruned: {aurocs}."
+
+
+GENERATORS = {
+    "vectors-calibrate": calibrate_table,
+    "vectors-steer-evidence": steer_evidence_table,
+    "vectors-steer-evidence-score": steer_score_table,
+    "subnetwork-evidence": subnetwork_evidence_table,
+}
