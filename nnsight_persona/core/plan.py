@@ -41,6 +41,7 @@ REQUEST_BYTES = {
     "generate_with_edit": 16_100,
     "window_kl_session": 11_900,
     "window_scores_session": 11_800,
+    "_answer_sums": 11_300,
 }
 TENSOR_UP_BYTES = 306
 RESULT_BYTES = 1_380
@@ -232,20 +233,37 @@ class Accountant:
         return torch.zeros(n_rows)
 
 
+    # --- core/evidence.py's scoring of generated answers (markers, knockout) -------------------
+    # Answers are what generation returned, cut at the first end-of-turn token: the stand-in's
+    # zeros never end early, so a plan prices every answer at its full length (an upper bound).
+
+    def _answer_sums(self, loaded, batch, tail, cols, targets, weights):
+        n_rows, width = batch.input_ids.shape
+        self._pass(n_rows, width)
+        self.cost.passes += 1
+        self._request("_answer_sums", [batch.inputs(), cols, targets, weights], [((2, n_rows // 2), 4)])
+        return torch.zeros(2, n_rows // 2)
+
+    def _answer_sums_on_prefix(self, loaded, batch, prefix, cols, targets, weights):
+        self._local("_answer_sums_on_prefix")
+        self._on_prefix(batch, prefix)
+        return torch.zeros(2, batch.input_ids.shape[0] // 2)
+
 TRACES = ("read_residuals", "read_residuals_on_prefix", "greedy_continuations", "greedy_continuations_reading",
           "generate_with_edit", "window_kl", "window_kl_session", "window_scores_session", "window_kl_on_prefix",
-          "window_scores_on_prefix", "clean_pass", "select_rows", "window_kl_against")
+          "window_scores_on_prefix", "clean_pass", "select_rows", "window_kl_against", "_answer_sums",
+          "_answer_sums_on_prefix")
 
 
 @contextmanager
 def dry_traces(accountant: Accountant, modules):
     """While the block runs, every trace function named in TRACES is the accountant's method, in
-    `tracing` itself (for the helpers that call them, such as `kl_in_sessions`) and in each of
-    `modules` that imported it by name."""
-    from . import tracing
+    `tracing` and `evidence` themselves (for the helpers that call them, such as `kl_in_sessions`)
+    and in each of `modules` that imported it by name."""
+    from . import evidence, tracing
 
     replaced = []
-    for module in [tracing, *modules]:
+    for module in [tracing, evidence, *modules]:
         for name in TRACES:
             if hasattr(module, name):
                 replaced.append((module, name, getattr(module, name)))
