@@ -32,3 +32,38 @@ def test_a_local_run_records_no_traffic_but_its_forwards(loaded_models, tiny_gri
     ds = nnsight_persona.capture(local, grid=str(tiny_grid_file), layers=[0, 2], batch_size=8, progress=False)
     assert "remote_requests" not in ds.attrs
     assert ds.attrs["token_layer_forwards"] > 0
+
+
+def test_a_session_carries_unsaved_values_between_traces_in_the_local_simulation(loaded_models):
+    """What remote-native substitution needs (issue 26, part 3): residuals read in some traces of a
+    session, combined between traces and written in a later one, never leave the server; only the
+    saved reduction comes back. Checked through the local simulation only (not yet on the loopback
+    NDIF server)."""
+    import torch
+
+    from nnsight_persona.core.traffic import metered, result_bytes
+
+    lm = loaded_models["gemma2"].lm
+    prompts = [torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10, 11, 12]]), torch.tensor([[13, 14, 15, 16]])]
+
+    def run(remote):
+        with metered() as traffic:
+            with lm.session(remote=remote):
+                residuals = []  # never saved
+                for ids in prompts:
+                    with lm.trace(ids):
+                        residuals.append(lm.model.layers[1].output[:, -1].clone())
+                vector = residuals[0] + (residuals[1] - residuals[2])
+                with lm.trace(prompts[2]):
+                    lm.model.layers[1].output[:, -1] = vector
+                    score = lm.output.logits[:, -1].log_softmax(-1).sum().save()
+                with lm.trace(prompts[2]):
+                    clean = lm.output.logits[:, -1].log_softmax(-1).sum().save()
+        return score, clean, traffic
+
+    local_score, local_clean, _ = run(False)
+    score, clean, traffic = run("local")
+    assert abs(float(score) - float(local_score)) <= 1e-5 * abs(float(local_score))
+    assert abs(float(score) - float(clean)) > 1e-3  # the carried vector was written
+    assert traffic.requests == 1
+    assert traffic.bytes_received == result_bytes({"score": score, "clean": clean})  # nothing else came back
