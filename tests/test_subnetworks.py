@@ -336,6 +336,8 @@ def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
     here, there = load_dataset(tmp_path / "here.nc"), load_dataset(tmp_path / "there.nc")
     assert_close_per_vector(there.margin.values, here.margin.values, SCORES, axis=None)
     assert there.attrs["backend"] == "local simulation of the remote path"
+    assert there.attrs["remote_requests"] > 0 and there.attrs["remote_bytes_received"] > 0
+    assert "remote_requests" not in here.attrs
 
 
 # --- the committed results are what the code computes ---------------------------------------------
