@@ -147,6 +147,34 @@ def test_knockout_figure_has_kl_and_marker_panels():
     np.testing.assert_allclose(labelled(marker_ax)["control"].get_ydata(), ds.any_marker.values[0, :, :, 1].mean(1))
 
 
+def _plain_bootstrap_mean(values, n=2000, seed=0):
+    """A percentile bootstrap of the mean written here from numpy alone (no package helper)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(n, len(values)))
+    means = values[draws].mean(axis=1)
+    return np.quantile(means, [0.025, 0.975])
+
+
+def test_knockout_figure_draws_evidence_with_intervals_over_cells():
+    ds = make_knockout()
+    rng = np.random.default_rng(3)
+    evidence = rng.normal(0.1, 0.2, size=ds.kl.shape)
+    evidence[..., KNOCKOUT_CONDITIONS.index("persona")] -= 0.3  # the persona knockout removes evidence
+    ds["evidence"] = (ds.kl.dims, evidence)
+    fig = plot_knockout_by_band(ds)
+    evidence_ax = fig.axes[-1]
+    assert "evidence" in evidence_ax.get_ylabel()
+    lines = labelled(evidence_ax)
+    assert set(lines) == set(KNOCKOUT_CONDITIONS)
+    np.testing.assert_allclose(lines["persona"].get_ydata(), evidence[0, :, :, 0].mean(axis=1))
+    # the band of each condition: the interval over cells (not over bands or conditions)
+    band = evidence_ax.collections[0].get_paths()[0].vertices[:, 1]
+    for b in range(len(BANDS)):
+        low, high = _plain_bootstrap_mean(evidence[0, b, :, 0])
+        spread = high - low
+        assert np.min(np.abs(band - low)) < 0.2 * spread and np.min(np.abs(band - high)) < 0.2 * spread
+
+
 def test_knockout_figure_without_markers_has_one_panel():
     fig = plot_knockout_by_band(make_knockout(markers=False))
     (ax,) = fig.axes

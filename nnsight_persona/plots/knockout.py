@@ -1,7 +1,8 @@
 """Attention-knockout figure: by band of decoder blocks, one line per condition (the persona span
 and its controls), the median KL to each condition's reference run, the KL per key knocked out,
 the persona-specific shift (with the persona knockout's toward-BY measure), and (when the run
-tested markers) how often persona markers survive the knockout. Panels are drawn for the
+tested markers) how often persona markers survive the knockout, and (when its answers were scored)
+their mean persona evidence with a 95% bootstrap interval over cells. Panels are drawn for the
 variables a result has (results of earlier versions hold the KL only)."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
     ds = one_model(ds, model)
     ds = ds.squeeze("model", drop=True) if "model" in ds.dims else ds
     panels = [_kl_panel] + [_per_key_panel] * ("kl_per_key" in ds) + [_shift_panel] * ("persona_shift" in ds)
-    panels += [_marker_panel] * ("any_marker" in ds)
+    panels += [_marker_panel] * ("any_marker" in ds) + [_evidence_panel] * ("evidence" in ds)
     fig = new_figure(1, panel_width=max(5.5, 0.7 * ds.sizes["band"] + 2), height=0.6 + 2.9 * len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     for ax, panel in zip(axes, panels):
@@ -42,7 +43,7 @@ def plot_knockout_by_band(ds: xr.Dataset, model: str | None = None) -> Figure:
 def _check(ds: xr.Dataset) -> None:
     if "kl" not in ds:
         raise SelectionError(f"the knockout figure needs variable 'kl'; the dataset has {sorted(ds.data_vars)}")
-    for name in [v for v in ("kl", "any_marker") if v in ds]:
+    for name in [v for v in ("kl", "any_marker", "evidence") if v in ds]:
         bad = [d for d in DIMS if d not in ds[name].dims]
         if bad:
             raise SelectionError(f"variable {name!r} lacks dim(s) {bad}; it has {list(ds[name].dims)}")
@@ -136,3 +137,26 @@ def _marker_panel(ax, ds: xr.Dataset) -> None:
     ax.set_xticks(x, [str(b) for b in ds["band"].values])
     ax.set_ylabel(f"fraction of cells with any\npersona marker (of {ds.sizes['cell']})")
     ax.grid(True, alpha=0.3)
+
+
+def _evidence_panel(ax, ds: xr.Dataset) -> None:
+    """Mean evidence of the knocked-out answers (the cell's XY prompt against its BY prompt) per
+    band and condition, with a seeded 95% percentile bootstrap interval over cells; `none` (no
+    knockout: the clean answers) is the level a knockout that removes nothing keeps. The
+    neutral_span and baseline_persona hosts hold no persona, so their answers sit near bare."""
+    from ..analysis.statistics import bootstrap_dataarray
+
+    x = np.arange(ds.sizes["band"])
+    records = bootstrap_dataarray(ds["evidence"].transpose("band", "condition", "cell"), "cell", "mean")
+    by_key = {(r["coords"]["band"], r["coords"]["condition"]): r for r in records}
+    for i, condition in enumerate(str(c) for c in ds["condition"].values):
+        rows = [by_key[(str(b), condition)] for b in ds["band"].values]
+        color = _color(condition, i)
+        ax.plot(x, [r["estimate"] for r in rows], marker="o", markersize=3.5, color=color, label=condition)
+        ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=color, alpha=0.15,
+                        linewidth=0)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [str(b) for b in ds["band"].values])
+    ax.set_ylabel(textwrap.fill("mean persona evidence of the answer, XY vs BY prompt [nats/token]", 32))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", title="keys knocked out (95% CI over cells)", title_fontsize="x-small", ncol=2)
