@@ -76,7 +76,19 @@ def subnetwork_evidence_table(path: str) -> str:
     return table + f"\n\nAUROC of prompt:P against unpruned: {aurocs}."
 
 
+def knockout_evidence_table(path: str) -> str:
+    """Per condition (rows) and band (columns): the mean evidence of the answers generated under the
+    knockout (the cell's XY prompt against its BY prompt) [95% interval over cells]."""
+    ds = load_dataset(path)
+    ds = ds.isel(model=0) if "model" in ds.dims else ds
+    bands = [str(b) for b in ds.band.values]
+    rows = [[str(c), *[_fmt(mean_interval(ds.evidence.sel(condition=c, band=b).values)) for b in bands]]
+            for c in ds.condition.values]
+    return markdown(["keys knocked out \\ band", *bands], rows)
+
+
 GENERATORS = {
+    "knockout-evidence": knockout_evidence_table,
     "vectors-calibrate": calibrate_table,
     "vectors-steer-evidence": steer_evidence_table,
     "vectors-steer-evidence-score": steer_score_table,
