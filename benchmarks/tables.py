@@ -134,7 +134,19 @@ def profile_table(path: str, rows: str = "8") -> str:
     return markdown([f"part (of {total} samples)", "share of samples"], [[name, share] for share, name in body])
 
 
+def evidence_cost_table(*paths: str) -> str:
+    """The evidence measure's share of a whole reproduce run, measured in that run."""
+    rows = []
+    for path in paths:
+        d = _load(path)
+        rows.append([d["model"], _duration(d["total_s"]), _duration(d["scoring_s"]), d["answers_scored"],
+                     f"{100 * d['share']:.1f}%", f"{d['machine']['cpu']}, {d['machine']['torch_threads']} threads"])
+    return markdown(["model", "reproduce, whole run", "of which evidence scoring", "answers scored", "share",
+                     "machine"], rows)
+
+
 GENERATORS = {
+    "bench-evidence-cost": evidence_cost_table,
     "bench-profile": profile_table,
     "bench-reproduce": reproduce_table,
     "bench-prefix": prefix_table,
