@@ -5,6 +5,8 @@ mean with a percentile bootstrap interval over questions (BOOTSTRAP resamples, n
 from __future__ import annotations
 
 
+import numpy as np
+
 from ..storage.store import load_dataset
 from .calibration import mean_interval
 from .tables import markdown
@@ -87,7 +89,47 @@ def knockout_evidence_table(path: str) -> str:
     return markdown(["keys knocked out \\ band", *bands], rows)
 
 
+def persona_contrast(ds, variant: str, persona: str, opposite: str):
+    """Per generation of `variant`: evidence for `persona` minus evidence for `opposite`, i.e.
+    log p(answer | persona's prompt) - log p(answer | opposite's prompt) per token, which tells the
+    two personas apart where each one's evidence against no prompt does not; an incoherent answer
+    (coherence below the evidence module's minimum) keeps only a negative part, as evidence_coherent."""
+    from ..core.evidence import COHERENCE_MIN
+
+    diff = (ds.evidence.sel(variant=variant, persona=persona) - ds.evidence.sel(variant=variant, persona=opposite)).values
+    coherent = ds.coherence.sel(variant=variant).values >= COHERENCE_MIN
+    return np.where(coherent, diff, np.minimum(diff, 0.0))
+
+
+def subnetwork_contrast_table(path: str) -> str:
+    """Per persona and sparsity: the persona contrast (persona_contrast) of each variant's answers,
+    mean over the generations [95% interval] for the prompt and the own mask; the random masks'
+    mean (and their largest); the share of coherent answers under the own mask."""
+    from ..core.evidence import COHERENCE_MIN
+    from .subnetworks import opposites
+
+    ds = load_dataset(path)
+    labels = ds.variant.values.astype(str).tolist()
+    kinds = ds.kind.values.astype(str)
+    opposite = opposites(ds)
+    rows = []
+    for p in [str(x) for x in ds.persona.values]:
+        q = opposite[p]
+        mean = lambda v: float(np.mean(persona_contrast(ds, v, p, q)))  # noqa: E731
+        for s in sorted({float(s) for s, k in zip(ds.sparsity.values, kinds) if k == "mask"}):
+            own = f"mask:{p}@{s:g}"
+            rand = [mean(v) for v, k, sp in zip(labels, kinds, ds.sparsity.values) if k == "random" and float(sp) == s]
+            rows.append([p, f"{s:g}", f"{mean('unpruned'):+.3f}", _fmt(mean_interval(persona_contrast(ds, f"prompt:{p}", p, q))),
+                         _fmt(mean_interval(persona_contrast(ds, own, p, q))),
+                         f"{mean(f'mask:{q}@{s:g}'):+.3f}" if f"mask:{q}@{s:g}" in labels else "",
+                         f"{np.mean(rand):+.3f} ({np.max(rand):+.3f})" if rand else "",
+                         f"{float(np.mean(ds.coherence.sel(variant=own).values >= COHERENCE_MIN)):.2f}"])
+    return markdown(["persona", "sparsity", "unpruned", "prompt [95% CI]", "own mask [95% CI]", "opposite mask",
+                     "random masks: mean (max)", "own mask: coherent answers"], rows)
+
+
 GENERATORS = {
+    "subnetwork-contrast": subnetwork_contrast_table,
     "knockout-evidence": knockout_evidence_table,
     "vectors-calibrate": calibrate_table,
     "vectors-steer-evidence": steer_evidence_table,

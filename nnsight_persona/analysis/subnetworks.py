@@ -37,19 +37,26 @@ def _value(ds, label, persona, measure):
     return float(ds[measure].sel(variant=label, persona=persona))
 
 
+def opposites(ds) -> dict:
+    """persona -> its opposite, from the dataset's persona set (or the two personas paired, for a
+    set that is no longer where it was)."""
+    from ..studies.subnetworks.data import load_persona_set
+
+    personas = [str(p) for p in ds.persona.values]
+    try:
+        return {n: p.opposite for n, p in load_persona_set(ds.attrs.get("persona_set", "")).personas.items()}
+    except Exception:  # noqa: BLE001 - a set that moved: pair the two personas
+        return {a: b for a, b in zip(personas, personas[::-1])}
+
+
 def comparison(ds, measure: str = "p_matching") -> list[dict]:
     """Per persona and sparsity: the measure under the unpruned model (no prompt), the persona's
     prompt, its own mask, the opposite persona's mask, and the random masks (mean, min, max)."""
-    from ..studies.subnetworks.data import load_persona_set
-
     kinds = ds.kind.values.astype(str)
     labels = ds.variant.values.astype(str)
     personas = [str(p) for p in ds.persona.values]
     masked = sorted({float(s) for s, k in zip(ds.sparsity.values, kinds) if k == "mask"})
-    try:
-        opposite = {n: p.opposite for n, p in load_persona_set(ds.attrs.get("persona_set", "")).personas.items()}
-    except Exception:  # noqa: BLE001 - a set that moved: pair the two personas
-        opposite = {a: b for a, b in zip(personas, personas[::-1])}
+    opposite = opposites(ds)
     out = []
     for p in personas:
         for s in masked:
