@@ -179,7 +179,7 @@ def summary_command(result, statistic, method, seed, json_out, digits):
 @clean_errors
 def findings_command(folder, json_out, show_all, seed, digits):
     """The claims FOLDER's result files support: effect (mean paired difference), its interval,
-    Holm-adjusted p within the folder, n and whether it holds (docs/statistics.md)."""
+    Holm-adjusted p within each rule and file, n and whether it holds (docs/statistics.md)."""
     import json
 
     from ..analysis.findings import findings_digest, findings_rows, folder_findings
