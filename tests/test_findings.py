@@ -180,7 +180,8 @@ def test_knockout_evidence_rule_is_paired_per_band_against_the_spans_of_the_same
 
     ds = _knockout_like(np.random.default_rng(7))
     claims = [c for c in fd.claims_of_dataset(ds, "k.nc") if c["variable"] == "evidence"]
-    same_prompt = {c for c, p in PROMPT_OF.items() if p == PROMPT_OF["persona"]} - {"persona", "none"}
+    same_prompt = {c for c, p in PROMPT_OF.items() if p == PROMPT_OF["persona"]} - {"persona"}
+    assert "none" in same_prompt  # no knockout: the clean answer of the same prompt
     assert {c["control"] for c in claims} == same_prompt  # neutral_span's host holds no persona to lose
     assert {c["coords"]["band"] for c in claims} == set(ds.band.values.tolist())
     for claim in claims:
@@ -191,6 +192,7 @@ def test_knockout_evidence_rule_is_paired_per_band_against_the_spans_of_the_same
         assert claim["p"] == pytest.approx(ref.pvalue) and claim["direction"] == "less"
         assert claim["effect"] == pytest.approx(np.mean(a - b)) and claim["effect"] < 0
         assert "less persona evidence" in claim["claim"] and claim["n"] == ds.sizes["cell"]
+        assert claim["claim"].endswith("no knockout" if claim["control"] == "none" else f"knocking out the {claim['control']}")
     assert all(c["holds"] for c in fd.adjust(claims))
     assert not [c for c in fd.claims_of_dataset(ds.drop_vars("evidence")) if c["variable"] == "evidence"]
 
@@ -245,7 +247,7 @@ def test_findings_command_writes_claims(tmp_path):
 
     markers_claims = 1 + ("evidence" in load_dataset(TOY / "markers-toy-long.nc"))  # any_marker, and evidence if scored
     knockout = load_dataset(TOY / "knockout-toy-long.nc")
-    knockout_claims = 3 + 2 * ("evidence" in knockout)  # persona_shift: three controls; evidence: two
+    knockout_claims = 3 + 3 * ("evidence" in knockout)  # persona_shift: three controls; evidence: none and two spans
     assert len(claims) == markers_claims + knockout_claims * knockout.sizes["band"]
     assert "remove_persona" in result.output
 

@@ -47,6 +47,7 @@ class Rule:
     within: tuple[str, ...] = ()
     where: Callable[[xr.Dataset], xr.Dataset] | None = None
     sides: Callable[[xr.Dataset, "Rule"], xr.Dataset] | None = None  # builds the side dim when a file lacks one
+    control_words: tuple[tuple[str, str], ...] = ()  # (side, words) where a side's name reads badly in {control}
 
 
 def _positive_coefs(ds):
@@ -101,13 +102,14 @@ RULES: tuple[Rule, ...] = (
          "knocking out the persona span shifts the answer more than knocking out the {control}",
          "persona_shift", "condition", "persona", ("task_span", "neutral_span", "template_span"), "greater", ("cell",)),
     # The answers' evidence (files with `evidence`): every condition scores its answer against the
-    # same XY-vs-BY prompt pair and `none` (no knockout) is common to all, so a lower evidence under the
-    # persona knockout than under a control's is a larger drop from `none`. Controls: the spans knocked
-    # out in the same XY prompt (knockout.PROMPT_OF); neutral_span's host holds no persona at all, so
-    # its answers carry none to lose and are no control for a drop.
+    # same XY-vs-BY prompt pair. Against `none` (no knockout, the clean answer): the persona knockout
+    # lowers the evidence. Against a control span knocked out in the same XY prompt
+    # (knockout.PROMPT_OF): a lower evidence than under that knockout is a larger drop from `none`.
+    # neutral_span's host holds no persona at all, so its answers carry none to lose: no control here.
     Rule("knockout of the persona span lowers the evidence more than each control", "knockout",
-         "knocking out the persona span leaves the answer less persona evidence than knocking out the {control}",
-         "evidence", "condition", "persona", KNOCKOUT_EVIDENCE_CONTROLS, "less", ("cell",)),
+         "knocking out the persona span leaves the answer less persona evidence than {control}",
+         "evidence", "condition", "persona", ("none", *KNOCKOUT_EVIDENCE_CONTROLS), "less", ("cell",),
+         control_words=(("none", "no knockout"), *((c, f"knocking out the {c}") for c in KNOCKOUT_EVIDENCE_CONTROLS))),
     Rule("the persona vector steers beyond its controls", "vectors-steer",
          "adding the persona vector raises the trait score ({scorer}) more than the {control} vector",
          "trait_score", "kind", "vector", ("random*", "shuffled*"), "greater", ("trait", "question"),
@@ -158,7 +160,8 @@ def claims_of_dataset(ds: xr.Dataset, source: str = "", rules=None, seed: int = 
                 result = paired_comparison(av[index], bv[index], rule.direction, seed=seed)
                 out.append({
                     "rule": rule.name, "file": source, "experiment": rule.experiment,
-                    "claim": rule.claim.format(treatment=rule.treatment, control=control, scorer=scorer_words(ds)),
+                    "claim": rule.claim.format(treatment=rule.treatment, control=dict(rule.control_words).get(control, control),
+                                               scorer=scorer_words(ds)),
                     "variable": rule.variable, "treatment": rule.treatment, "control": control,
                     "coords": coords, "direction": rule.direction, **result,
                 })

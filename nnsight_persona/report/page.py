@@ -227,7 +227,8 @@ def own_tables(ds) -> list[tuple[str, list[dict], str]]:
     experiment = ds.attrs.get("experiment")
     models = [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
     if experiment == "substitute":
-        return [("additive against its controls (median KL over cells; ratio = best control / additive)",
+        return [("additive against its controls (median KL over cells with 95% intervals; ratio = median paired ratio "
+                 "control / additive against the control beaten by the least, with its interval)",
                  additivity_rows(ds), "additivity")]
     if experiment == "decompose":
         return [("median over cells per layer and position", median_rows(_own(ds, m), ["cos_xy_sum", "cos_x_y",
