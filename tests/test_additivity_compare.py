@@ -71,7 +71,6 @@ def _close_interval(got_low, got_high, want, share=0.2):
         (got_low, got_high), want)
 
 
-@pytest.mark.numeric
 def test_the_verdict_comes_from_the_interval_of_the_paired_ratio():
     """Two sites of 20 cells. At the first the persona_only KL is 30x the additive KL in the 12 cells
     with the largest additive KL and only 3x in the other 8: the ratio of the two medians is above 10
@@ -99,7 +98,6 @@ def test_the_verdict_comes_from_the_interval_of_the_paired_ratio():
                         _numpy_median_interval(kl[0, 0, :, column]))
 
 
-@pytest.mark.numeric
 def test_additivity_of_the_committed_smollm2_file_against_numpy():
     from nnsight_persona.analysis.additivity import CONTROLS
     from nnsight_persona.analysis.tables import additivity_table

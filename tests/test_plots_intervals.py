@@ -15,8 +15,6 @@ from nnsight_persona.plots.persona_vectors import plot_elicitation_cos, plot_ste
 from nnsight_persona.plots.subnetworks import plot_alignment_vs_sparsity, plot_persona_by_mask
 from test_findings import TOY
 
-pytestmark = pytest.mark.numeric
-
 
 def numpy_interval(values, statistic=np.mean, n=4000, seed=1):
     """A percentile bootstrap over units (axis 0), numpy only; another seed than the package's."""
