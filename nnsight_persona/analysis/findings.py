@@ -13,8 +13,9 @@ bootstrap interval over units; p: the one-sided sign-flip test of those differen
 file (every control and every site of that rule there: layers, positions, bands...). A family per
 rule and file keeps the correction to the question the rule asks of that file; one family over the
 whole folder (~200 claims) multiplied each p by up to ~200, so a claim with few units (2^-n is the
-smallest exact sign-flip p) could never hold. A claim holds where its adjusted p is below `ALPHA`. Adding a rule is one entry in `RULES`; rules on a
-variable a file lacks (e.g. `evidence` in an older markers file) are skipped.
+smallest exact sign-flip p) could never hold. A claim holds where its adjusted p is below `ALPHA`.
+Adding a rule is one entry in `RULES`; rules on a variable a file lacks (e.g. `evidence` in an older
+markers file) are skipped.
 """
 
 from __future__ import annotations
