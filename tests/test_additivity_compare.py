@@ -3,6 +3,7 @@ does not pair directly (another model by depth; the host-injection test)."""
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,17 +41,90 @@ def test_additivity_is_claimed_only_where_the_additive_vector_beats_every_contro
     # Layer 2: additive 0.01 but persona_only alone 0.05, a 5x margin only: not additivity.
     kl[0, 0, :, 0] = [0.01, 0.02, 0.005]
     kl[0, 0, :, 3] = [0.05, 0.04, 0.06]
-    # Layer 4: additive 0.001, best control (task_only) 0.5: a 500x margin.
+    # Layer 4: additive 0.001, best control by medians (task_only) 0.5: a 500x ratio of medians...
     kl[1, 0, :, 0] = [0.001, 0.002, 0.0005]
     kl[1, 0, :, 4] = [0.5, 0.4, 0.6]
-    kl[1, 0, 1, 2] = 0.01  # one cell where the baseline is close to the additive: a lost cell
+    kl[1, 0, 1, 2] = 0.01  # ...but in cell b the baseline is only 5x the additive KL: a lost cell
     rows = additivity_rows(substitute_ds(kl, [2, 4], ["p_last"], cells))
     first, second = rows
-    assert first["best_control"] == "persona_only" and first["ratio"] == pytest.approx(0.05 / 0.01)
+    assert first["best_control"] == "persona_only" and first["ratio"] == pytest.approx(5)  # median of 5, 2, 12
     assert not first["additive_holds"] and first["wins"] == pytest.approx(1 / 3)  # cell c: 0.005 vs 0.06
-    assert second["best_control"] == "task_only" and second["ratio"] == pytest.approx(0.5 / 0.001)
-    assert second["additive_holds"] and second["wins"] == pytest.approx(2 / 3)
-    assert additivity_rows(substitute_ds(kl, [2, 4], ["p_last"], cells), margin=600)[1]["additive_holds"] is False
+    # the paired ratios against the baseline are 1000, 5, 2000: one cell in three resampled twice (p 7/27)
+    # puts the median at 5, so the interval's lower end is 5 and no 10x claim is made
+    assert second["best_control"] == "baseline" and second["ratio"] == pytest.approx(1000)
+    assert second["ratio_ci_low"] == pytest.approx(5) and not second["additive_holds"]
+    assert second["wins"] == pytest.approx(2 / 3)
+    assert additivity_rows(substitute_ds(kl, [2, 4], ["p_last"], cells), margin=4)[1]["additive_holds"] is True
+
+
+def _numpy_median_interval(values, n=2000, seed=0):
+    """A percentile bootstrap of the median over cells, from numpy alone (no package helper)."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, len(values), size=(n, len(values)))], axis=1)
+    return np.quantile(medians, [0.025, 0.975])
+
+
+def _close_interval(got_low, got_high, want, share=0.2):
+    width = want[1] - want[0]
+    assert abs(got_low - want[0]) <= share * width and abs(got_high - want[1]) <= share * width, (
+        (got_low, got_high), want)
+
+
+def test_the_verdict_comes_from_the_interval_of_the_paired_ratio():
+    """Two sites of 20 cells. At the first the persona_only KL is 30x the additive KL in the 12 cells
+    with the largest additive KL and only 3x in the other 8: the ratio of the two medians is above 10
+    but the median paired ratio's interval reaches down to 3, so no claim. At the second every cell's
+    ratio lies in [20, 40]: the claim holds. Intervals against a numpy bootstrap."""
+    rng = np.random.default_rng(11)
+    n = 20
+    cells = [f"c{i}" for i in range(n)]
+    kl = np.ones((2, 1, n, 6))
+    additive = np.sort(rng.lognormal(-6, 1, size=n))
+    factor = np.where(np.arange(n) < 8, 3.0, 30.0)
+    kl[0, 0, :, 0], kl[0, 0, :, 3] = additive, additive * factor
+    spread = rng.uniform(20, 40, size=n)
+    kl[1, 0, :, 0], kl[1, 0, :, 3] = additive, additive * spread
+    first, second = additivity_rows(substitute_ds(kl, [2, 4], ["p_last"], cells))
+    assert np.median(kl[0, 0, :, 3]) / np.median(additive) >= 10  # two medians would claim it
+    assert first["best_control"] == "persona_only" and not first["additive_holds"]
+    assert first["ratio"] == pytest.approx(np.median(factor))
+    _close_interval(first["ratio_ci_low"], first["ratio_ci_high"], _numpy_median_interval(factor))
+    assert second["additive_holds"] and second["ratio"] == pytest.approx(np.median(spread))
+    _close_interval(second["ratio_ci_low"], second["ratio_ci_high"], _numpy_median_interval(spread))
+    for condition, column in (("additive", 0), ("persona_only", 3)):
+        assert first[condition] == pytest.approx(np.median(kl[0, 0, :, column]))
+        _close_interval(first[f"{condition}_ci_low"], first[f"{condition}_ci_high"],
+                        _numpy_median_interval(kl[0, 0, :, column]))
+
+
+def test_additivity_of_the_committed_smollm2_file_against_numpy():
+    from nnsight_persona.analysis.additivity import CONTROLS
+    from nnsight_persona.analysis.tables import additivity_table
+    from nnsight_persona.storage.store import load_dataset
+
+    path = Path(__file__).resolve().parents[1] / "artifacts" / "smollm2" / "substitute-xu2026-long.nc"
+    ds = load_dataset(path)
+    rows = additivity_rows(ds)
+    table = additivity_table(str(path)).splitlines()
+    for row in rows[:: max(1, len(rows) // 6)]:
+        site = ds["kl"].sel(model=row["model"], position=row["position"], layer=row["layer"])
+        additive = site.sel(condition="additive").values
+        lows = {}
+        for control in CONTROLS:
+            ratio = site.sel(condition=control).values / additive
+            lows[control] = _numpy_median_interval(ratio)
+        best = min(lows, key=lambda c: lows[c][0])
+        assert row["best_control"] == best
+        ratio = site.sel(condition=best).values / additive
+        assert row["ratio"] == pytest.approx(np.median(ratio))
+        _close_interval(row["ratio_ci_low"], row["ratio_ci_high"], lows[best])
+        assert row["additive_holds"] == all(low >= 10 for low, _ in lows.values())
+        _close_interval(row["additive_ci_low"], row["additive_ci_high"], _numpy_median_interval(additive))
+        line = next(t for t in table if t.startswith(f"| {row['position']} | {row['layer']} |"))
+        ratio_cell = line.split(" | ")[-2]
+        shown = [float(v) for v in ratio_cell.replace("x", "").replace("[", "").replace("]", "").replace(",", "").split()]
+        assert shown == pytest.approx([row["ratio"], row["ratio_ci_low"], row["ratio_ci_high"]], rel=0.05)
 
 
 def test_additivity_needs_the_controls():
@@ -66,7 +140,7 @@ def test_compare_prints_the_controls_for_a_model_the_paper_does_not_report(tmp_p
     result = CliRunner().invoke(compare_command, [str(path)])
     assert result.exit_code == 0, result.output
     assert "no paper numbers" in result.output and "ratio" in result.output
-    assert "by >= 10x at 1 of 1 sites (p_last@4)" in result.output
+    assert "by >= 10x at 1 of 1 sites (p_last@4)" in result.output and "paired ratio" in result.output
 
 
 def test_layers_of_another_model_are_matched_by_depth():

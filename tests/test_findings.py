@@ -88,23 +88,70 @@ def _hand_holm(p):
     return out
 
 
-def test_folder_findings_are_holm_adjusted_over_the_folder():
+def test_folder_findings_are_holm_adjusted_per_rule_and_file():
     claims = fd.folder_findings(TOY)
-    assert {c["rule"] for c in claims} >= {r.name for r in fd.RULES if r.variable != "evidence"}
-    np.testing.assert_allclose([c["p_holm"] for c in claims], _hand_holm([c["p"] for c in claims]))
+    assert {c["rule"] for c in claims} >= {r.name for r in fd.RULES if "evidence" not in r.variable}
+    families = {}
+    for c in claims:
+        families.setdefault((c["file"], c["rule"]), []).append(c)
+    assert len(families) > 1
+    for members in families.values():  # Holm by hand within each family, on its p alone
+        np.testing.assert_allclose([c["p_holm"] for c in members], _hand_holm([c["p"] for c in members]))
+        assert all(c["family_size"] == len(members) for c in members)
     assert any(c["p_holm"] > c["p"] for c in claims)
     for c in claims:
         assert c["holds"] == (c["p_holm"] < fd.ALPHA and (c["effect"] > 0) == (c["direction"] == "greater"))
+
+
+def _knockout_like(rng, n_cells=10, bands=("0:2", "1:3", "2:4"), shift=0.3):
+    """A knockout file with persona_shift and evidence: the persona knockout shifts the answer more and
+    leaves it less evidence than every control span, consistently across cells."""
+    conditions = ["persona", "task_span", "neutral_span", "template_span", "none"]
+    shape = (1, len(bands), n_cells, len(conditions))
+    base = rng.normal(0, 1, size=shape[:3] + (1,))
+    noise = rng.normal(0, 0.05, size=shape)
+    persona = np.zeros(shape)
+    persona[..., 0] = 1.0
+    return xr.Dataset(
+        {"persona_shift": (("model", "band", "cell", "condition"), base + noise + shift * persona),
+         "evidence": (("model", "band", "cell", "condition"), base + noise - shift * persona)},
+        coords={"model": ["m"], "band": list(bands), "cell": [f"c{i}" for i in range(n_cells)],
+                "condition": conditions}, attrs={"experiment": "knockout"})
+
+
+def test_holm_family_is_one_rule_in_one_file(tmp_path):
+    """A claim's adjusted p depends on the claims of its own rule in its own file only: adding a file,
+    or another rule's claims in the same file, leaves it unchanged; it equals Holm over its family."""
+    rng = np.random.default_rng(5)
+    one = _knockout_like(rng, shift=0.05)
+    alone = fd.adjust(fd.claims_of_dataset(one, "a.nc"))
+    assert {c["rule"] for c in alone} == {r.name for r in fd.rules_for("knockout")}
+    other = fd.claims_of_dataset(_knockout_like(rng, bands=("0:2", "1:3", "2:4", "3:5", "0:5")), "b.nc")
+    together = fd.adjust(fd.claims_of_dataset(one, "a.nc") + other)
+    mine = [c for c in together if c["file"] == "a.nc"]
+    np.testing.assert_allclose([c["p_holm"] for c in mine], [c["p_holm"] for c in alone])
+    for rule in fd.rules_for("knockout"):
+        family = [c for c in mine if c["rule"] == rule.name]
+        assert len(family) == 3 * len(rule.controls)  # three bands x the rule's controls
+        np.testing.assert_allclose([c["p_holm"] for c in family], _hand_holm([c["p"] for c in family]))
+    # one family over the whole list would multiply by every claim: the adjusted p differ
+    assert not np.allclose([c["p_holm"] for c in mine], _hand_holm([c["p"] for c in together])[:len(mine)])
 
 
 def test_mask_rule_against_the_subnetwork_table():
     from nnsight_persona.analysis.subnetworks import comparison
 
     ds = xr.open_dataset(TOY / "subnetwork-eval-toy.nc").load()
-    (claim,) = fd.claims_of_dataset(ds)
+    (claim,) = [c for c in fd.claims_of_dataset(ds) if c["variable"] == "p_matching"]
     rows = comparison(ds, "p_matching")
     assert claim["n"] == len(rows)
-    assert claim["effect"] == pytest.approx(np.mean([r["own mask"] - r["random mean"] for r in rows]))
+    diffs = np.array([r["own mask"] - r["random mean"] for r in rows])
+    assert claim["effect"] == pytest.approx(np.mean(diffs))
+    # p_matching of two personas sums to 1, so the mean difference is blind to which random masks are
+    # averaged; the per-unit differences (and so the p) are not
+    ref = scipy_stats.permutation_test((diffs,), np.mean, permutation_type="samples", alternative="greater",
+                                       n_resamples=np.inf)
+    assert claim["p"] == pytest.approx(ref.pvalue)
 
 
 def test_steer_rule_averages_positive_coefs_within_trait_question_units():
@@ -128,6 +175,64 @@ def test_evidence_rule_applies_when_markers_have_evidence():
     assert {c["variable"] for c in fd.claims_of_dataset(ds.drop_vars("evidence"))} == {"any_marker"}
 
 
+def test_knockout_evidence_rule_is_paired_per_band_against_the_spans_of_the_same_prompt():
+    from nnsight_persona.studies.xu2026.knockout import PROMPT_OF
+
+    ds = _knockout_like(np.random.default_rng(7))
+    claims = [c for c in fd.claims_of_dataset(ds, "k.nc") if c["variable"] == "evidence"]
+    same_prompt = {c for c, p in PROMPT_OF.items() if p == PROMPT_OF["persona"]} - {"persona"}
+    assert "none" in same_prompt  # no knockout: the clean answer of the same prompt
+    assert {c["control"] for c in claims} == same_prompt  # neutral_span's host holds no persona to lose
+    assert {c["coords"]["band"] for c in claims} == set(ds.band.values.tolist())
+    for claim in claims:
+        site = ds["evidence"].sel(model="m", band=claim["coords"]["band"])
+        a, b = site.sel(condition="persona").values, site.sel(condition=claim["control"]).values
+        ref = scipy_stats.permutation_test((a, b), lambda x, y: np.mean(x - y), permutation_type="samples",
+                                           alternative="less", n_resamples=np.inf, vectorized=False)
+        assert claim["p"] == pytest.approx(ref.pvalue) and claim["direction"] == "less"
+        assert claim["effect"] == pytest.approx(np.mean(a - b)) and claim["effect"] < 0
+        assert "less persona evidence" in claim["claim"] and claim["n"] == ds.sizes["cell"]
+        assert claim["claim"].endswith("no knockout" if claim["control"] == "none" else f"knocking out the {claim['control']}")
+    assert all(c["holds"] for c in fd.adjust(claims))
+    assert not [c for c in fd.claims_of_dataset(ds.drop_vars("evidence")) if c["variable"] == "evidence"]
+
+
+def test_steer_claims_name_the_scorer_of_the_file():
+    toy = xr.open_dataset(TOY / "vectors-steer.nc").load()
+    smol = xr.open_dataset(SMOLLM2 / "vectors-steer.nc").load()
+    assert toy.attrs["scorer"].startswith("offline:") and smol.attrs["scorer"].startswith("evidence:")
+    assert all("(offline scorer)" in c["claim"] for c in fd.claims_of_dataset(toy))
+    evidence_claims = fd.claims_of_dataset(smol)
+    assert evidence_claims and all("(evidence scorer, nats/token)" in c["claim"] for c in evidence_claims)
+    # the evidence scorer's trait score is the evidence against the negative side: the rule tests it
+    np.testing.assert_array_equal(smol["trait_score"].values, smol["evidence"].sel(reference="neg").values)
+    unrecorded = toy.copy()
+    unrecorded.attrs.pop("scorer")
+    assert all("(scorer not recorded)" in c["claim"] for c in fd.claims_of_dataset(unrecorded))
+
+
+def test_mask_evidence_rule_against_the_generations():
+    """own mask vs the mean of the random masks of its sparsity on the generations' mean evidence,
+    recomputed here from the per-generation `evidence` (not the file's mean_evidence)."""
+    ds = xr.open_dataset(TOY / "subnetwork-eval-toy.nc").load()
+    claims = [c for c in fd.claims_of_dataset(ds) if c["variable"] == "mean_evidence"]
+    (claim,) = claims
+    labels, kinds = ds.variant.values.astype(str), ds.kind.values.astype(str)
+    sparsities = sorted({float(s) for s, k in zip(ds.sparsity.values, kinds) if k == "mask"})
+    diffs = []
+    for p in ds.persona.values.astype(str):
+        for s in sparsities:
+            own = np.nanmean(ds.evidence.sel(variant=f"mask:{p}@{s:g}", persona=p).values)
+            rand = [np.nanmean(ds.evidence.sel(variant=v, persona=p).values)
+                    for v, k, sp in zip(labels, kinds, ds.sparsity.values) if k == "random" and float(sp) == s]
+            diffs.append(own - np.mean(rand))
+    assert claim["n"] == len(diffs) and claim["effect"] == pytest.approx(np.mean(diffs))
+    ref = scipy_stats.permutation_test((np.array(diffs),), np.mean, permutation_type="samples",
+                                       alternative="greater", n_resamples=np.inf)
+    assert claim["p"] == pytest.approx(ref.pvalue)
+    assert not [c for c in fd.claims_of_dataset(ds.drop_vars("mean_evidence")) if c["variable"] == "mean_evidence"]
+
+
 def test_findings_command_writes_claims(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()
@@ -141,7 +246,9 @@ def test_findings_command_writes_claims(tmp_path):
     from nnsight_persona.storage.store import load_dataset
 
     markers_claims = 1 + ("evidence" in load_dataset(TOY / "markers-toy-long.nc"))  # any_marker, and evidence if scored
-    assert len(claims) == markers_claims + 3 * 8  # knockout: three controls x eight bands
+    knockout = load_dataset(TOY / "knockout-toy-long.nc")
+    knockout_claims = 3 + 3 * ("evidence" in knockout)  # persona_shift: three controls; evidence: none and two spans
+    assert len(claims) == markers_claims + knockout_claims * knockout.sizes["band"]
     assert "remove_persona" in result.output
 
 

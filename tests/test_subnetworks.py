@@ -318,6 +318,12 @@ def test_find_and_eval_commands_write_masks_statistics_and_figures(tmp_path):
     assert result.exit_code == 0, result.output
     ds = load_dataset(tmp_path / "eval.nc")
     assert set(ds.kind.values) == {"unpruned", "prompt", "mask", "random"}
+    # the per-item margins the figures' intervals resample: their means are the file's per-persona measures
+    for persona in ds.persona.values:
+        mine = ds.item_margin.values[:, ds.item_persona.values == persona]
+        np.testing.assert_allclose(mine.mean(axis=1), ds.margin.sel(persona=persona).values, rtol=1e-9)
+        np.testing.assert_allclose((1 / (1 + np.exp(-mine))).mean(axis=1), ds.p_matching.sel(persona=persona).values,
+                                   rtol=1e-9)
     assert (tmp_path / "eval-alignment_vs_sparsity.png").exists() and (tmp_path / "eval-persona_by_mask.png").exists()
     again = runner.invoke(main, ["subnetwork", "eval", str(mask_file), "--random-seeds", "1", "--n-tokens", "4",
                                  "--out", str(tmp_path / "eval.nc"), "--no-progress"])

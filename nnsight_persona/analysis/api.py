@@ -20,5 +20,5 @@ def summary(result, stat: str = "median", **options) -> list[dict]:
 
 
 def findings(folder, seed: int = 0) -> list[dict]:
-    """Every claim of the folder's result files, Holm-adjusted within the folder (analysis/findings.py)."""
+    """Every claim of the folder's result files, Holm-adjusted within each rule and file (analysis/findings.py)."""
     return folder_findings(folder, seed=seed)

@@ -76,6 +76,82 @@ def comparison(ds, measure: str = "p_matching") -> list[dict]:
     return out
 
 
+# measure -> what its per-unit values are (the mean of them is the measure of one variant and persona)
+UNIT_OF_MEASURE = {
+    "p_matching": "evaluation items (sigmoid of item_margin)",
+    "alignment": "evaluation items (item_margin > 0)",
+    "margin": "evaluation items (item_margin)",
+    "marker_rate": "generations (the persona's markers in each text)",
+    "mean_evidence": "generations (evidence)",
+}
+
+
+def persona_markers(ds) -> dict[str, list[str]] | None:
+    """Each persona's markers from the file's persona set (None when the set cannot be loaded)."""
+    from ..studies.subnetworks.data import load_persona_set
+
+    try:
+        pset = load_persona_set(ds.attrs.get("persona_set", ""))
+        return {str(p): list(pset.persona(str(p)).markers) for p in ds.persona.values}
+    except Exception:  # noqa: BLE001 - a set that moved: no per-generation marker flags
+        return None
+
+
+def unit_values(ds, measure: str, variant: str, persona: str, markers: dict | None = None) -> np.ndarray | None:
+    """The values over units whose mean is `measure` of one variant for one persona (UNIT_OF_MEASURE):
+    the persona's evaluation items (files with `item_margin`), or the variant's generations
+    (`marker_rate` from the texts and the persona's markers, `mean_evidence` from `evidence`). None
+    where the file does not hold them (files made before `item_margin`, no evidence, a lost set)."""
+    from ..core.scoring import contains_marker
+
+    if measure in ("p_matching", "alignment", "margin"):
+        if "item_margin" not in ds:
+            return None
+        margins = ds["item_margin"].sel(variant=variant).values[ds["item_persona"].values.astype(str) == persona]
+        if measure == "p_matching":
+            return 1 / (1 + np.exp(-margins))
+        return (margins > 0).astype(float) if measure == "alignment" else margins
+    if measure == "marker_rate":
+        if markers is None or persona not in markers or "text" not in ds:
+            return None
+        return np.array([float(contains_marker(str(t), markers[persona])) for t in ds["text"].sel(variant=variant).values])
+    if measure == "mean_evidence":
+        return ds["evidence"].sel(variant=variant, persona=persona).values.astype(float) if "evidence" in ds else None
+    return None
+
+
+def random_labels(ds, sparsity: float) -> list[str]:
+    """The random masks' variants of one sparsity (one per seed)."""
+    kinds = ds.kind.values.astype(str)
+    return [str(v) for v, k, s in zip(ds.variant.values, kinds, ds.sparsity.values) if k == "random" and float(s) == sparsity]
+
+
+def variant_interval(ds, measure: str, variant: str, persona: str, markers: dict | None = None,
+                     seed: int = 0) -> dict:
+    """One variant's `measure` for one persona with the 95% bootstrap interval of the mean over its
+    units (unit_values); without them the file's value and no interval (n 0)."""
+    from .statistics import bootstrap_interval
+
+    values = unit_values(ds, measure, variant, persona, markers)
+    if values is None:
+        return {"estimate": float(ds[measure].sel(variant=variant, persona=persona)), "low": float("nan"),
+                "high": float("nan"), "n": 0}
+    iv = bootstrap_interval(values, "mean", seed=seed)
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n}
+
+
+def random_interval(ds, measure: str, persona: str, sparsity: float, seed: int = 0) -> dict:
+    """The random masks of one sparsity: the mean of `measure` over their seeds with the 95% bootstrap
+    interval over seeds (the unit of random masks)."""
+    from .statistics import bootstrap_interval
+
+    labels = random_labels(ds, sparsity)
+    if not labels:
+        return {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    iv = bootstrap_interval(ds[measure].sel(variant=labels, persona=persona).values.astype(float), "mean", seed=seed)
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n}
+
+
 def eval_rows(source, measure: str = "p_matching") -> str:
     """Markdown: `measure` per persona and sparsity for every baseline, whether the persona's own
     mask beats every random mask of its sparsity, and how far it is from the persona prompt."""
@@ -117,4 +193,5 @@ GENERATORS = {
     "subnetwork-perplexity": perplexity_rows,
 }
 
-__all__ = ["find_rows", "eval_rows", "perplexity_rows", "comparison", "GENERATORS"]
+__all__ = ["find_rows", "eval_rows", "perplexity_rows", "comparison", "unit_values", "variant_interval",
+           "random_interval", "random_labels", "persona_markers", "GENERATORS"]

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from ..storage.store import load_dataset
-from .additivity import CONTROLS, DEFAULT_MARGIN, additivity_rows
+from .additivity import CONTROLS, DEFAULT_MARGIN, DESCRIBED, additivity_rows
 from .markdown import markdown, number  # noqa: F401 (the docs' generators import them from here too)
 
 
@@ -21,26 +21,38 @@ def _one_model(ds):
 
 
 def additivity_table(path: str, positions: str = "", margin: str = str(DEFAULT_MARGIN)) -> str:
-    """Median KL of the additive vector and of every control per (position, layer), and whether the
-    additive vector beats the best control by the margin."""
+    """Per (position, layer): the median KL over cells of the additive vector, of every control and of
+    `random`, each with its 95% bootstrap interval over cells; the control the additive vector beats
+    by the least, the median paired ratio against it with its interval, and the verdict (additivity.py:
+    the interval's lower end at or above the margin for every control)."""
     ds = load_dataset(path)
     rows = additivity_rows(ds, float(margin))
     wanted = positions.split(",") if positions else None
-    present = [c for c in ("additive", *CONTROLS, "random") if c in [str(v) for v in ds.condition.values]]
+    present = [c for c in ("additive", *CONTROLS, *DESCRIBED) if c in [str(v) for v in ds.condition.values]]
     out = []
     for r in rows:
         if wanted and r["position"] not in wanted:
             continue
-        extra = [_median(ds, r, "random")] if "random" in present else []
-        out.append([r["position"], r["layer"], *[r[c] for c in present if c in r], *extra, r["best_control"],
-                    f"{r['ratio']:.1f}x", r["additive_holds"]])
-    header = ["position", "layer", *present, "best control", "ratio", f"additive by >= {float(margin):g}x"]
+        out.append([r["position"], r["layer"], *[with_interval(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"]) for c in present],
+                    r["best_control"], with_interval(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"], "x"),
+                    r["additive_holds"]])
+    header = ["position", "layer", *present, "control beaten by the least", "paired ratio",
+              f"additive by >= {float(margin):g}x"]
     return markdown(header, out)
 
 
-def _median(ds, row, condition):
-    values = ds.kl.sel(model=row["model"], position=row["position"], layer=row["layer"], condition=condition).values
-    return float(np.nanmedian(values))
+def with_interval(estimate, low, high, suffix: str = "") -> str:
+    """'estimate [low, high]' in the docs' number format (an interval of n/a where it has no width)."""
+    if isinstance(estimate, float) and np.isnan(estimate):
+        return "n/a"
+    return f"{_short(estimate)}{suffix} [{_short(low)}, {_short(high)}]"
+
+
+def _short(value) -> str:
+    value = float(value)
+    if np.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return number(value, 2) if abs(value) < 10 ** 4 else f"{value:.1e}"
 
 
 def decompose_table(path: str, positions: str = "p_last", layers: str = "") -> str:

@@ -55,7 +55,8 @@ def plot_command(results, out_dir, pdf, progress, quiet):
 @click.option("--paper", "paper", type=click.Choice(["gemma2b", "qwen15", "qwen3b"]), default=None,
               help="Set a model the paper does not report beside this paper model (layers matched by depth).")
 @click.option("--margin", default=10.0, show_default=True, type=click.FloatRange(min=1, min_open=True),
-              help="substitute: additivity is claimed where the additive KL beats the best control by this factor.")
+              help="substitute: additivity is claimed where the lower end of the 95% interval of the median paired "
+                   "ratio KL(control) / KL(additive) reaches this factor for every control.")
 @click.option("--digits", default=4, show_default=True, type=click.IntRange(min=1, max=12),
               help="Decimals printed.")
 @clean_errors
@@ -87,7 +88,8 @@ def compare_command(result, paper, margin, digits):
         click.echo(format_table(side_by_side(rows), digits=digits))
     if experiment == "substitute":
         table = additivity_rows(ds, margin)
-        click.echo("\nadditive against its controls (median KL over cells, nats; ratio = best control / additive):")
+        click.echo("\nadditive against its controls (median KL over cells, nats, with 95% intervals over cells; "
+                   "ratio = median paired ratio control / additive against the control beaten by the least):")
         click.echo(format_table(table, digits=digits))
         click.echo(verdict_text(table, margin))
 
@@ -179,7 +181,7 @@ def summary_command(result, statistic, method, seed, json_out, digits):
 @clean_errors
 def findings_command(folder, json_out, show_all, seed, digits):
     """The claims FOLDER's result files support: effect (mean paired difference), its interval,
-    Holm-adjusted p within the folder, n and whether it holds (docs/statistics.md)."""
+    Holm-adjusted p within each rule and file, n and whether it holds (docs/statistics.md)."""
     import json
 
     from ..analysis.findings import findings_digest, findings_rows, folder_findings

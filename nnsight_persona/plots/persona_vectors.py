@@ -10,9 +10,10 @@ from matplotlib.figure import Figure
 
 
 def plot_steering(ds: xr.Dataset) -> Figure:
-    """Mean trait score (solid) and coherence (dotted) against coef, per trait; the vector and
-    its first controls; the prompted baseline's trait score as a horizontal line."""
-    from .style import new_figure
+    """Mean trait score over questions (solid; controls dashed) with its 95% bootstrap interval over
+    questions as a band, and the vector's mean coherence (dotted) against coef, per trait; the vector
+    and its first controls; the prompted baseline's trait score as a horizontal line."""
+    from .style import mean_band, new_figure
 
     ds = ds.isel(model=0)
     traits = ds.trait.values.tolist()
@@ -24,8 +25,8 @@ def plot_steering(ds: xr.Dataset) -> Figure:
             for kind in kinds:
                 sel = ds.sel(trait=trait, layer=layer, kind=kind)
                 style = {"vector": "-", "random_s0": "--", "shuffled_s0": "-."}.get(kind, ":")
-                ax.plot(ds.coef.values, sel.trait_score.mean("question"), style, color=f"C{j}", marker="o", ms=3,
-                        label=f"L{layer} {kind}")
+                mean_band(ax, ds.coef.values, sel.trait_score.transpose("coef", "question").values, f"C{j}",
+                          f"L{layer} {kind}", style, alpha=0.12, marker="o", ms=3)
             ax.plot(ds.coef.values, ds.sel(trait=trait, layer=layer, kind="vector").coherence.mean("question"),
                     ":", color=f"C{j}", alpha=0.6, label=f"L{layer} coherence")
         prompted = float(ds.baseline_trait.sel(trait=trait, baseline="prompted").mean())
@@ -37,7 +38,8 @@ def plot_steering(ds: xr.Dataset) -> Figure:
         if i == 0:
             ax.legend(fontsize="x-small")
     fig.suptitle(f"{ds.model.values.item() if ds.model.ndim == 0 else ''} steering, positions "
-                 f"{ds.attrs.get('positions')}, scale {ds.attrs.get('scale')}", fontsize="medium")
+                 f"{ds.attrs.get('positions')}, scale {ds.attrs.get('scale')}; bands: 95% bootstrap interval over "
+                 f"{ds.sizes['question']} questions", fontsize="medium")
     return fig
 
 
@@ -80,17 +82,25 @@ def plot_cos_matrix(geometry: xr.Dataset, layer: int, token_set: str = "response
 
 
 def plot_elicitation_cos(ds: xr.Dataset, token_set: str = "response_avg") -> Figure:
-    """Cosine between the vectors of two elicitation variants against layer, one panel per
-    trait, a line per pair of variants (an extraction with an `elicitation` dim)."""
-    from .style import new_figure
+    """Top row: the cosine between the vectors of two elicitation variants against layer, one panel
+    per trait, a line per pair of variants (an extraction with an `elicitation` dim). Bottom row: how
+    strongly each variant elicits the trait, the mean over its generated (pair, question) units of
+    the positive answer's trait score minus the negative one's, with the 95% bootstrap interval over
+    those units. The cosines have no interval: the file keeps each variant's mean vectors only, not
+    the per-pair activations a resample would need."""
+    from ..studies.vectors.elicitation import pair_differences
+    from ..analysis.statistics import bootstrap_interval
+    from .style import interval_bars, new_figure
 
     c = ds.elicitation_cos.isel(model=0, checkpoint=0).sel(token_set=token_set)
     variants = ds.elicitation.values.tolist()
     pairs = [(a, b) for i, a in enumerate(variants) for b in variants[i + 1:]]
     traits = c.trait.values.tolist()
-    fig = new_figure(len(traits))
+    separation = pair_differences(ds)
+    units = ds["trait_score"].attrs.get("units", "")
+    fig = new_figure(len(traits), height=6.6)
     for i, trait in enumerate(traits):
-        ax = fig.add_subplot(1, len(traits), i + 1)
+        ax = fig.add_subplot(2, len(traits), i + 1)
         for j, (a, b) in enumerate(pairs):
             ax.plot(c.layer.values, c.sel(trait=trait, elicitation=a, versus=b), marker="o", ms=3,
                     color=f"C{j % 10}", label=f"{a} vs {b}")
@@ -101,6 +111,17 @@ def plot_elicitation_cos(ds: xr.Dataset, token_set: str = "response_avg") -> Fig
         ax.set_title(trait, fontsize="medium")
         if i == 0:
             ax.legend(fontsize="x-small")
+        low_ax = fig.add_subplot(2, len(traits), len(traits) + i + 1)
+        for k, variant in enumerate(variants):
+            diffs = separation.get((variant, trait), np.array([]))
+            iv = bootstrap_interval(diffs, "mean") if diffs.size else None
+            record = {"estimate": iv.estimate, "low": iv.low, "high": iv.high} if iv else \
+                {"estimate": np.nan, "low": np.nan, "high": np.nan}
+            interval_bars(low_ax, [k], [record], f"{variant} (n={diffs.size})", fmt="o", color=f"C{k % 10}")
+        low_ax.axhline(0, color="grey", lw=0.6)
+        low_ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize="x-small")
+        low_ax.set_ylabel(f"trait score pos - neg{f' [{units}]' if units else ''}", fontsize="small")
+        low_ax.set_title("elicitation strength (mean, 95% CI over pairs)", fontsize="small")
     return fig
 
 

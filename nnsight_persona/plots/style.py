@@ -1,5 +1,6 @@
 """What every figure shares: colours, a new headless figure, axis labels from attrs, titles with
-the run's context, one model out of several, the median-with-band line, and saving."""
+the run's context, one model out of several, the median-with-band line, the mean-with-band line
+over any unit, and saving."""
 
 from __future__ import annotations
 
@@ -84,6 +85,33 @@ def median_band_by_layer(ax, da: xr.DataArray) -> None:
     ax.set_xlabel(axis_label(da["layer"], "layer"))
     ax.set_ylabel(axis_label(da))
     ax.grid(True, alpha=0.3)
+
+
+def mean_band(ax, x, samples, color, label: str, style: str = "-", seed: int = 0, alpha: float = 0.15, **line):
+    """The mean over units of `samples` (array [len(x), units]) against x as a line, and its seeded 95%
+    percentile bootstrap interval over units (analysis/statistics) as a band labelled '_band ' + label
+    (left out of legends; tests find it by that label). Returns (means, lows, highs)."""
+    import numpy as np
+
+    from ..analysis.statistics import bootstrap_interval
+
+    stats = np.array([[iv.estimate, iv.low, iv.high] for iv in
+                      (bootstrap_interval(np.asarray(row, dtype=float), "mean", seed=seed) for row in samples)])
+    ax.plot(x, stats[:, 0], style, color=color, label=label, **line)
+    ax.fill_between(x, stats[:, 1], stats[:, 2], color=color, alpha=alpha, linewidth=0, label="_band " + label)
+    return stats[:, 0], stats[:, 1], stats[:, 2]
+
+
+def interval_bars(ax, x, intervals: list[dict], label: str, **style) -> None:
+    """Points with error bars from interval records {estimate, low, high} (NaN ends: the point alone);
+    the container is labelled `label`, so tests can read the bars back."""
+    import numpy as np
+
+    est = np.array([r["estimate"] for r in intervals], dtype=float)
+    low = np.array([r["low"] for r in intervals], dtype=float)
+    high = np.array([r["high"] for r in intervals], dtype=float)
+    yerr = np.vstack([np.where(np.isfinite(low), est - low, 0.0), np.where(np.isfinite(high), high - est, 0.0)])
+    ax.errorbar(x, est, yerr=yerr, label=label, capsize=3, **style)
 
 
 def save_figure(fig: Figure, path_without_suffix: str | Path, pdf: bool = False) -> list[Path]:

@@ -91,10 +91,13 @@ CAPTIONS = {
     "evidence": "The further a condition's curve bows from the diagonal, the better its answers are told from bare ones.",
     "gap_closed": "How much of the host-to-persona gap each injected residual closes, per layer set.",
     "knockout_by_band": "The persona line above the control spans marks the bands where the persona is read.",
-    "head_map": "Bright heads are those whose knockout alone moves the answer.",
-    "alignment_vs_sparsity": "The own mask above the random masks at the same sparsity is the subnetwork claim.",
+    "head_map": "Bright heads are those whose knockout alone moves the answer; the right panel gives the top heads' "
+                "effect with 95% bootstrap intervals over cells.",
+    "alignment_vs_sparsity": "The own mask above the random masks at the same sparsity is the subnetwork claim (bars: "
+                             "95% intervals over items or generations; band: over random seeds).",
     "persona_by_mask": "Each mask's persona score: the own mask should favour its persona, random masks neither.",
-    "elicitation": "Cosines between the vectors of the elicitation styles: high off-diagonal values mean the styles agree.",
+    "elicitation": "Cosines between the vectors of the elicitation styles: high values mean the styles agree; below, "
+                   "how strongly each style elicits the trait (95% intervals over pairs).",
     "steering": "The trait score as the coefficient grows: the persona vector should rise above its random and "
                 "shuffled controls.",
     "cos_matrix": "Cosines between the vectors of different checkpoints or layers.",
@@ -227,7 +230,8 @@ def own_tables(ds) -> list[tuple[str, list[dict], str]]:
     experiment = ds.attrs.get("experiment")
     models = [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
     if experiment == "substitute":
-        return [("additive against its controls (median KL over cells; ratio = best control / additive)",
+        return [("additive against its controls (median KL over cells with 95% intervals; ratio = median paired ratio "
+                 "control / additive against the control beaten by the least, with its interval)",
                  additivity_rows(ds), "additivity")]
     if experiment == "decompose":
         return [("median over cells per layer and position", median_rows(_own(ds, m), ["cos_xy_sum", "cos_x_y",

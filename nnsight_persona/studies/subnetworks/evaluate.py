@@ -12,6 +12,8 @@ Measures, all answer-only, none with a persona prompt unless the variant is `pro
   the matching answer's tokens (summed, given the chat prompt asking the question) beats the other
   answer's; `margin` its mean log-likelihood difference in nats, `p_matching` the mean of
   sigmoid(margin) (the matching answer's share of the two answers' probability);
+  `item_margin` keeps each item's margin (dims variant x item, the item's persona in `item_persona`),
+  so the figures can draw intervals over items;
 - marker_rate: the fraction of greedy generations (every evaluation question of the set, n_tokens
   each) holding at least one of P's markers (scoring.py rules);
 - perplexity: exp of the mean negative log-likelihood of the neutral answers' tokens;
@@ -237,6 +239,7 @@ def score_variant(loaded, pset: PersonaSet, variant: Variant, channels, spec: Ev
         "alignment": [float((margins[owners == p] > 0).mean()) for p in personas],
         "margin": [float(margins[owners == p].mean()) for p in personas],
         "p_matching": [float((1 / (1 + np.exp(-margins[owners == p]))).mean()) for p in personas],
+        "item_margin": margins.astype(float),  # per item: the intervals over items of the figures
         "marker_rate": [float(np.mean([contains_marker(t, pset.persona(p).markers) for t in texts])) for p in personas],
         "perplexity": float(math.exp(nll)),
         "text": texts,
@@ -285,6 +288,8 @@ def _dataset(loaded, pset, spec, todo, rows, structured):
                             {"long_name": "greedy generations with a persona marker", **unit}),
             "perplexity": (("variant",), pv("perplexity"), {"long_name": "perplexity on neutral answers"}),
             "text": (("variant", "generation"), np.array([r["text"] for r in rows], dtype=object)),
+            "item_margin": (("variant", "item"), pv("item_margin"),
+                            {"long_name": "log p(matching) - log p(other) of each evaluation item", "units": "nats"}),
         },
         coords={
             "variant": [v.label for v in todo], "persona": personas, "generation": np.arange(len(questions)),
@@ -294,6 +299,7 @@ def _dataset(loaded, pset, spec, todo, rows, structured):
             "prompt_persona": ("variant", [v.prompt_persona for v in todo]),
             "sparsity": ("variant", [v.sparsity for v in todo]),
             "seed": ("variant", [v.seed for v in todo]),
+            "item_persona": ("item", [p for p in personas for _ in pset.persona(p).evaluation]),
         },
     )
     if spec.evidence:
