@@ -115,14 +115,14 @@ def subnetwork_contrast_table(path: str) -> str:
     rows = []
     for p in [str(x) for x in ds.persona.values]:
         q = opposite[p]
-        mean = lambda v: float(np.mean(persona_contrast(ds, v, p, q)))  # noqa: E731
+        mean = lambda v: float(np.nanmean(persona_contrast(ds, v, p, q)))  # noqa: E731 - an empty answer has no score
         for s in sorted({float(s) for s, k in zip(ds.sparsity.values, kinds) if k == "mask"}):
             own = f"mask:{p}@{s:g}"
             rand = [mean(v) for v, k, sp in zip(labels, kinds, ds.sparsity.values) if k == "random" and float(sp) == s]
             rows.append([p, f"{s:g}", f"{mean('unpruned'):+.3f}", _fmt(mean_interval(persona_contrast(ds, f"prompt:{p}", p, q))),
                          _fmt(mean_interval(persona_contrast(ds, own, p, q))),
                          f"{mean(f'mask:{q}@{s:g}'):+.3f}" if f"mask:{q}@{s:g}" in labels else "",
-                         f"{np.mean(rand):+.3f} ({np.max(rand):+.3f})" if rand else "",
+                         f"{np.nanmean(rand):+.3f} ({np.nanmax(rand):+.3f})" if rand else "",
                          f"{float(np.mean(ds.coherence.sel(variant=own).values >= COHERENCE_MIN)):.2f}"])
     return markdown(["persona", "sparsity", "unpruned", "prompt [95% CI]", "own mask [95% CI]", "opposite mask",
                      "random masks: mean (max)", "own mask: coherent answers"], rows)
