@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from pathlib import Path
 from click.testing import CliRunner
 from matplotlib.figure import Figure
 
@@ -130,3 +131,17 @@ def test_plot_command_rejects_a_capture_clearly(tmp_path):
     result = CliRunner().invoke(plot_command, [str(path)])
     assert result.exit_code != 0
     assert "capture" in result.output and "decompose" in result.output
+
+
+def test_plot_draws_the_persona_vector_figures_from_their_files():
+    """`plot` covers the steer and elicitation results too (the file alone says what to draw)."""
+    from nnsight_persona.plots import figure_names, figures_for
+    from nnsight_persona.storage.store import load_dataset
+
+    root = Path(__file__).resolve().parent.parent / "artifacts"
+    steer = load_dataset(root / "smollm2" / "vectors-steer.nc")  # scored by evidence
+    assert figure_names(steer) == ["steering"]
+    fig = figures_for(steer)["steering"]
+    assert "evidence" in fig._suptitle.get_text()
+    assert figure_names(load_dataset(root / "toy" / "vectors-elicitation.nc")) == ["elicitation"]
+    assert figure_names(load_dataset(root / "toy" / "vectors-extract.nc")) == []  # one variant: nothing to compare

@@ -33,6 +33,23 @@ from .knockout import plot_knockout_by_band
 from .markers import plot_markers
 from .models import VARIABLE as ACROSS_MODELS, plot_across_models
 from .subnetworks import plot_alignment_vs_sparsity, plot_persona_by_mask
+from .persona_vectors import plot_elicitation_cos, plot_steering
+from .steering_evidence import plot_steering_evidence
+
+
+def _of_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
+    return ds.sel(model=[model]) if model is not None and "model" in ds.dims else ds
+
+
+def _steering(ds: xr.Dataset, model: str | None = None) -> Figure:
+    """A steer result's curves: trait evidence with intervals where it was scored by evidence."""
+    ds = _of_model(ds, model)
+    return plot_steering_evidence(ds) if "evidence" in ds else plot_steering(ds)
+
+
+def _elicitation(ds: xr.Dataset, model: str | None = None) -> Figure:
+    return plot_elicitation_cos(_of_model(ds, model))
+
 
 FIGURES = {
     "substitute": {"kl_by_layer": plot_kl_by_layer, "controls": plot_controls},
@@ -42,9 +59,12 @@ FIGURES = {
     "knockout": {"knockout_by_band": plot_knockout_by_band},
     "heads": {"head_map": plot_head_map},
     "subnetwork-eval": {"alignment_vs_sparsity": plot_alignment_vs_sparsity, "persona_by_mask": plot_persona_by_mask},
+    "vectors-steer": {"steering": _steering},
+    "vectors-extract": {"elicitation": _elicitation},
 }
-# Figures drawn only where the dataset has the variable (results made before it existed lack it).
-NEEDS = {"evidence": "evidence_auroc"}
+# Figures drawn only where the dataset has the variable (results made before it existed lack it;
+# an extraction compares elicitation variants only when it ran several).
+NEEDS = {"evidence": "evidence_auroc", "elicitation": "elicitation_cos"}
 
 
 def figure_names(ds: xr.Dataset) -> list[str]:
