@@ -94,7 +94,8 @@ def test_markers_figure_has_a_bar_per_condition():
 
 
 def test_registry_covers_each_experiment():
-    assert set(FIGURES) == {"substitute", "decompose", "markers", "inject", "knockout", "heads", "subnetwork-eval"}
+    assert set(FIGURES) == {"substitute", "decompose", "markers", "inject", "knockout", "heads", "subnetwork-eval",
+                            "vectors-steer", "vectors-extract"}
     assert list(figures_for(make_markers())) == ["markers"]
 
 
