@@ -40,6 +40,7 @@ REQUEST_BYTES = {
     "greedy_continuations_reading": 15_800,
     "generate_with_edit": 16_100,
     "window_kl_session": 11_900,
+    "window_kl_native_session": 12_600,
     "window_scores_session": 11_800,
     "_answer_sums": 11_300,
 }
@@ -171,6 +172,15 @@ class Accountant:
         self._request("window_kl_session", [jobs], [((job[0].input_ids.shape[0],), 4) for job in jobs])
         return [torch.zeros(job[0].input_ids.shape[0]) for job in jobs]
 
+    def window_kl_native_session(self, loaded, reads, jobs, norms=()):
+        for read in list(reads) + [job[0] for job in jobs]:
+            batch = getattr(read, "batch", read)
+            self._pass(*batch.input_ids.shape)
+            self.cost.passes += 1
+        saved = [((job[0].input_ids.shape[0],), 4) for job in jobs] + [((r.table.shape[0],), 4) for r in norms]
+        self._request("window_kl_native_session", [reads, jobs, norms], saved)
+        return [torch.zeros(job[0].input_ids.shape[0]) for job in jobs], [torch.zeros(r.table.shape[0]) for r in norms]
+
     def window_scores_session(self, loaded, jobs):
         for batch, *_ in jobs:
             self._pass(*batch.input_ids.shape)
@@ -250,7 +260,7 @@ class Accountant:
         return torch.zeros(2, batch.input_ids.shape[0] // 2)
 
 TRACES = ("read_residuals", "read_residuals_on_prefix", "greedy_continuations", "greedy_continuations_reading",
-          "generate_with_edit", "window_kl", "window_kl_session", "window_scores_session", "window_kl_on_prefix",
+          "generate_with_edit", "window_kl", "window_kl_session", "window_kl_native_session", "window_scores_session", "window_kl_on_prefix",
           "window_scores_on_prefix", "clean_pass", "select_rows", "window_kl_against", "_answer_sums",
           "_answer_sums_on_prefix")
 
