@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny_models import MAX_WIDE_PARAMS, build_tiny_model
 from tolerances import RESIDUAL, SCORES, assert_close_per_vector
+from traffic_log import record
 
 import nnsight_persona
 from nnsight_persona.core import tracing
@@ -140,6 +141,10 @@ def test_what_travels_does_not_grow_with_the_width(wide_pair, tiny_grid_file, ex
                                                          ndif_host="local", **options).attrs
              for width, model in wide_pair.items()}
     assert attrs[64]["remote_requests"] == attrs[1024]["remote_requests"]
+    for width in (64, 1024):
+        record(kind="width", backend="local simulation", experiment=experiment, width=width,
+               requests=attrs[width]["remote_requests"], sent=attrs[width]["remote_bytes_sent"],
+               received=attrs[width]["remote_bytes_received"])
     ratios = {}
     for key in ("remote_bytes_sent", "remote_bytes_received"):
         narrow, wide = attrs[64][key], attrs[1024][key]
