@@ -29,20 +29,22 @@ from dataclasses import dataclass
 
 import torch
 
-# The fixed bytes of one request beyond the tensors it carries (the block's source, the package
-# helpers it calls, the tracer), per trace function, plus the pickling of each tensor it carries;
-# and torch.save's bytes around the values a block saves. Measured on the tiny gemma2 test model
-# through nnsight 0.8.1's local simulation (a request's bytes minus its tensors' bytes, fitted over
-# requests of 4 to 111 tensors); tests/test_plan.py checks them on other families.
+# The fixed bytes of one request beyond the tensors it carries (the block's source, the package's
+# functions and classes it uses, sent by value as a server without the package needs them, the
+# tracer), per trace function, plus the pickling of each tensor it carries; and torch.save's bytes
+# around the values a block saves. Measured on the tiny gemma2 test model through nnsight 0.8.1's
+# local simulation with the package registered for by-value pickling, as every remote run has it
+# (tracing.ship_by_value; a request's bytes minus its tensors' bytes, over requests of 4 to 111
+# tensors); tests/test_plan.py checks them on other families, tests/test_ndif.py on a real server.
 REQUEST_BYTES = {
-    "read_residuals": 10_900,
+    "read_residuals": 11_300,
     "greedy_continuations": 15_300,
-    "greedy_continuations_reading": 15_800,
-    "generate_with_edit": 16_100,
-    "window_kl_session": 11_900,
-    "window_kl_native_session": 12_600,
-    "window_scores_session": 11_800,
-    "_answer_sums": 11_300,
+    "greedy_continuations_reading": 16_100,
+    "generate_with_edit": 44_600,
+    "window_kl_session": 35_000,
+    "window_kl_native_session": 46_900,
+    "window_scores_session": 39_000,
+    "_answer_sums": 24_000,
 }
 TENSOR_UP_BYTES = 306
 RESULT_BYTES = 1_380

@@ -85,6 +85,8 @@ def retried(fn):
 
     @functools.wraps(fn)
     def wrapper(loaded, *args, **kwargs):
+        if loaded.remote:
+            ship_by_value()
         if loaded.remote in (False, "local"):
             return fn(loaded, *args, **kwargs)
         for attempt in range(1, REMOTE_TRIES + 1):
@@ -98,6 +100,16 @@ def retried(fn):
                 time.sleep(REMOTE_BACKOFF_S * 2 ** (attempt - 1))
 
     return wrapper
+
+
+def ship_by_value() -> None:
+    """Have nnsight send this package's functions and classes by value with every request (a server
+    has no nnsight_persona), the local simulation's requests included, so that the simulation
+    serializes exactly what NDIF receives and rebuilds it from the request alone, never from an
+    installed copy of the package. Registered by name: idempotent, and no import of the package."""
+    import nnsight
+
+    nnsight.register(__name__.split(".")[0])
 
 
 def _remote_errors() -> tuple:
