@@ -284,9 +284,12 @@ def _start_all(env: dict, timeout: float) -> None:
     shutil.rmtree(RAY_TMP, ignore_errors=True)
     resources = json.dumps({"head": 10, "cuda_memory_bytes": 8_000_000_000,
                             "cpu_memory_bytes": 16_000_000_000})
+    # Ray's CPUs are scheduling slots, not cores: every served model's actor holds one for as long as
+    # it is deployed (scripts/ndif_actor.py). The test tier serves five tiny models (two of them for
+    # the width test), and a model that finds no free slot waits for its deployment forever.
     ray = _spawn("ray", [
         bin_ / "ray", "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={RAY_PORT}",
-        "--num-cpus=4", "--num-gpus=1", f"--resources={resources}",
+        "--num-cpus=8", "--num-gpus=1", f"--resources={resources}",
         "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={RAY_DASHBOARD_PORT}",
         f"--ray-client-server-port={RAY_CLIENT_PORT}", f"--temp-dir={RAY_TMP}", "--disable-usage-stats",
     ], env)

@@ -21,9 +21,11 @@ from nnsight_persona.analysis.toy_tables import GENERATORS as TOY_GENERATORS
 from nnsight_persona.analysis.vector_tables import GENERATORS as VECTOR_GENERATORS
 from nnsight_persona.storage.docblocks import refresh, stale
 from scripts.tolerance_margins import GENERATORS as MARGIN_GENERATORS  # noqa: E402
+from scripts.traffic_tables import GENERATORS as TRAFFIC_GENERATORS  # noqa: E402
 
 GENERATORS = {**FINDINGS_GENERATORS, **RESULT_GENERATORS, **BENCHMARK_GENERATORS, **VECTOR_GENERATORS, **TOY_GENERATORS,
-              **EVIDENCE_GENERATORS, **MARGIN_GENERATORS, **PLAN_GENERATORS}
+              **EVIDENCE_GENERATORS, **MARGIN_GENERATORS, **PLAN_GENERATORS,
+              **TRAFFIC_GENERATORS}
 
 
 def documents() -> list[Path]:

@@ -1,4 +1,6 @@
-"""Experiments against a REAL NDIF server on loopback equal the same experiments run here.
+"""Experiments against a REAL NDIF server on loopback equal the same experiments run here; the
+remote-native sweeps (substitute, inject) send nothing that grows with the model's width; and
+`plan` prices every experiment's requests and bytes as the server sees them.
 
 Not in the default suite (`pytest -m ndif` selects it). Needs the server's venv, made once by
 `python scripts/ndif_local.py install`; without it every test here is skipped. The server is
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import build_tiny_model
+from tiny_models import MAX_WIDE_PARAMS, build_tiny_model
 from tolerances import RESIDUAL, assert_close_per_vector
+from traffic_log import record
 
 from nnsight_persona.studies.xu2026 import capture, inject, knockout, substitute
 from nnsight_persona.core.grids import load_grid
@@ -89,6 +92,8 @@ def pair(ndif_server, ndif_model_dir):
 def _equal(a, b, var):
     if a[var].dims[-1:] == ("hidden",):  # residuals by two routes (the server's, this process's)
         assert_close_per_vector(a[var].values, b[var].values, RESIDUAL, what=var)
+    elif var.startswith("norm_"):  # norms of residual vectors, one per (layer, cell)
+        assert_close_per_vector(a[var].values[..., None], b[var].values[..., None], RESIDUAL, what=var)
     elif a[var].dtype.kind in "fc":  # a default tiny model's KLs and scores: all below ~2e-3, one scale
         np.testing.assert_allclose(a[var].values, b[var].values, atol=1e-5, rtol=0, err_msg=var)
     else:
@@ -100,10 +105,13 @@ def _equal(a, b, var):
     [
         (capture, lambda: capture.CaptureSpec(grid="tiny", layers=(0, 2, 4)), ["resid", "continuation_ids"]),
         (substitute, lambda: substitute.SubstituteSpec(grid="tiny", layers=(1, 3), positions=("p_last", "g2")), ["kl"]),
-        (inject, lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,)), ["kl", "kl_site"]),
+        (inject, lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), site_layers=(2,)),
+         ["kl", "kl_site", "norm_clean", "norm_host", "norm_injected"]),
+        (inject, lambda: inject.InjectSpec(grid="tiny", layer_sets=((2,), (1, 3)), patch_steps="all"),
+         ["kl", "norm_injected"]),
         (knockout, lambda: knockout.KnockoutSpec(grid="tiny", bands=((0, 2), (0, 4)), n_tokens=5), ["kl", "text"]),
     ],
-    ids=["capture", "substitute", "inject", "knockout"],
+    ids=["capture", "substitute", "inject", "inject-all-steps", "knockout"],
 )
 def test_ndif_equals_local(ndif_server, pair, tiny_grid_file, module, make_spec, variables):
     ndif_server.ensure()  # the fault test below stops the server
@@ -116,6 +124,113 @@ def test_ndif_equals_local(ndif_server, pair, tiny_grid_file, module, make_spec,
         _equal(a, b, var)
 
 
+
+
+def test_ndif_session_carries_unsaved_values_between_traces(ndif_server, pair):
+    """What the remote-native sweeps rest on, the smallest case: residuals read in three traces of
+    one session, combined between traces, written in a fourth; a numpy-seeded direction drawn
+    inside the block; only the two saved reductions come back, in one request."""
+    import torch
+
+    from nnsight_persona.core.traffic import metered
+
+    ndif_server.ensure()
+    prompts = [torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10, 11, 12]]), torch.tensor([[13, 14, 15, 16]])]
+
+    def run(loaded):
+        lm = loaded.lm
+        with metered() as traffic:
+            with lm.session(remote=loaded.remote or False):
+                residuals = []  # never saved
+                for ids in prompts:
+                    with lm.trace(ids):
+                        residuals.append(lm.model.layers[1].output[:, -1].clone())
+                vector = residuals[0] + (residuals[1] - residuals[2])
+                with lm.trace(prompts[2]):
+                    seeded = np.random.default_rng([1, 2, 3]).standard_normal(vector.shape[-1]).astype(np.float32)
+                    lm.model.layers[1].output[:, -1] = vector + torch.from_numpy(seeded)
+                    score = lm.output.logits[:, -1].log_softmax(-1).sum().save()
+                with lm.trace(prompts[2]):
+                    clean = lm.output.logits[:, -1].log_softmax(-1).sum().save()
+        return float(score), float(clean), traffic
+
+    local, remote = pair
+    want, _, _ = run(local)
+    got, clean, traffic = run(remote)
+    assert abs(got - want) <= 1e-5 * abs(want) and abs(got - clean) > 1e-3
+    assert traffic.requests == 1
+
+
+@pytest.fixture(scope="session")
+def wide_remote(ndif_server, tmp_path_factory):
+    """Two tiny gemma2 models that differ only in hidden size (64, 1024), served by the loopback server."""
+    root = tmp_path_factory.mktemp("ndif-wide")
+    return {width: load_model(str(build_tiny_model("gemma2", root / str(width), hidden_size=width,
+                                                    max_params=MAX_WIDE_PARAMS)), dtype="float32", remote=HOST)
+            for width in (64, 1024)}
+
+
+@pytest.mark.parametrize("experiment", ["substitute", "inject"])
+def test_ndif_what_travels_does_not_grow_with_the_width(ndif_server, wide_remote, tiny_grid_file, experiment):
+    """As tests/test_native.py, on the real server, with nnsight's default zstd compression."""
+    import nnsight_persona
+
+    ndif_server.ensure()
+    options = {"substitute": {"layers": "1,3", "positions": "all"}, "inject": {"patch_steps": "all"}}[experiment]
+    attrs = {}
+    for width, model in wide_remote.items():
+        attrs[width] = getattr(nnsight_persona, experiment)(model, grid=str(tiny_grid_file), batch_size=8,
+                                                            progress=False, **options).attrs
+        record(kind="width", backend="loopback NDIF (zstd)", experiment=experiment, width=width,
+               requests=attrs[width]["remote_requests"], sent=attrs[width]["remote_bytes_sent"],
+               received=attrs[width]["remote_bytes_received"])
+    assert attrs[64]["remote_requests"] == attrs[1024]["remote_requests"]
+    ratios = {key: max(attrs[64][key], attrs[1024][key]) / min(attrs[64][key], attrs[1024][key])
+              for key in ("remote_bytes_sent", "remote_bytes_received")}
+    assert all(r < 1.2 for r in ratios.values()), (ratios, attrs)
+
+
+# Each experiment's options, small enough for a few requests on the tiny model.
+PLANNED = {
+    "capture": {"layers": "1,3"},
+    "substitute": {"layers": "1,3", "positions": "p_last,g2"},
+    "markers": {"layers": "2", "n_tokens": 6, "patch_steps": "all"},
+    "inject": {"patch_steps": "all"},
+    "knockout": {"bands": "0:2,0:4", "n_tokens": 5},
+    "heads": {"band": "0:2"},
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PLANNED))
+def test_ndif_plan_equals_the_measured_run(ndif_server, pair, ndif_model_dir, tiny_grid_file, monkeypatch, experiment):
+    """`plan` counts the bytes nnsight serializes (uncompressed): measured with the client's
+    compression off, the server's requests and bytes each way equal the plan's (requests exactly,
+    bytes within 20%). The same run with compression on (nnsight's default) is recorded beside it."""
+    import nnsight_persona
+    from nnsight import CONFIG
+
+    from nnsight_persona.studies.xu2026.plan import plan
+
+    ndif_server.ensure()
+    _, remote = pair
+    options = PLANNED[experiment]
+    planned = plan(experiment, str(ndif_model_dir), grid=str(tiny_grid_file), batch_size=8, remote=True,
+                   ndif_host=HOST, dtype="float32", **options)["total"]
+    measured = {}
+    for compress in (False, True):
+        monkeypatch.setattr(CONFIG.API, "COMPRESS", compress)
+        measured[compress] = getattr(nnsight_persona, experiment)(remote, grid=str(tiny_grid_file), batch_size=8,
+                                                                  progress=False, **options).attrs
+    raw, zstd = measured[False], measured[True]
+    record(kind="plan", backend="loopback NDIF", experiment=experiment, requests_plan=planned["requests"],
+           requests=raw["remote_requests"], up_plan=planned["bytes_up"], up=raw["remote_bytes_sent"],
+           down_plan=planned["bytes_down"], down=raw["remote_bytes_received"], up_zstd=zstd["remote_bytes_sent"],
+           down_zstd=zstd["remote_bytes_received"])
+    assert planned["requests"] == raw["remote_requests"] == zstd["remote_requests"] > 0
+    for plan_key, run_key in (("bytes_up", "remote_bytes_sent"), ("bytes_down", "remote_bytes_received")):
+        ratio = planned[plan_key] / raw[run_key]
+        assert 0.8 <= ratio <= 1.2, f"{plan_key}: plan {planned[plan_key]} vs measured {raw[run_key]}"
+    assert zstd["remote_bytes_sent"] < raw["remote_bytes_sent"]  # the compression really was on
 
 
 @pytest.mark.parametrize(

@@ -49,15 +49,19 @@ def test_plan_equals_the_measured_run(tiny_dirs, loaded_models, tiny_grid_file, 
 
 
 def test_a_built_in_capture_is_a_step_of_its_own(tiny_dirs, tiny_grid_file):
+    """Locally a built-in capture is a step; remotely only the clean continuation is (its token
+    ids), the residuals being read on the server in the sweep's own sessions."""
+    local = plan("substitute", str(tiny_dirs["llama"]), grid=str(tiny_grid_file), batch_size=8, layers="1,3",
+                 positions="p_last")
+    assert {s["step"] for s in local["steps"]} == {"capture (built in)", "substitute"}
     result = plan("substitute", str(tiny_dirs["llama"]), grid=str(tiny_grid_file), batch_size=8, ndif_host="local",
                   layers="1,3", positions="p_last")
     steps = {s["step"]: s for s in result["steps"]}
-    assert set(steps) == {"capture (built in)", "substitute"}
+    assert set(steps) == {"continuation (built in)", "substitute"}
     assert all(steps[name]["requests"] > 0 for name in steps)
     assert result["total"]["requests"] == sum(s["requests"] for s in steps.values())
-    # Only the capture downloads residuals; only the sweep uploads vectors.
-    assert steps["capture (built in)"]["bytes_down"] > steps["substitute"]["bytes_down"]
-    assert steps["substitute"]["bytes_up"] > steps["capture (built in)"]["bytes_up"]
+    # The sweep's sessions run the capture passes too: more forwards than the local sweep's patches alone.
+    assert steps["substitute"]["passes"] > steps["continuation (built in)"]["passes"]
 
 
 def test_plan_command_on_a_shipped_config_writes_json(tmp_path):
@@ -70,10 +74,12 @@ def test_plan_command_on_a_shipped_config_writes_json(tmp_path):
     assert planned["n_layers"] == 32 and planned["hidden_size"] == 4096
     assert "stand-in" in planned["tokenizer"] and "shipped config" in planned["config"]
     total = planned["total"]
-    # The sweep uploads one float32 vector of the model's width per patch, at least.
+    # The vectors are built on the server: what goes up weighs less than one float32 vector of the
+    # model's width per patch (what the sweep sent before), and no residual comes down.
     spec = planned["spec"]
-    patches = len(spec["layers"]) * len(spec["positions"]) * len(spec["conditions"])
-    assert total["bytes_up"] >= patches * 4096 * 4
+    patches = len(spec["layers"]) * len(spec["positions"]) * len(spec["conditions"]) * 12  # 12 cells
+    assert total["bytes_up"] < patches * 4096 * 4
+    assert total["bytes_down"] < 12 * 4 * 4096 * 4  # less than one residual per cell and condition
     auto = planned["batch_size_auto"]
     assert auto["remote"] == 32 and auto["local"] >= 1 and auto["device_memory_bytes"] == 80 * 10**9
     assert "requests" in result.output and "--batch-size auto" in result.output

@@ -99,9 +99,9 @@ def test_cli_reports_backend_and_traffic(tiny_dirs, tiny_grid_file, tmp_path):
     assert result.exit_code == 0, result.output
     ds = load_dataset(out)
     assert ds.attrs["backend"] == "local simulation of the remote path"
-    # The capture: 1 generation and 16 rows / 8 = 2 batches, one request each; the sweep: 24 patches
-    # / 8 = 3 batches travelling together in one session, one request.
-    assert ds.attrs["remote_requests"] == 3 + 1 and ds.attrs["remote_bytes_sent"] > 0
+    # The clean continuation: 1 generation request (token ids); the sweep: 24 patches / 8 = 3 batches
+    # travelling together in one session with the capture passes of their cells, one request.
+    assert ds.attrs["remote_requests"] == 1 + 1 and ds.attrs["remote_bytes_sent"] > 0
 
 
 def test_the_api_key_is_never_written(tiny_dirs, tiny_grid_file, tmp_path, monkeypatch):

@@ -24,6 +24,9 @@ from transformers import (
 # The largest model any test may build: a tiny model that silently grew to full size would make the
 # suite slow and its checks meaningless.
 MAX_TEST_PARAMS = 200_000
+# The wide variant (hidden size 1024, everything else as tiny: what travels must not grow with the
+# width, tests/test_native.py) holds about 1.6M parameters.
+MAX_WIDE_PARAMS = 2_000_000
 
 TRAINING_TEXT = [
     "As a thoughtful person, Give advice to someone facing a difficult decision.",
@@ -124,9 +127,11 @@ def build_config(family: str, vocab_size: int, **overrides):
 SHARP = {"initializer_range": 0.2, "final_norm_gain": 3.0}
 
 
-def build_tiny_model(family: str, directory: Path, seed: int = 0, final_norm_gain: float = 1.0, **overrides) -> Path:
+def build_tiny_model(family: str, directory: Path, seed: int = 0, final_norm_gain: float = 1.0,
+                     max_params: int = MAX_TEST_PARAMS, **overrides) -> Path:
     """Write a tiny random `family` model with tokenizer and chat template to `directory`.
-    `final_norm_gain` multiplies the final norm's output (the logits' scale)."""
+    `final_norm_gain` multiplies the final norm's output (the logits' scale); `overrides` go to the
+    config (hidden_size=1024 with max_params=MAX_WIDE_PARAMS: the wide variant)."""
     tok = build_tokenizer(family)
     config, cls = build_config(family, vocab_size=len(tok), **overrides)
     spec = FAMILIES[family]
@@ -143,8 +148,8 @@ def build_tiny_model(family: str, directory: Path, seed: int = 0, final_norm_gai
             else:
                 model.model.norm.weight.mul_(final_norm_gain)
     n_params = sum(p.numel() for p in model.parameters())
-    if n_params > MAX_TEST_PARAMS:
-        raise RuntimeError(f"test model {family} has {n_params} parameters, over {MAX_TEST_PARAMS}")
+    if n_params > max_params:
+        raise RuntimeError(f"test model {family} has {n_params} parameters, over {max_params}")
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)

@@ -29,19 +29,22 @@ from dataclasses import dataclass
 
 import torch
 
-# The fixed bytes of one request beyond the tensors it carries (the block's source, the package
-# helpers it calls, the tracer), per trace function, plus the pickling of each tensor it carries;
-# and torch.save's bytes around the values a block saves. Measured on the tiny gemma2 test model
-# through nnsight 0.8.1's local simulation (a request's bytes minus its tensors' bytes, fitted over
-# requests of 4 to 111 tensors); tests/test_plan.py checks them on other families.
+# The fixed bytes of one request beyond the tensors it carries (the block's source, the package's
+# functions and classes it uses, sent by value as a server without the package needs them, the
+# tracer), per trace function, plus the pickling of each tensor it carries; and torch.save's bytes
+# around the values a block saves. Measured on the tiny gemma2 test model through nnsight 0.8.1's
+# local simulation with the package registered for by-value pickling, as every remote run has it
+# (tracing.ship_by_value; a request's bytes minus its tensors' bytes, over requests of 4 to 111
+# tensors); tests/test_plan.py checks them on other families, tests/test_ndif.py on a real server.
 REQUEST_BYTES = {
-    "read_residuals": 10_900,
+    "read_residuals": 11_300,
     "greedy_continuations": 15_300,
-    "greedy_continuations_reading": 15_800,
-    "generate_with_edit": 16_100,
-    "window_kl_session": 11_900,
-    "window_scores_session": 11_800,
-    "_answer_sums": 11_300,
+    "greedy_continuations_reading": 16_100,
+    "generate_with_edit": 44_600,
+    "window_kl_session": 35_000,
+    "window_kl_native_session": 46_900,
+    "window_scores_session": 39_000,
+    "_answer_sums": 24_000,
 }
 TENSOR_UP_BYTES = 306
 RESULT_BYTES = 1_380
@@ -171,6 +174,15 @@ class Accountant:
         self._request("window_kl_session", [jobs], [((job[0].input_ids.shape[0],), 4) for job in jobs])
         return [torch.zeros(job[0].input_ids.shape[0]) for job in jobs]
 
+    def window_kl_native_session(self, loaded, reads, jobs, norms=()):
+        for read in list(reads) + [job[0] for job in jobs]:
+            batch = getattr(read, "batch", read)
+            self._pass(*batch.input_ids.shape)
+            self.cost.passes += 1
+        saved = [((job[0].input_ids.shape[0],), 4) for job in jobs] + [((r.table.shape[0],), 4) for r in norms]
+        self._request("window_kl_native_session", [reads, jobs, norms], saved)
+        return [torch.zeros(job[0].input_ids.shape[0]) for job in jobs], [torch.zeros(r.table.shape[0]) for r in norms]
+
     def window_scores_session(self, loaded, jobs):
         for batch, *_ in jobs:
             self._pass(*batch.input_ids.shape)
@@ -250,7 +262,7 @@ class Accountant:
         return torch.zeros(2, batch.input_ids.shape[0] // 2)
 
 TRACES = ("read_residuals", "read_residuals_on_prefix", "greedy_continuations", "greedy_continuations_reading",
-          "generate_with_edit", "window_kl", "window_kl_session", "window_scores_session", "window_kl_on_prefix",
+          "generate_with_edit", "window_kl", "window_kl_session", "window_kl_native_session", "window_scores_session", "window_kl_on_prefix",
           "window_scores_on_prefix", "clean_pass", "select_rows", "window_kl_against", "_answer_sums",
           "_answer_sums_on_prefix")
 

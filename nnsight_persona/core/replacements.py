@@ -5,7 +5,8 @@ With h_C the residual under condition C at one site: Delta_X = h_XB - h_BB, Delt
 `baseline` = h_BB, `persona_only` = h_BB + Delta_X, `task_only` = h_BB + Delta_Y,
 `remove_persona` = h_XY - Delta_X, and `random` = h_BB + a unit direction scaled to
 |Delta_X + Delta_Y|. Vectors are computed per site when written, so a sweep holds only the
-capture's residuals, not a copy per condition.
+capture's residuals, not a copy per condition. `vector` takes numpy arrays (local runs) or torch
+tensors (the remote-native sweeps build the same vectors on the server, core/recipes.py).
 """
 
 from __future__ import annotations
@@ -49,8 +50,19 @@ def random_direction(seed: int, layer: int, position: str, cell: str, hidden: in
     """The random control's unit vector [hidden] at one site, from a generator seeded by `seed`
     and the site's names: the same whichever other sites, cells or batches a run covers, and
     drawn when a patch is written, so a sweep holds no array of them."""
-    key = [seed, int(layer), zlib.crc32(position.encode()), zlib.crc32(cell.encode())]
-    direction = np.random.default_rng(key).standard_normal(hidden).astype(np.float32)
+    return direction_of_key(direction_key(seed, layer, position, cell), hidden)
+
+
+def direction_key(seed: int, layer: int, position: str, cell: str) -> list[int]:
+    """The four integers that seed a site's random direction (four numbers, whatever the width:
+    what a remote-native sweep sends for the server to draw the direction itself)."""
+    return [int(seed), int(layer), zlib.crc32(position.encode()), zlib.crc32(cell.encode())]
+
+
+def direction_of_key(key, hidden: int) -> np.ndarray:
+    """The unit vector [hidden] (float32) a direction key seeds (numpy's PCG64: the same numbers
+    on every machine)."""
+    direction = np.random.default_rng([int(k) for k in key]).standard_normal(hidden).astype(np.float32)
     return direction / np.linalg.norm(direction)
 
 
@@ -59,8 +71,9 @@ def delta_x(h: np.ndarray) -> np.ndarray:
     return h[..., ORDER.index("XB"), :] - h[..., ORDER.index("BB"), :]
 
 
-def vector(h: np.ndarray, name: str, direction: np.ndarray | None = None) -> np.ndarray:
-    """The vector `name` from h [..., 4, hidden] (BB, XB, BY, XY)."""
+def vector(h, name: str, direction=None):
+    """The vector `name` from h [..., 4, hidden] (BB, XB, BY, XY), a numpy array or a torch tensor
+    (`direction` of the same kind)."""
     bb, xb, by, xy = h[..., 0, :], h[..., 1, :], h[..., 2, :], h[..., 3, :]
     dx, dy = xb - bb, by - bb
     if name == "additive":
@@ -76,5 +89,18 @@ def vector(h: np.ndarray, name: str, direction: np.ndarray | None = None) -> np.
     if name == "remove_persona":
         return xy - dx
     if name == "random":
-        return bb + direction * np.linalg.norm(dx + dy, axis=-1, keepdims=True)
+        return bb + direction * _norm(dx + dy)
     raise ValueError(f"unknown vector {name!r}; allowed: {list(NAMES)}")
+
+
+def rescaled(v, to):
+    """`v` rescaled to the norm of `to` (torch tensors [..., hidden]): inject's normalisation
+    control, `cached_rescaled`."""
+    return v * (to.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def _norm(x):
+    """The norm over the last axis, kept, of a numpy array or a torch tensor."""
+    if isinstance(x, np.ndarray):
+        return np.linalg.norm(x, axis=-1, keepdims=True)
+    return x.norm(dim=-1, keepdim=True)

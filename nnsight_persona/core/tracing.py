@@ -8,6 +8,7 @@ import torch
 from .batching import Batch
 from .edits import LayerWrites
 from .errors import RemoteFailure
+from .recipes import as_writes, resolve
 from .sites import module_at
 
 
@@ -84,6 +85,8 @@ def retried(fn):
 
     @functools.wraps(fn)
     def wrapper(loaded, *args, **kwargs):
+        if loaded.remote:
+            ship_by_value()
         if loaded.remote in (False, "local"):
             return fn(loaded, *args, **kwargs)
         for attempt in range(1, REMOTE_TRIES + 1):
@@ -97,6 +100,16 @@ def retried(fn):
                 time.sleep(REMOTE_BACKOFF_S * 2 ** (attempt - 1))
 
     return wrapper
+
+
+def ship_by_value() -> None:
+    """Have nnsight send this package's functions and classes by value with every request (a server
+    has no nnsight_persona), the local simulation's requests included, so that the simulation
+    serializes exactly what NDIF receives and rebuilds it from the request alone, never from an
+    installed copy of the package. Registered by name: idempotent, and no import of the package."""
+    import nnsight
+
+    nnsight.register(__name__.split(".")[0])
 
 
 def _remote_errors() -> tuple:
@@ -317,6 +330,39 @@ def window_kl_session(loaded, jobs: list[tuple]) -> list[torch.Tensor]:
                 ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
                 results.append((ref.exp() * (ref - logp)).sum(-1).sum(-1).save())
     return list(results)
+
+
+@retried
+def window_kl_native_session(loaded, reads: list, jobs: list[tuple], norms: list = ()) -> tuple[list, list]:
+    """window_kl_session whose writes are built on the server (remote-native sweeps; see
+    core/recipes.py): one session that first runs the capture passes `reads` (SiteReads), keeping
+    what they read there, then a trace per job (batch, recipes, window_cols, reference_rows) whose
+    LayerRecipes are resolved from those values and written. Only the KL sums per row come back,
+    and the norms of the vectors of `norms` (LayerRecipes resolved, not written). Returns (KLs per
+    job, norms per recipe)."""
+    blocks = loaded.layers()
+    with loaded.lm.session(remote=loaded.remote):
+        parts = {}  # layer -> the values each capture pass read there, never saved
+        for read in reads:
+            with loaded.lm.trace(**read.batch.inputs(), logits_to_keep=1):
+                for layer in read.layers:
+                    rows, cols = read.at(layer)
+                    parts.setdefault(layer, []).append(residual_site(blocks, layer)[rows, cols].float())
+        carried = {layer: torch.cat(values) for layer, values in parts.items()}
+        sizes = list().save()
+        for recipe in norms:
+            sizes.append(resolve(recipe, carried).norm(dim=-1))
+        results = list().save()
+        for batch, recipes, window_cols, reference_rows in jobs:
+            writes = [as_writes(recipe, carried) for recipe in recipes]
+            rows = torch.arange(batch.input_ids.shape[0])[:, None]
+            with loaded.lm.trace(**batch.inputs()):
+                apply_edits(blocks, loaded.adapter, writes)
+                logits = loaded.lm.output.logits  # after any final soft-capping, as lm_head's output is not
+                logp = logits[rows, window_cols].float().log_softmax(-1)
+                ref = logits[reference_rows[:, None], window_cols].float().log_softmax(-1)
+                results.append((ref.exp() * (ref - logp)).sum(-1).sum(-1).save())
+    return [r.cpu() for r in results], [s.cpu() for s in sizes]
 
 
 def window_scores(logp: torch.Tensor, own_rows: torch.Tensor, baseline_rows: torch.Tensor, targets: torch.Tensor):

@@ -76,6 +76,14 @@ def builtin_capture(loaded, grid: Grid, spec: CaptureSpec, progress: bool = True
     return ds
 
 
+def builtin_continuations(loaded, grid: Grid, cells, n_tokens: int, batch_size: int, progress: bool = True) -> np.ndarray:
+    """The clean XY continuations [len(cells), n_tokens] an experiment generates for itself when it
+    reads no residuals here (the remote-native sweeps, native.py): token ids only, batched as the
+    capture batches them, so the same tokens."""
+    prompts = [render_prompt(loaded.tokenizer, grid.user_text(c, "XY"), grid.persona_text(c, "XY")) for c in cells]
+    return clean_continuations(loaded, prompts, n_tokens, batch_size, progress)
+
+
 def render_cell_prompts(loaded, grid: Grid, cells) -> dict[tuple[str, str], Prompt]:
     """Every (cell label, condition) prompt, rendered once."""
     return {

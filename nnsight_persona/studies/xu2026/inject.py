@@ -31,9 +31,12 @@ from ...core.grids import Grid
 from ...core.prompts import POSITIONS, Prompt, render_prompt
 from ...storage.provenance import provenance_attrs
 from ...core.stopping import stoppable
+from ...core import tracing
+from ...core.recipes import SiteTable, recipe, recipes_by_layer
 from ...core.tracing import kl_in_sessions, read_residuals
-from ...core.replacements import ORDER, site_residuals, vector
+from ...core.replacements import ORDER, rescaled, site_residuals, vector
 from . import capture as capture_exp
+from .native import CaptureRows, forced_tokens, sessions
 
 CONDITIONS = ("host", "oracle", "cached", "cached_rescaled", "lm_host", "lm_oracle", "lm_cached")
 SITE_CONDITIONS = ("oracle", "cached")
@@ -103,7 +106,10 @@ def run(
     previous=None, checkpoint=None,
 ) -> xr.Dataset:
     """Run the injections; on Ctrl-C returns what was done (completed=0). `previous`: an unfinished
-    result of the same spec whose finished rows are kept; `checkpoint`: called after every batch."""
+    result of the same spec whose finished rows are kept; `checkpoint`: called after every batch.
+
+    Remote runs build every vector on the server, in the session of the batches that write it
+    (native.py): only the continuation's token ids, the KLs and the norms come back."""
     _check(spec, loaded.n_layers)
     cells = grid.select_cells(list(spec.cells))
     labels = [c.label for c in cells]
@@ -112,21 +118,31 @@ def run(
     all_layers = sorted(set(set_layers) | set(spec.site_layers))
     site_positions = list(spec.site_positions) if spec.site_layers else []
     positions = [p for p in POSITIONS if p == "p_last" or p in site_positions]
-    if capture_ds is None:
-        capture_ds = capture_exp.builtin_capture(loaded, grid, capture_exp.CaptureSpec(
-            grid=spec.grid, layers=tuple(all_layers), positions=tuple(positions), cells=tuple(labels),
-            batch_size=spec.batch_size), progress=progress)
-    capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
-    h4 = site_residuals(capture_ds, all_layers, positions, labels)
-    hv = {c: torch.from_numpy(h4[..., i, :]) for i, c in enumerate(ORDER)}  # [layer, position, cell, hidden]
-    cached, oracle = torch.from_numpy(vector(h4, "additive")), hv["XY"]
-    rescaled = cached * (oracle.norm(dim=-1, keepdim=True) / cached.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    vectors = {"oracle": oracle, "cached": cached, "cached_rescaled": rescaled}
-    lidx = {L: i for i, L in enumerate(all_layers)}
-    pidx = {p: i for i, p in enumerate(positions)}
-    continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
+    native = bool(loaded.remote)
+    cap_spec = capture_exp.CaptureSpec(grid=spec.grid, layers=tuple(all_layers), positions=tuple(positions),
+                                       cells=tuple(labels), batch_size=spec.batch_size)
+    if capture_ds is None and native:
+        # Only the clean continuation's token ids come here; the server reads the residuals itself.
+        continuation = capture_exp.builtin_continuations(loaded, grid, cells, cap_spec.n_continuation,
+                                                         spec.batch_size, progress)
+    else:
+        if capture_ds is None:
+            capture_ds = capture_exp.builtin_capture(loaded, grid, cap_spec, progress=progress)
+        capture_exp.check_capture(capture_ds, loaded, all_layers, positions, cells)
+        continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
     if continuation.shape[1] < spec.n_eval - 1:
         raise SelectionError(f"the capture holds {continuation.shape[1]} continuation tokens; {spec.n_eval - 1} are needed")
+    norms = {name: np.full((len(all_layers), len(cells)), np.nan, dtype=np.float32) for name in NORMS}
+    if not native:  # a remote run takes only the continuation from a capture file: its residuals stay here
+        h4 = site_residuals(capture_ds, all_layers, positions, labels)
+        hv = {c: torch.from_numpy(h4[..., i, :]) for i, c in enumerate(ORDER)}  # [layer, position, cell, hidden]
+        cached, oracle = torch.from_numpy(vector(h4, "additive")), hv["XY"]
+        vectors = {"oracle": oracle, "cached": cached, "cached_rescaled": rescaled(cached, oracle)}
+        lidx = {L: i for i, L in enumerate(all_layers)}
+        pidx = {p: i for i, p in enumerate(positions)}
+        p_last = pidx["p_last"]
+        for name, t in (("norm_clean", hv["XY"]), ("norm_host", hv["BY"]), ("norm_injected", cached)):
+            norms[name][:] = np.stack([t[lidx[L], p_last].norm(dim=-1).numpy() for L in all_layers])
 
     tok = loaded.tokenizer
     prompts = {}
@@ -138,9 +154,9 @@ def run(
             "lm": length_matched_prompt(tok, grid, cell, len(xy.ids), spec.filler),
         }
     suffix = {ci: continuation[ci, : spec.n_eval - 1].tolist() for ci in range(len(cells))}
-    own = _own_residuals(loaded, prompts, suffix, set_layers, spec) if spec.patch_steps == "all" else None
+    own = _own_residuals(loaded, prompts, suffix, set_layers, spec) if spec.patch_steps == "all" and not native else None
 
-    rows = []  # (cell, prompt kind, kind of result, index tuple, writes as (layer, position, vector))
+    rows = []  # (cell, prompt kind, kind of result, index tuple, writes as (layer, position, condition))
     for ci in range(len(cells)):
         for kind, prefix in (("host", ""), ("lm", "lm_")):
             if prefix + "host" in conditions:
@@ -149,12 +165,11 @@ def run(
                 for cond in ("oracle", "cached", "cached_rescaled"):
                     if prefix + cond not in conditions:
                         continue
-                    writes = [(L, "p_last", vectors[cond][lidx[L], pidx["p_last"], ci]) for L in layer_set]
-                    rows.append((ci, kind, "kl", (prefix + cond, si), writes))
+                    rows.append((ci, kind, "kl", (prefix + cond, si), [(L, "p_last", cond) for L in layer_set]))
         for L in spec.site_layers:
             for p in site_positions:
                 for cond in SITE_CONDITIONS:
-                    rows.append((ci, "host", "site", (cond, L, p), [(L, p, vectors[cond][lidx[L], pidx[p], ci])]))
+                    rows.append((ci, "host", "site", (cond, L, p), [(L, p, cond)]))
 
     kl = np.full((len(spec.layer_sets), len(cells), len(conditions)), np.nan)
     kl_site = np.full((len(spec.site_layers), len(site_positions), len(cells), len(SITE_CONDITIONS)), np.nan)
@@ -162,11 +177,16 @@ def run(
         kl[:] = previous.kl.isel(model=0).values
         if spec.site_layers:
             kl_site[:] = previous.kl_site.isel(model=0).values
+        if native:  # the norms came from the server with the rows they were computed beside
+            for name in NORMS:
+                norms[name][:] = previous[name].isel(model=0).sel(layer=all_layers).values
         rows = [r for r in rows if not _done(r, kl, kl_site, conditions, spec, site_positions)]
-    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx,
-                               pidx, prompts, False)
-    def job(chunk):
-        """(batch, writes, window_cols, reference_rows, knockout) for a chunk, and its clean rows."""
+    partial = lambda: _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, norms, all_layers,
+                               prompts, False)
+
+    def batch_of(chunk, write):
+        """(batch, writes as `write(row, ci, kind, what, layer, position, condition, col, width)` gives
+        them, window_cols, reference_rows) for a chunk, and its clean rows."""
         cell_ids = sorted({r[0] for r in chunk})
         seqs = [list(prompts[ci]["target"].ids) + suffix[ci] for ci in cell_ids]
         seqs += [list(prompts[r[0]][r[1]].ids) + suffix[r[0]] for r in chunk]
@@ -175,16 +195,24 @@ def run(
         edits = []
         for r, (ci, kind, what, _, writes) in enumerate(chunk, start=len(cell_ids)):
             prompt = prompts[ci][kind]
-            for L, p, vec in writes:
-                col = int(batch.pad[r]) + prompt.position(p)
-                edits.append(Write(row=r, layer=L, col=col, value=vec))
-                if own is not None and what == "kl":  # the site ablation stays a single write
-                    delta = vec - own[(ci, kind)][L]
-                    for later in range(col + 1, width):
-                        edits.append(Write(row=r, layer=L, col=later, value=delta))
+            for L, p, cond in writes:
+                edits += write(r, ci, kind, what, L, p, cond, int(batch.pad[r]) + prompt.position(p), width)
         windows = torch.arange(width - spec.n_eval, width).repeat(len(seqs), 1)
         refs = torch.tensor(list(range(len(cell_ids))) + [cell_ids.index(r[0]) for r in chunk])
-        return (batch, _layer_writes(edits, own is not None), windows, refs, None), len(cell_ids)
+        return (batch, edits, windows, refs), len(cell_ids)
+
+    def local_writes(r, ci, kind, what, L, p, cond, col, width):
+        vec = vectors[cond][lidx[L], pidx[p], ci]
+        edits = [Write(row=r, layer=L, col=col, value=vec)]
+        if own is not None and what == "kl":  # the site ablation stays a single write
+            delta = vec - own[(ci, kind)][L]
+            edits += [Write(row=r, layer=L, col=later, value=delta) for later in range(col + 1, width)]
+        return edits
+
+    def job(chunk):
+        """(batch, writes, window_cols, reference_rows, knockout) for a chunk, and its clean rows."""
+        (batch, edits, windows, refs), n_clean = batch_of(chunk, local_writes)
+        return (batch, _layer_writes(edits, own is not None), windows, refs, None), n_clean
 
     # Rows written only at p_last and later leave their prompt's prefix clean, so locally that
     # prefix runs once per batch for all of them; the rows written earlier (site patches inside the
@@ -194,20 +222,131 @@ def run(
     for part in ([r for r in rows if not in_prompt(r)], [r for r in rows if in_prompt(r)]):
         part = length_ordered(part, lambda r: len(prompts[r[0]]["target"].ids))  # a cell's rows stay together
         chunks += [[part[k] for k in rng] for rng in chunked(len(part), spec.batch_size)]
+
+    def record(chunk, values):
+        for (ci, _, what, index, _), value in zip(chunk, values):
+            if what == "kl":
+                cond, si = index
+                for s in range(len(spec.layer_sets)) if si is None else [si]:
+                    kl[s, ci, conditions.index(cond)] = value
+            else:
+                cond, L, p = index
+                kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
+
     with stoppable() as stop:
-        for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress,
-                                            reuse_prefix=True):
-            for (ci, _, what, index, _), value in zip(chunk, values):
-                if what == "kl":
-                    cond, si = index
-                    for s in range(len(spec.layer_sets)) if si is None else [si]:
-                        kl[s, ci, conditions.index(cond)] = value
-                else:
-                    cond, L, p = index
-                    kl_site[spec.site_layers.index(L), site_positions.index(p), ci, SITE_CONDITIONS.index(cond)] = value
-            if checkpoint is not None:
-                checkpoint(partial)
-    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, stop.finished))
+        if native:
+            capture_rows = CaptureRows(capture_exp.render_cell_prompts(loaded, grid, cells), labels, continuation,
+                                       forced_tokens(positions))
+            for group, values in _native_sessions(loaded, spec, chunks, capture_rows, prompts, all_layers, norms,
+                                                  batch_of, progress):
+                for chunk, chunk_values in zip(group, values):
+                    record(chunk, chunk_values)
+                if checkpoint is not None:
+                    checkpoint(partial)
+        else:
+            for chunk, values in kl_in_sessions(loaded, chunks, job, spec.batches_per_request, "inject", progress,
+                                                reuse_prefix=True):
+                record(chunk, values)
+                if checkpoint is not None:
+                    checkpoint(partial)
+    return stop.mark(_dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, norms, all_layers,
+                              prompts, stop.finished))
+
+
+NORMS = ("norm_clean", "norm_host", "norm_injected")  # |h_XY|, |h_BY| and |cached| at p_last
+NORM_KINDS = ("XY", "BY", "additive")
+RECIPE_KINDS = {"oracle": "oracle", "cached": "additive", "cached_rescaled": "additive_rescaled"}
+
+
+def _native_sessions(loaded, spec, chunks, capture_rows, prompts, all_layers, norms, batch_of, progress):
+    """The remote-native sweep of inject (native.py): yields (chunks, KL values per chunk) per
+    session, and fills `norms` for the cells whose capture rows a session runs first. The
+    every-step difference subtracts the host prompt's own residual at p_last, read in the same
+    session (the BY capture row for the host, a row of its own for the length-matched host)."""
+    patch_all = spec.patch_steps == "all"
+    pending: list = []  # the cells whose norms the running session reads
+
+    def own(number, ci, kind, L):
+        return number[(L, (ci, "BY", "p_last") if kind == "host" else (ci, "lm", "p_last"))]
+
+    def plan(group, table):
+        new = sorted({r[0] for chunk in group for r in chunk if np.isnan(norms["norm_clean"][0, r[0]])})
+        pending.append(new)
+        for chunk in group:
+            for ci, kind, what, _, writes in chunk:
+                for L, p, _ in writes:
+                    capture_rows.need(table, L, ci, p)
+                    if patch_all and what == "kl" and kind == "host":
+                        capture_rows.need(table, L, ci, "p_last")
+                    elif patch_all and what == "kl":
+                        lm = prompts[ci]["lm"]
+                        table.need(L, (ci, "lm", "p_last"), (ci, "lm"), list(lm.ids), lm.p_last)
+        _need_norms(capture_rows, table, new, all_layers)
+
+        def write(number, r, ci, kind, what, L, p, cond, col, width):
+            sources, name = capture_rows.sources(number, L, ci, p), RECIPE_KINDS[cond]
+            edits = [(r, L, col, sources, name, None, None)]
+            if patch_all and what == "kl":  # the site ablation stays a single write
+                minus = own(number, ci, kind, L)
+                edits += [(r, L, later, sources, name, None, minus) for later in range(col + 1, width)]
+            return edits
+
+        def build(number):
+            jobs = []
+            for chunk in group:
+                (batch, edits, windows, refs), n_clean = batch_of(chunk, lambda *a: write(number, *a))
+                first = {}
+                for e in edits:
+                    first.setdefault((e[0], e[1]), e[2])
+                sets = recipes_by_layer([e for e in edits if e[2] == first[(e[0], e[1])]])
+                adds = recipes_by_layer([e for e in edits if e[2] != first[(e[0], e[1])]], add=True)
+                jobs.append(((batch, _in_layer_order(sets, adds), windows, refs), n_clean))
+            return jobs, _norm_recipes(capture_rows, number, new, all_layers)
+
+        return build
+
+    for group, values, sizes in sessions(loaded, chunks, spec.batches_per_request, spec.batch_size, plan, "inject",
+                                         progress):
+        _store_norms(norms, pending.pop(), sizes)
+        yield group, values
+    missing = [ci for ci in range(norms["norm_clean"].shape[1]) if np.isnan(norms["norm_clean"][0, ci])]
+    if missing:  # every row of these cells was done before (a resumed run without their norms)
+        table = SiteTable()
+        _need_norms(capture_rows, table, missing, all_layers)
+        reads, number = table.finish(loaded.pad_id, spec.batch_size)
+        _, sizes = tracing.window_kl_native_session(loaded, reads, [], _norm_recipes(capture_rows, number, missing,
+                                                                                      all_layers))
+        _store_norms(norms, missing, sizes)
+
+
+def _need_norms(capture_rows, table, cells, layers) -> None:
+    for ci in cells:
+        for L in layers:
+            capture_rows.need(table, L, ci, "p_last")
+
+
+def _norm_recipes(capture_rows, number, cells, layers) -> list:
+    """Per layer, the recipe whose vectors' norms are the dataset's norms of `cells` (NORM_KINDS
+    by cell)."""
+    if not cells:
+        return []
+    return [recipe(L, [(-1, -1, capture_rows.sources(number, L, ci, "p_last"), kind, None, None)
+                       for kind in NORM_KINDS for ci in cells]) for L in layers]
+
+
+def _store_norms(norms: dict, cells, sizes) -> None:
+    for li, values in enumerate(sizes):
+        values = values.reshape(len(NORMS), len(cells)).numpy()
+        for k, name in enumerate(NORMS):
+            norms[name][li, cells] = values[k]
+
+
+def _in_layer_order(sets, adds) -> list:
+    """Replacement and addition groups in layer order (the replacement first at each layer)."""
+    out = []
+    for layer in sorted({w.layer for w in sets} | {w.layer for w in adds}):
+        out += [w for w in sets if w.layer == layer] + [w for w in adds if w.layer == layer]
+    return out
 
 
 def _done(row, kl, kl_site, conditions, spec, site_positions) -> bool:
@@ -274,19 +413,14 @@ def _check(spec: InjectSpec, n_layers: int) -> None:
         raise SelectionError(f"unknown position(s) {bad}; allowed: {list(POSITIONS)}")
 
 
-def _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, hv, cached, lidx, pidx, prompts, completed):
-    p = pidx["p_last"]
-    norm_layers = sorted(lidx)
-    norms = lambda t: np.stack([t[lidx[L], p].norm(dim=-1).numpy() for L in norm_layers])  # [layer, cell]
+def _dataset(loaded, grid, spec, cells, conditions, site_positions, kl, kl_site, norms, norm_layers, prompts, completed):
     host_kl = kl[:, :, conditions.index("host")][..., None] if "host" in conditions else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):  # a host already at the target: no gap
         gap_closed = 1 - kl / host_kl
     data = {
         "kl": (("model", "layer_set", "cell", "condition"), kl[None]),
         "gap_closed": (("model", "layer_set", "cell", "condition"), gap_closed[None]),
-        "norm_clean": (("model", "layer", "cell"), norms(hv["XY"])[None]),
-        "norm_host": (("model", "layer", "cell"), norms(hv["BY"])[None]),
-        "norm_injected": (("model", "layer", "cell"), norms(cached)[None]),
+        **{name: (("model", "layer", "cell"), norms[name][None]) for name in NORMS},
         "prompt_length": (("model", "cell", "prompt"), np.array([[len(prompts[ci][k].ids) for k in ("target", "host", "lm")] for ci in range(len(cells))])[None]),
     }
     coords = {

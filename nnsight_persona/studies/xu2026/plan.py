@@ -109,25 +109,34 @@ def dry_model(model: str, tokenizer: str | None = None, remote: bool | str = Fal
 
 @contextmanager
 def _steps(accountant, costs: dict):
-    """Count a built-in capture as a step of its own (costs['capture (built in)'])."""
+    """Count a built-in capture (costs['capture (built in)']) and the built-in continuation of a
+    remote-native sweep (costs['continuation (built in)']) as steps of their own."""
     from . import capture as capture_exp
     from ...core.plan import Cost
 
-    original = capture_exp.builtin_capture
+    originals = {name: getattr(capture_exp, name) for name in STEPS}
 
-    def counted(*args, **kwargs):
-        outer = accountant.cost
-        accountant.cost = costs.setdefault("capture (built in)", Cost())
-        try:
-            return original(*args, **kwargs)
-        finally:
-            accountant.cost = outer
+    def counted(name):
+        def run(*args, **kwargs):
+            outer = accountant.cost
+            accountant.cost = costs.setdefault(STEPS[name], Cost())
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                accountant.cost = outer
 
-    capture_exp.builtin_capture = counted
+        return run
+
+    for name in STEPS:
+        setattr(capture_exp, name, counted(name))
     try:
         yield
     finally:
-        capture_exp.builtin_capture = original
+        for name, original in originals.items():
+            setattr(capture_exp, name, original)
+
+
+STEPS = {"builtin_capture": "capture (built in)", "builtin_continuations": "continuation (built in)"}
 
 
 def dry_run(dry: DryModel, hidden_size: int, module, grid, spec, step: str, **kwargs) -> tuple[dict, object]:

@@ -10,8 +10,11 @@ tokens as p_last, never on predictions of template tokens).
 Batched: every patch of a cell runs on the same teacher-forced sequence, so many (layer, position,
 condition) patches share one forward pass. Locally, each chunk of cells runs once clean and every
 patch then runs only its suffix from its own layer up, compared with the clean log-probabilities
-(`_sweep_with_prefix_cache`); remote runs send whole sequences with one unedited row per cell per
-batch (`_sweep_whole`). Only per-row KL sums leave the trace.
+(`_sweep_with_prefix_cache`; `_sweep_whole` without the prefix cache). Remote runs send whole
+sequences with one unedited row per cell per batch, and the server computes the capture residuals
+and every condition's vector itself, in the session of the batches that write them
+(`_sweep_native`, native.py): neither residuals nor vectors cross the network. Only per-row KL
+sums leave the trace.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from ...core.prompts import POSITIONS, render_prompt
 from ...storage.provenance import provenance_attrs
 from ...core.stopping import stoppable
 from ...core.tracing import clean_pass, kl_in_sessions, select_rows, suffix_batch, window_kl_against
-from ...core.replacements import random_direction, site_residuals, stacked, vector
+from ...core.recipes import recipes_by_layer
+from ...core.replacements import direction_key, random_direction, site_residuals, stacked, vector
 from . import capture as capture_exp
+from .native import CaptureRows, forced_tokens, sessions
 
 CONDITIONS = ("additive", "oracle", "baseline", "persona_only", "task_only", "random")
 
@@ -84,15 +89,23 @@ def run(
     with a function building the partial dataset."""
     conditions = check_conditions(spec.conditions)
     cells = grid.select_cells(list(spec.cells))
-    if capture_ds is None:
-        cap_spec = capture_exp.CaptureSpec(
-            grid=spec.grid, layers=spec.layers, positions=spec.positions,
-            cells=tuple(c.label for c in cells), n_continuation=spec.n_continuation, batch_size=spec.batch_size,
-        )
-        capture_ds = capture_exp.builtin_capture(loaded, grid, cap_spec, progress=progress)
-    capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
-    h = site_residuals(capture_ds, spec.layers, spec.positions, [c.label for c in cells])
-    continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=[c.label for c in cells]).values
+    labels = [c.label for c in cells]
+    native = bool(loaded.remote)  # the server computes the residuals and vectors (remote runs)
+    if capture_ds is None and native:
+        # Only the clean continuation's token ids come here; the server reads the residuals itself.
+        continuation = capture_exp.builtin_continuations(loaded, grid, cells, spec.n_continuation, spec.batch_size,
+                                                         progress)
+    else:
+        if capture_ds is None:
+            cap_spec = capture_exp.CaptureSpec(
+                grid=spec.grid, layers=spec.layers, positions=spec.positions,
+                cells=tuple(labels), n_continuation=spec.n_continuation, batch_size=spec.batch_size,
+            )
+            capture_ds = capture_exp.builtin_capture(loaded, grid, cap_spec, progress=progress)
+        capture_exp.check_capture(capture_ds, loaded, spec.layers, spec.positions, cells)
+        continuation = capture_ds.continuation_ids.isel(model=0).sel(cell=labels).values
+    # A remote run takes only the continuation from a capture file: its residuals stay here.
+    h = None if native else site_residuals(capture_ds, spec.layers, spec.positions, labels)
 
     layers, positions = list(spec.layers), list(spec.positions)
     kl = np.full((len(layers), len(positions), len(cells), len(conditions)), np.nan)
@@ -112,13 +125,18 @@ def run(
             )
         seqs.append(list(p.ids) + continuation[ci, :max(needed, 0)].tolist())
     partial = lambda: _dataset(loaded, grid, spec, cells, conditions, kl, False)
-    ctx = _Sweep(loaded, spec, layers, positions, [c.label for c in cells], conditions, h, probe, start, seqs, kl,
+    ctx = _Sweep(loaded, spec, layers, positions, labels, conditions, h, probe, start, seqs, kl,
                  checkpoint=(lambda: checkpoint(partial)) if checkpoint is not None else (lambda: None))
     with stoppable() as stop:
         # Every patch at position p changes nothing before p: locally, each cell's prefix is run once
         # and its KV cache reused by every patch. Remotely the cache would have to travel, so whole
-        # sequences are run instead (the same numbers; tests check both).
-        (_sweep_with_prefix_cache if spec.prefix_cache and not loaded.remote else _sweep_whole)(ctx, len(cells), progress)
+        # sequences are run instead, their vectors built on the server (the same numbers; tests check both).
+        if native:
+            rows = CaptureRows(capture_exp.render_cell_prompts(loaded, grid, cells), labels, continuation,
+                               forced_tokens(positions))
+            _sweep_native(ctx, len(cells), progress, rows)
+        else:
+            (_sweep_with_prefix_cache if spec.prefix_cache else _sweep_whole)(ctx, len(cells), progress)
     return stop.mark(_dataset(loaded, grid, spec, cells, conditions, kl, stop.finished))
 
 
@@ -132,7 +150,7 @@ class _Sweep:
     positions: list
     cells: list  # labels
     conditions: tuple
-    h: np.ndarray  # the capture's residuals [layer, position, cell, 4 (BB, XB, BY, XY), hidden]
+    h: np.ndarray | None  # the capture's residuals [layer, position, cell, 4 (BB, XB, BY, XY), hidden]; None remotely
     probe: dict  # (cell, position index) -> token index of the probe
     start: dict  # (cell, position index) -> token index of the first scored distribution
     seqs: list  # per cell: the teacher-forced XY sequence
@@ -158,22 +176,56 @@ class _Sweep:
         value = vector(self.h[li, pi, ci], name, direction)
         return Write(row=row, layer=self.layers[li], col=col, value=torch.from_numpy(value))
 
+    def recipe_write(self, rows: CaptureRows, number: dict, row, patch, col) -> tuple:
+        """The write of one patch as the server builds it (core/recipes.py): its vector's sources
+        among the session's capture sites and its kind; the random direction as its seed."""
+        ci, li, pi, ki = patch
+        name, layer, position = self.conditions[ki], self.layers[li], self.positions[pi]
+        key = direction_key(self.spec.seed, layer, position, self.cells[ci]) if name == "random" else None
+        return (row, layer, col, rows.sources(number, layer, ci, position), name, key, None)
+
 
 def _sweep_whole(ctx: _Sweep, n_cells: int, progress: bool) -> None:
     """Each batch row is a whole teacher-forced sequence; one unedited row per cell per batch.
     `batches_per_request` batches travel together in one nnsight session (one remote round trip)."""
     patches = ctx.patches(ctx.cells_by_length(n_cells))
     chunks = [[patches[k] for k in rng] for rng in chunked(len(patches), ctx.spec.batch_size)]
-    make_job = lambda chunk: _whole_job(ctx, chunk)
+    make_job = lambda chunk: _whole_job(ctx, chunk, ctx.write, group_by_layer)
     for chunk, values in kl_in_sessions(ctx.loaded, chunks, make_job, ctx.spec.batches_per_request, "substitute", progress):
         for (ci, li, pi, ki), value in zip(chunk, values):
             ctx.kl[li, pi, ci, ki] = value
         ctx.checkpoint()
 
 
-def _whole_job(ctx: _Sweep, chunk) -> tuple:
-    """(batch, writes, window_cols, reference_rows, knockout) for a chunk of patches, and its
-    number of clean rows."""
+def _sweep_native(ctx: _Sweep, n_cells: int, progress: bool, rows: CaptureRows) -> None:
+    """_sweep_whole's batches, in sessions that also run the capture passes of their cells on the
+    server and build each patch's vector there (native.py): only the KL sums come back."""
+    patches = ctx.patches(ctx.cells_by_length(n_cells))
+    chunks = [[patches[k] for k in rng] for rng in chunked(len(patches), ctx.spec.batch_size)]
+
+    def plan(group, table):
+        for chunk in group:
+            for ci, li, pi, _ in chunk:
+                rows.need(table, ctx.layers[li], ci, ctx.positions[pi])
+
+        def build(number):
+            write = lambda row, patch, col: ctx.recipe_write(rows, number, row, patch, col)
+            return [_whole_job(ctx, chunk, write, recipes_by_layer, knockout=False) for chunk in group], []
+
+        return build
+
+    for group, values, _ in sessions(ctx.loaded, chunks, ctx.spec.batches_per_request, ctx.spec.batch_size, plan,
+                                     "substitute", progress):
+        for chunk, chunk_values in zip(group, values):
+            for (ci, li, pi, ki), value in zip(chunk, chunk_values):
+                ctx.kl[li, pi, ci, ki] = value
+            ctx.checkpoint()
+
+
+def _whole_job(ctx: _Sweep, chunk, write, grouped, knockout: bool = True) -> tuple:
+    """(batch, writes, window_cols, reference_rows[, knockout]) for a chunk of patches, and its
+    number of clean rows. `write(row, patch, col)` makes a patch's write, `grouped` groups them
+    per layer (Writes into LayerWrites, or recipe writes into LayerRecipes)."""
     n_eval = ctx.spec.n_eval
     cell_ids = sorted({p[0] for p in chunk})
     clean_row = {ci: r for r, ci in enumerate(cell_ids)}
@@ -181,10 +233,11 @@ def _whole_job(ctx: _Sweep, chunk) -> tuple:
     writes, windows = [], [batch.pad[r] + ctx.start[(ci, 0)] + torch.arange(n_eval) for r, ci in enumerate(cell_ids)]
     for r, patch in enumerate(chunk, start=len(cell_ids)):
         pad = int(batch.pad[r])
-        writes.append(ctx.write(r, patch, pad + ctx.probe[(patch[0], patch[2])]))
+        writes.append(write(r, patch, pad + ctx.probe[(patch[0], patch[2])]))
         windows.append(pad + ctx.start[(patch[0], patch[2])] + torch.arange(n_eval))
     refs = torch.tensor(list(range(len(cell_ids))) + [clean_row[p[0]] for p in chunk])
-    return (batch, group_by_layer(writes), torch.stack(windows), refs, None), len(cell_ids)
+    job = (batch, grouped(writes), torch.stack(windows), refs) + ((None,) if knockout else ())
+    return job, len(cell_ids)
 
 
 def _sweep_with_prefix_cache(ctx: _Sweep, n_cells: int, progress: bool) -> None:
