@@ -227,3 +227,47 @@ def test_committed_eval_files_without_item_margins_keep_their_marker_intervals()
     np.testing.assert_allclose(y, [float(ds.marker_rate.sel(variant=f"mask:{persona}@{s:g}", persona=persona))
                                    for s in (0.1, 0.3, 0.5, 0.7)])
     assert (high - low).max() > 0
+
+
+def _steer_evidence_dataset(seed=0):
+    rng = np.random.default_rng(seed)
+    kinds, coefs, n_q = ["vector", "random_s0", "shuffled_s0"], [0.0, 0.5, 1.0], 6
+    shape = (1, 1, len(kinds), 1, len(coefs), n_q)
+    evidence = rng.normal(0, 0.1, size=shape + (2,))
+    evidence[:, :, 0, :, 1:] += 0.3  # the vector steers
+    coherence = rng.uniform(20, 100, size=shape)
+    return xr.Dataset(
+        {"evidence": (("model", "trait", "kind", "layer", "coef", "question", "reference"), evidence),
+         "coherence": (("model", "trait", "kind", "layer", "coef", "question"), coherence),
+         "baseline_evidence": (("model", "trait", "baseline", "question", "reference"),
+                               rng.normal(0, 0.1, size=(1, 1, 2, n_q, 2)))},
+        coords={"model": ["m"], "trait": ["pirate"], "kind": kinds, "layer": [4], "coef": coefs,
+                "question": np.arange(n_q), "reference": ["neg", "none"], "baseline": ["clean", "prompted"]},
+        attrs={"experiment": "vectors-steer", "positions": "response", "scale": "norm"})
+
+
+def test_steering_evidence_figure_draws_evidence_and_coherence_with_intervals_over_questions():
+    from nnsight_persona.plots.steering_evidence import plot_steering_evidence
+
+    ds = _steer_evidence_dataset()
+    fig = plot_steering_evidence(ds)
+    ax, coh_ax = fig.axes[0], fig.axes[1]
+    evidence = ds.evidence.values[0, 0, 0, 0, :, :, 0]  # vector, every coef, questions, against neg
+    vector = next(line for line in ax.get_lines() if line.get_label() == "vector")
+    np.testing.assert_allclose(vector.get_ydata(), evidence.mean(axis=1))
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    coherence = ds.coherence.values[0, 0, 0, 0]
+    container = coh_ax.containers[0]
+    segments = container.lines[2][0].get_segments()
+    for k in range(3):
+        low, high = np.quantile(_numpy_bootstrap_means(evidence[k]), [0.025, 0.975])
+        spread = high - low
+        assert np.min(np.abs(band - low)) < 0.25 * spread and np.min(np.abs(band - high)) < 0.25 * spread
+        c_low, c_high = np.quantile(_numpy_bootstrap_means(coherence[k]), [0.025, 0.975])
+        (_, got_low), (_, got_high) = segments[k]
+        assert abs(got_low - c_low) < 0.25 * (c_high - c_low) and abs(got_high - c_high) < 0.25 * (c_high - c_low)
+
+
+def _numpy_bootstrap_means(values, n=4000, seed=1):
+    rng = np.random.default_rng(seed)
+    return values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
