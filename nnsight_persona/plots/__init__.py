@@ -37,18 +37,14 @@ from .persona_vectors import plot_elicitation_cos, plot_steering
 from .steering_evidence import plot_steering_evidence
 
 
-def _of_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
-    return ds.sel(model=[model]) if model is not None and "model" in ds.dims else ds
-
-
 def _steering(ds: xr.Dataset, model: str | None = None) -> Figure:
     """A steer result's curves: trait evidence with intervals where it was scored by evidence."""
-    ds = _of_model(ds, model)
+    ds = one_model(ds, model)
     return plot_steering_evidence(ds) if "evidence" in ds else plot_steering(ds)
 
 
 def _elicitation(ds: xr.Dataset, model: str | None = None) -> Figure:
-    return plot_elicitation_cos(_of_model(ds, model))
+    return plot_elicitation_cos(one_model(ds, model))
 
 
 FIGURES = {
